@@ -1,0 +1,73 @@
+"""The embedded default: pretrain a ~0.5M-parameter model on the synthetic world, on CPU.
+
+  python -m earlyrl_jax.main --config=configs/tiny.py --workdir=/tmp/earlyrl_tiny
+
+Generates the synthetic world (a few MB of JSONL) and a SentencePiece tokenizer
+into the workdir, then trains for `num_steps`; about 2-3 minutes on 2 CPU cores,
+no downloads. Every field can be overridden: `--config.num_steps=50`.
+"""
+from ml_collections import ConfigDict
+
+from earlyrl_jax.configs import model_section
+from earlyrl_jax.data.world import default_world_config
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.mode = "pretrain"        # job to run: 'pretrain' | 'world' (write the synthetic world only)
+  c.seed = 0                 # model init, data order and sampling all derive from it
+  c.num_steps = 600          # optimizer steps
+  c.log_every_steps = 25     # console / metrics.jsonl / TensorBoard interval
+  c.eval_every_steps = 200   # held-out loss interval (0 = never)
+  c.eval_batches = 4         # batches per held-out evaluation
+
+  # Decoder shape; every ModelConfig field is listed (see models/transformer.py).
+  c.model = model_section("tiny", vocab_size=1024, max_seq_len=128)
+
+  c.data = ConfigDict()
+  c.data.corpus = "world"            # 'world': generate the synthetic world; 'files': data.train_files
+  c.data.format = "jsonl"            # jsonl | text | parquet | arrayrecord | arrayrecord_text
+  c.data.train_files = ""            # comma-separated globs (data.corpus='files')
+  c.data.eval_files = ""             # held-out globs; with corpus='world', the world's eval split
+  c.data.text_field = "text"         # JSON key / Parquet column of the document text
+  c.data.text_split = "file"         # plain text: 'file' | 'line' | 'paragraph' per document
+  c.data.tokenizer = "sentencepiece" # sentencepiece | hf | byte
+  c.data.tokenizer_path = ""         # empty + sentencepiece: train one on the corpus into WORKDIR
+  c.data.tokenizer_vocab_size = 1024 # vocab of a tokenizer trained here (<= model.vocab_size)
+  c.data.seq_len = 128               # packed sequence length
+  c.data.batch_size = 16             # global batch (sequences per step)
+  c.data.shuffle = True              # seeded shuffle, reshuffled every epoch
+  c.data.num_epochs = 0              # 0 = repeat forever
+  c.data.on_error = "raise"          # malformed record: 'raise' (names file:line) | 'skip' (counted)
+  c.data.encoding_errors = "replace" # non-UTF-8 bytes: 'replace' | 'raise' | 'skip'
+  c.data.min_doc_tokens = 4          # shorter documents are skipped and counted
+  c.data.worker_count = 0            # grain worker processes (0 = in-process)
+  c.data.prefix_len = 64             # self-improving windows: prefix tokens before the cut
+  c.data.suffix_len = 32             # N: suffix tokens after the cut (paper: 128)
+  c.data.window_stride = 0           # distance between cuts (0 = suffix_len)
+  c.data.min_prefix_len = 16         # first cut point in a document
+
+  c.world = default_world_config()   # synthetic world generator (data/world.py)
+
+  c.opt = ConfigDict()
+  c.opt.learning_rate = 3e-3    # peak learning rate
+  c.opt.warmup_steps = 50       # linear warmup
+  c.opt.min_lr_ratio = 0.1      # cosine decays to learning_rate * min_lr_ratio at num_steps
+  c.opt.b1 = 0.9
+  c.opt.b2 = 0.95
+  c.opt.eps = 1e-8
+  c.opt.weight_decay = 0.1      # decoupled (AdamW); matrices only, not norms/biases
+  c.opt.grad_clip = 1.0         # global-norm clipping (0 = off)
+  c.opt.grad_accum_steps = 1    # micro-batches per step (exact: losses summed, then averaged)
+  c.opt.z_loss = 1e-4           # coefficient of log(Z)^2 (0 = off)
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1              # -1 = all remaining devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 100  # save interval (and at the end)
+  c.checkpoint.keep = 3           # newest checkpoints kept
+  c.checkpoint.async_save = True  # write in the background while training continues
+  return c

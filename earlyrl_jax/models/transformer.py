@@ -1,0 +1,388 @@
+"""Llama-style decoder LM in Flax NNX with a functional KV cache.
+
+RMSNorm, RoPE (with linear or Llama-3 scaling), grouped-query attention, SwiGLU,
+optional tied embeddings and qkv bias (Qwen2). Parameters are float32 masters
+that carry logical axis names (`embed`, `heads`, `kv_heads`, `head_dim`, `mlp`,
+`vocab`, `norm`); `earlyrl_jax.parallel.mesh` maps them onto a device mesh.
+Computation runs in `ModelConfig.dtype` (bfloat16 on accelerators, float32 on CPU).
+
+Shape letters: B batch, T query length, S key/cache length, D d_model,
+N query heads, K kv heads, G = N // K, H head_dim, F d_ff, V vocab, L layers.
+
+Attention masking is one rule used everywhere: a query at slot t may attend to
+a key at slot s iff s <= t, both carry the same segment id, and the id is not 0
+(0 marks padding / empty cache slots). Training passes packed sequences with
+segment ids; the sampler passes left-padded prompts and a cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from earlyrl_jax.parallel.mesh import constrain
+
+_NEG_INF = -1e30  # finite, so fully masked rows (padding) give uniform weights, not NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Architecture of the decoder. Field names follow HF Llama where they exist."""
+  vocab_size: int = 512
+  d_model: int = 128
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int = 2
+  head_dim: int = 32
+  d_ff: int = 384
+  max_seq_len: int = 256
+  rope_theta: float = 10_000.0
+  # None, {'type': 'linear', 'factor': f} or {'type': 'llama3', 'factor': 8,
+  # 'low_freq_factor': 1, 'high_freq_factor': 4, 'original_max_position_embeddings': 8192}.
+  rope_scaling: dict | None = None
+  norm_eps: float = 1e-5
+  tie_embeddings: bool = False
+  qkv_bias: bool = False
+  dtype: str = "float32"        # compute dtype: 'float32' or 'bfloat16'
+  param_dtype: str = "float32"  # master weights
+  remat: bool = False           # rematerialise each block in the backward pass
+  init_std: float = 0.02
+
+  def __post_init__(self):
+    for f in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+              "max_seq_len"):
+      if int(getattr(self, f)) <= 0:
+        raise ValueError(f"model.{f}={getattr(self, f)} must be positive")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"model.n_heads={self.n_heads} must be a multiple of "
+                       f"model.n_kv_heads={self.n_kv_heads} (grouped-query attention)")
+    if self.head_dim % 2:
+      raise ValueError(f"model.head_dim={self.head_dim} must be even for RoPE")
+    if self.dtype not in ("float32", "bfloat16", "float16"):
+      raise ValueError(f"model.dtype={self.dtype!r}: expected 'float32', 'bfloat16' or 'float16'")
+    if self.rope_scaling is not None:
+      kind = self.rope_scaling.get("type", self.rope_scaling.get("rope_type"))
+      if kind not in ("linear", "llama3", "default"):
+        raise ValueError(f"model.rope_scaling type {kind!r} is not supported "
+                         "(supported: 'linear', 'llama3')")
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  def num_params(self) -> int:
+    """Exact parameter count (matches the built model)."""
+    D, F, N, K, H, V = self.d_model, self.d_ff, self.n_heads, self.n_kv_heads, self.head_dim, self.vocab_size
+    attn = D * N * H + 2 * D * K * H + N * H * D + (N * H + 2 * K * H if self.qkv_bias else 0)
+    block = attn + 3 * D * F + 2 * D
+    return V * D + self.n_layers * block + D + (0 if self.tie_embeddings else D * V)
+
+  def flops_per_token(self, seq_len: int) -> float:
+    """Training FLOPs per token: 6 * params (excluding embeddings lookup) + attention."""
+    matmul_params = self.num_params() - self.vocab_size * self.d_model * (0 if self.tie_embeddings else 1)
+    # Attention scores and weighted sum: 2 matmuls of T x S x H per head, causal
+    # halves the useful work; x3 for forward + backward.
+    attn = 6 * self.n_layers * self.n_heads * self.head_dim * seq_len
+    return 6 * matmul_params + attn
+
+
+# Preset shapes. The 1B / 8B shapes follow Llama-3.2-1B and Llama-3.1-8B.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=32,
+                 d_ff=384, max_seq_len=256),
+    "small": dict(vocab_size=8192, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=64,
+                  d_ff=768, max_seq_len=512),
+    "bench": dict(vocab_size=8192, d_model=512, n_layers=4, n_heads=8, n_kv_heads=4, head_dim=64,
+                  d_ff=1536, max_seq_len=512),
+    "1b": dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64,
+               d_ff=8192, max_seq_len=8192, rope_theta=500_000.0, tie_embeddings=True,
+               rope_scaling={"type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+    "8b": dict(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, head_dim=128,
+               d_ff=14336, max_seq_len=8192, rope_theta=500_000.0,
+               rope_scaling={"type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                             "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+}
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(f"model.preset={name!r}: unknown, choose from {sorted(PRESETS)}")
+  return ModelConfig(**{**PRESETS[name], **overrides})
+
+
+# --------------------------------------------------------------------------- RoPE
+
+
+def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
+  """Inverse frequencies [H/2], with the configured context scaling applied."""
+  H = cfg.head_dim
+  inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, H, 2, dtype=jnp.float32) / H))
+  sc = cfg.rope_scaling
+  if not sc:
+    return inv
+  kind = sc.get("type", sc.get("rope_type"))
+  if kind == "linear":
+    return inv / sc["factor"]
+  if kind == "llama3":
+    factor, lo, hi = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"]
+    old = sc["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > old / lo, inv / factor, inv)
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= old / hi) & (wavelen <= old / lo)
+    return jnp.where(medium, smoothed, scaled)
+  return inv
+
+
+def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+  """Rotary embedding, HF 'rotate_half' layout (first half / second half of H)."""
+  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
+  sin = jnp.sin(angles)[:, :, None, :]
+  cos = jnp.cos(angles)[:, :, None, :]
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Preallocated per-layer keys/values. Slots are filled left to right.
+
+  k, v: tuples over layers of [B, S, K, H]; segment_ids: [B, S] (0 = empty);
+  index: [] int32, the next slot to write (shared by all rows: prompts are
+  left-padded so that every row writes at the same slot).
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  segment_ids: jax.Array
+  index: jax.Array
+
+  @property
+  def size(self) -> int:
+    return self.segment_ids.shape[1]
+
+  @property
+  def batch_size(self) -> int:
+    return self.segment_ids.shape[0]
+
+  def repeat(self, k: int) -> "KVCache":
+    """Fans each row out to k consecutive rows (shared-prefix sampling)."""
+    rep = lambda a: jnp.repeat(a, k, axis=0)
+    return KVCache(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)),
+                   segment_ids=rep(self.segment_ids), index=self.index)
+
+
+CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> KVCache:
+  dtype = dtype or cfg.compute_dtype
+  shape = (batch_size, cache_size, cfg.n_kv_heads, cfg.head_dim)
+  zeros = lambda: constrain(jnp.zeros(shape, dtype), CACHE_AXES)
+  return KVCache(k=tuple(zeros() for _ in range(cfg.n_layers)),
+                 v=tuple(zeros() for _ in range(cfg.n_layers)),
+                 segment_ids=jnp.zeros((batch_size, cache_size), jnp.int32),
+                 index=jnp.zeros((), jnp.int32))
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
+  init = jax.nn.initializers.normal(std) if std else jax.nn.initializers.zeros
+  return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)), out_sharding=names)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim: int, eps: float, param_dtype: str):
+    self.eps = eps
+    self.scale = nnx.Param(jnp.ones((dim,), jnp.dtype(param_dtype)), out_sharding=("norm",))
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (xf * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, N, K, H, pd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.param_dtype
+    std = cfg.init_std
+    self.q = _param(rngs, (D, N, H), ("embed", "heads", "head_dim"), std, pd)
+    self.k = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), std, pd)
+    self.v = _param(rngs, (D, K, H), ("embed", "kv_heads", "head_dim"), std, pd)
+    self.o = _param(rngs, (N, H, D), ("heads", "head_dim", "embed"), std / math.sqrt(2 * cfg.n_layers), pd)
+    if cfg.qkv_bias:
+      self.q_bias = _param(rngs, (N, H), ("heads", "head_dim"), 0.0, pd)
+      self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
+      self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
+
+  def __call__(self, x_BxTxD, positions_BxT, q_seg_BxT, q_slot_T, inv_freq, layer_cache=None):
+    cfg = self.cfg
+    dt = cfg.compute_dtype
+    x = x_BxTxD.astype(dt)
+    q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
+    k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
+    v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+    if cfg.qkv_bias:
+      q = q + self.q_bias[...].astype(dt)
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    q = apply_rope(q, positions_BxT, inv_freq)
+    k = apply_rope(k, positions_BxT, inv_freq)
+
+    if layer_cache is None:
+      keys, values, kv_seg_BxS, kv_slot_S = k, v, q_seg_BxT, q_slot_T
+      new_cache = None
+    else:
+      ck, cv, cseg, index = layer_cache
+      keys = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
+      values = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
+      keys, values = constrain(keys, CACHE_AXES), constrain(values, CACHE_AXES)
+      kv_seg_BxS, kv_slot_S = cseg, jnp.arange(ck.shape[1])
+      new_cache = (keys, values)
+
+    B, T, N, H = q.shape
+    K = keys.shape[2]
+    q = q.reshape(B, T, K, N // K, H)
+    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt)).astype(jnp.float32)
+    logits = logits / math.sqrt(H)
+    mask = ((kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
+            & (q_seg_BxT[:, :, None] == kv_seg_BxS[:, None, :])
+            & (kv_seg_BxS[:, None, :] != 0))  # [B, T, S]
+    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B, T, N, H)
+    y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+    return y, new_cache
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    D, F, pd, std = cfg.d_model, cfg.d_ff, cfg.param_dtype, cfg.init_std
+    self.gate = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
+    self.up = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
+    self.down = _param(rngs, (F, D), ("mlp", "embed"), std / math.sqrt(2 * cfg.n_layers), pd)
+
+  def __call__(self, x_BxTxD):
+    dt = self.cfg.compute_dtype
+    x = x_BxTxD.astype(dt)
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = constrain(h, ("batch", "length", "act_mlp"))
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, q_seg, q_slot, inv_freq, layer_cache=None):
+    h, new_cache = self.attn(self.attn_norm(x), positions, q_seg, q_slot, inv_freq, layer_cache)
+    x = x + h
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("batch", "length", "act_embed")), new_cache
+
+
+class Transformer(nnx.Module):
+  """Decoder-only LM. `model(tokens)` -> logits [B, T, V] (float32).
+
+  With `cache=`, it writes the new keys/values at `cache.index` and returns
+  `(logits, new_cache)`; used by the sampler for prefill and decode.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    # Sharding is applied explicitly (jit out_shardings, device_put) by
+    # parallel.mesh, so building a model never needs a mesh context.
+    with nnx.use_eager_sharding(False):
+      self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, cfg.param_dtype)
+      self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
+      self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
+      if not cfg.tie_embeddings:
+        self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg.init_std,
+                              cfg.param_dtype)
+
+  def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+    logits, new_cache = self.forward(tokens_BxT, positions=positions, segment_ids=segment_ids,
+                                     cache=cache)
+    return logits if cache is None else (logits, new_cache)
+
+  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
+    """Final-norm hidden states [B, T, D] and the updated cache (or None)."""
+    cfg = self.cfg
+    tokens_BxT = jnp.asarray(tokens_BxT)
+    B, T = tokens_BxT.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((B, T), jnp.int32)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    q_slot = jnp.arange(T, dtype=jnp.int32) + (0 if cache is None else cache.index)
+    inv_freq = rope_inv_freq(cfg)
+
+    x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.compute_dtype)
+    x = constrain(x, ("batch", "length", "act_embed"))
+    new_k, new_v = [], []
+    cache_seg = None
+    if cache is not None:
+      cache_seg = jax.lax.dynamic_update_slice_in_dim(
+          cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1)
+    for i, block in enumerate(self.blocks):
+      layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache_seg, cache.index)
+      if cfg.remat and cache is None:
+        x, _ = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, segment_ids, q_slot, inv_freq)
+      else:
+        x, lc = block(x, positions, segment_ids, q_slot, inv_freq, layer_cache)
+        if lc is not None:
+          new_k.append(lc[0])
+          new_v.append(lc[1])
+    x = self.final_norm(x)
+    new_cache = None
+    if cache is not None:
+      new_cache = KVCache(k=tuple(new_k), v=tuple(new_v), segment_ids=cache_seg,
+                          index=cache.index + T)
+    return x, new_cache
+
+  def logits_from_hidden(self, h_BxTxD):
+    dt = self.cfg.compute_dtype
+    if self.cfg.tie_embeddings:
+      w = self.embed[...].astype(dt).T
+    else:
+      w = self.lm_head[...].astype(dt)
+    logits = jnp.einsum("BTD,DV->BTV", h_BxTxD.astype(dt), w)
+    return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
+
+  def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
+    h, new_cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids,
+                                      cache=cache)
+    return self.logits_from_hidden(h), new_cache
+
+
+def abstract_model(cfg: ModelConfig) -> Transformer:
+  """The model with ShapeDtypeStruct leaves: no memory, any size (e.g. 8B on a laptop)."""
+  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def count_params(model_or_state) -> int:
+  state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))

@@ -1,0 +1,1 @@
+"""earlyrl_jax.train."""

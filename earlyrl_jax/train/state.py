@@ -1,0 +1,88 @@
+"""TrainState and the optimizer built from the `opt` config section.
+
+The model is split once into a static `graphdef` and an `nnx.State` of arrays;
+TrainState holds only arrays (params, optimizer state, step, rng), so it can be
+jit-compiled with explicit shardings and saved by orbax as one pytree.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from earlyrl_jax.models.transformer import ModelConfig, Transformer
+from earlyrl_jax.parallel import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 [], number of optimizer updates applied
+  params: nnx.State      # float32 master weights
+  opt_state: Any         # optax state (sharded like params)
+  rng: jax.Array         # uint32 [2] base key; step keys are fold_in(rng, step)
+
+
+def lr_schedule(opt_cfg, num_steps: int) -> optax.Schedule:
+  """Linear warmup to `learning_rate`, cosine decay to `learning_rate * min_lr_ratio`."""
+  peak = opt_cfg.learning_rate
+  warmup = min(opt_cfg.warmup_steps, max(num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=warmup,
+      decay_steps=max(num_steps, warmup + 1), end_value=peak * opt_cfg.min_lr_ratio)
+
+
+def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
+  """AdamW (decay on matrices only) with global-norm clipping."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  parts = []
+  if opt_cfg.grad_clip and opt_cfg.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
+  parts.append(optax.adamw(lr_schedule(opt_cfg, num_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
+                           eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+def split_model(model_cfg: ModelConfig, seed: int = 0):
+  """(graphdef, abstract params) without allocating anything."""
+  abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
+  graphdef, abstract_params = nnx.split(abstract)
+  return graphdef, abstract_params
+
+
+def abstract_train_state(model_cfg: ModelConfig, tx, mesh) -> tuple[Any, TrainState, TrainState]:
+  """(graphdef, abstract TrainState with shardings, TrainState of NamedShardings)."""
+  graphdef, abs_params = split_model(model_cfg)
+  param_sh = mesh_lib.state_shardings(abs_params, mesh)
+  abs_opt = jax.eval_shape(tx.init, abs_params)
+  rep = mesh_lib.replicated(mesh)
+  # Optimizer leaves that mirror a parameter take its sharding; scalars (counts) replicate.
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abs_opt, param_sh,
+                                 transform_non_params=lambda _: rep)
+  shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
+  abs_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abs_params,
+                         opt_state=abs_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+  abs_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                           abs_state, shardings)
+  return graphdef, abs_state, shardings
+
+
+def init_train_state(model_cfg: ModelConfig, tx, mesh, seed: int):
+  """Initialises params and optimizer state directly in their shardings (never whole on one device).
+
+  Returns (graphdef, state, shardings).
+  """
+  graphdef, _, shardings = abstract_train_state(model_cfg, tx, mesh)
+
+  def init():
+    model = Transformer(model_cfg, rngs=nnx.Rngs(params=seed))
+    params = nnx.state(model)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.PRNGKey(seed).astype(jnp.uint32))
+
+  with jax.set_mesh(mesh):
+    state = jax.jit(init, out_shardings=shardings)()
+  return graphdef, state, shardings
