@@ -63,7 +63,7 @@ def document_dataset(source, tokenize: TokenizeDocument, *, seed: int, shuffle: 
   if len(source) == 0:
     raise S.DataError(f"{source!r}: the data source holds no records")
   ds = grain.MapDataset.source(source)
-  ds = ds.map_with_index(_with_index)
+  ds = ds.map_with_index(_WithIndex(len(source)))
   ds = ds[process_index::process_count]
   if len(ds) == 0:
     raise S.DataError(f"{source!r}: {len(source)} records cannot feed {process_count} hosts")
@@ -73,8 +73,13 @@ def document_dataset(source, tokenize: TokenizeDocument, *, seed: int, shuffle: 
   return ds.map(_TokenizeIndexed(tokenize))
 
 
-def _with_index(index, record):
-  return index, record
+@dataclasses.dataclass(frozen=True)
+class _WithIndex:
+  """Attaches the record's index in the source (repeats pass index + epoch * len)."""
+  num_records: int
+
+  def __call__(self, index, record):
+    return index % self.num_records, record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +124,7 @@ class _DocumentBatcherIterator(grain.DatasetIterator):
   def _accept(self, tokens: np.ndarray) -> bool:
     return True
 
-  def _stats(self) -> dict[str, np.ndarray]:
+  def _counter_stats(self) -> dict[str, np.ndarray]:
     return {k: np.int64(v) for k, v in self.counters.items()}
 
   def get_state(self) -> dict[str, Any]:
@@ -174,7 +179,7 @@ class _PackedIterator(_DocumentBatcherIterator):
     rows = [self._fill_row() for _ in range(self.batch_size)]
     tokens, targets, segs, pos, mask = (np.stack(x) for x in zip(*rows))
     return {"tokens": tokens, "targets": targets, "segment_ids": segs, "positions": pos,
-            "loss_mask": mask, "stats": self._stats()}
+            "loss_mask": mask, "stats": self._counter_stats()}
 
 
 class PackedBatches(grain.IterDataset):
@@ -238,7 +243,7 @@ class _WindowIterator(_DocumentBatcherIterator):
       doc_id[b] = self.pending_index
       self.pending_pos += self.stride
     return {"prefix": prefix, "prefix_len": plen, "suffix": suffix,
-            "suffix_len": np.full((B,), N, np.int32), "doc_id": doc_id, "stats": self._stats()}
+            "suffix_len": np.full((B,), N, np.int32), "doc_id": doc_id, "stats": self._counter_stats()}
 
 
 class WindowBatches(grain.IterDataset):

@@ -230,7 +230,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
         pending = (step + 1, dev_metrics, stats)
         logger.tick(step + 1)
         done = step + 1 == cfg.num_steps
-        if ckpt.should_save(step + 1) or done or preempt.requested:
+        if (step + 1) % cfg.checkpoint.every_steps == 0 or done or preempt.requested:
           settle(pending)
           pending = None
           ckpt.save(step + 1, state, data_iter, force=True)

@@ -73,8 +73,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, mesh, 
     params = optax.apply_updates(state.params, updates)
     metrics = {k: v / denom for k, v in aux.items()}
     metrics["loss"] = sum(aux.values()) / denom
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["param_norm"] = optax.global_norm(params)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["param_norm"] = optax.tree.norm(params)
     metrics["learning_rate"] = schedule(state.step)
     metrics["tokens"] = count
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

@@ -1,0 +1,41 @@
+"""Small builders shared by tests: tiny configs, models and batches."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+from flax import nnx
+
+from earlyrl_jax.models import transformer as T
+
+
+def tiny_model_config(**kw) -> T.ModelConfig:
+  base = dict(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+              d_ff=128, max_seq_len=128)
+  base.update(kw)
+  return T.ModelConfig(**base)
+
+
+def tiny_model(seed: int = 0, **kw) -> T.Transformer:
+  return T.Transformer(tiny_model_config(**kw), rngs=nnx.Rngs(seed))
+
+
+def random_lm_batch(batch: int, seq: int, vocab: int, seed: int = 0, packed: bool = True):
+  """A packed LM batch with 2 segments per row (or 1 when packed=False)."""
+  rng = np.random.default_rng(seed)
+  tokens = rng.integers(3, vocab, size=(batch, seq), dtype=np.int32)
+  segs = np.ones((batch, seq), np.int32)
+  pos = np.tile(np.arange(seq, dtype=np.int32), (batch, 1))
+  if packed:
+    cut = seq // 2
+    segs[:, cut:] = 2
+    pos[:, cut:] = np.arange(seq - cut)
+  same_next = np.concatenate([segs[:, 1:] == segs[:, :-1], np.zeros((batch, 1), bool)], axis=1)
+  targets = np.where(same_next, np.concatenate([tokens[:, 1:], np.zeros((batch, 1), np.int32)], 1), 0)
+  return {"tokens": tokens, "targets": targets.astype(np.int32), "segment_ids": segs,
+          "positions": pos, "loss_mask": same_next.astype(np.float32)}
+
+
+def cpu_devices(n: int):
+  devs = jax.devices()
+  assert len(devs) >= n, f"tests need {n} devices; conftest sets 8 simulated CPU devices"
+  return devs[:n]
