@@ -1,0 +1,182 @@
+"""The compiled sampler: exactness vs the full forward pass, distributions, fan-out, stops,
+compilation counts, sharding, errors."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.sampling.sampler import Sampler, process_logits
+from tests.helpers import cpu_devices, tiny_model
+
+PROMPTS = [[1, 5, 7], [1, 9, 9, 9, 9, 9, 2, 3, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4], [4], [1, 2]]
+
+
+@pytest.fixture(scope="module")
+def model():
+  return tiny_model(seed=0)
+
+
+@jax.jit
+def _forward(model, tokens):
+  return model(tokens)
+
+
+def naive_greedy(model, prompt, n):
+  seq = list(prompt)
+  for _ in range(n):
+    seq.append(int(jnp.argmax(_forward(model, jnp.asarray([seq]))[0, -1])))
+  return seq[len(prompt):]
+
+
+def test_greedy_equals_full_forward_argmax(model):
+  out = Sampler(model)(PROMPTS, max_new_tokens=12, key=jax.random.key(0), temperature=0.0)
+  assert out.tokens.shape == (4, 12)
+  for i, p in enumerate(PROMPTS):
+    assert out.tokens[i].tolist() == naive_greedy(model, p, 12), i
+  np.testing.assert_array_equal(out.lengths, 12)
+  np.testing.assert_array_equal(out.prompt_lengths, [len(p) for p in PROMPTS])
+
+
+def test_logprobs_equal_full_forward_logprobs(model):
+  out = Sampler(model)(PROMPTS, max_new_tokens=8, key=jax.random.key(1), temperature=1.0)
+  for i, p in enumerate(PROMPTS):
+    seq = np.array(p + out.tokens[i].tolist())[None]
+    lp = jax.nn.log_softmax(_forward(model, jnp.asarray(seq))[0], axis=-1)
+    expected = [float(lp[len(p) - 1 + t, out.tokens[i, t]]) for t in range(8)]
+    np.testing.assert_allclose(out.logprobs[i], expected, atol=2e-5)
+
+
+def _chi2_critical(df, z=3.09):  # Wilson-Hilferty approximation of the 0.999 quantile
+  return df * (1 - 2 / (9 * df) + z * math.sqrt(2 / (9 * df))) ** 3
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", [(1.0, 0, 1.0), (0.7, 0, 1.0), (1.0, 4, 1.0),
+                                                     (1.0, 0, 0.6)])
+def test_sampled_frequencies_match_the_distribution(temperature, top_k, top_p):
+  m = tiny_model(seed=3, vocab_size=8)
+  m.lm_head[...] = m.lm_head[...] * 5.0  # a non-uniform next-token distribution (max p ~0.38)
+  prompt = [1, 2, 3]
+  logits = np.asarray(_forward(m, jnp.asarray([prompt]))[0, -1], np.float64) / temperature
+  probs = np.exp(logits - logits.max())
+  probs /= probs.sum()
+  order = np.argsort(-probs)
+  keep = np.ones(8, bool)
+  if top_k:
+    keep[order[top_k:]] = False
+  if top_p < 1.0:
+    cum_before = np.cumsum(probs[order]) - probs[order]
+    keep[order[cum_before >= top_p]] = False
+  expected = np.where(keep, probs, 0.0)
+  expected /= expected.sum()
+  n = 6000
+  out = Sampler(m)([prompt], max_new_tokens=1, key=jax.random.key(7), temperature=temperature,
+                   top_k=top_k, top_p=top_p, num_samples=n)
+  counts = np.bincount(out.tokens[:, 0], minlength=8)
+  assert counts[~keep].sum() == 0, (counts, keep)
+  e = expected[keep] * n
+  chi2 = float(((counts[keep] - e) ** 2 / e).sum())
+  assert chi2 < _chi2_critical(keep.sum() - 1), (chi2, counts, expected)
+  # The returned log-probs are those of the filtered, tempered distribution.
+  np.testing.assert_allclose(np.exp(out.logprobs[:50, 0]), expected[out.tokens[:50, 0]], rtol=1e-4)
+
+
+def test_process_logits_keeps_at_least_one_token():
+  logits = jnp.array([[5.0, 1.0, 0.0, -1.0]])
+  out = process_logits(logits, 1.0, 0, 0.01, True)
+  assert np.isfinite(np.asarray(out)).sum() == 1
+
+
+def test_fan_out_equals_prefilling_copies(model):
+  s = Sampler(model)
+  k = jax.random.key(4)
+  fan = s(PROMPTS[:3], max_new_tokens=6, key=k, temperature=1.0, num_samples=3)
+  copies = s([p for p in PROMPTS[:3] for _ in range(3)], max_new_tokens=6, key=k, temperature=1.0)
+  np.testing.assert_array_equal(fan.tokens, copies.tokens)
+  np.testing.assert_allclose(fan.logprobs, copies.logprobs, atol=1e-6)
+  assert len({tuple(r) for r in fan.tokens[:3]}) > 1  # the K samples of a prompt differ
+
+
+def test_stop_tokens_pad_the_rest_and_set_lengths(model):
+  s = Sampler(model, pad_id=0)
+  free = s(PROMPTS, max_new_tokens=10, key=jax.random.key(0), temperature=0.0)
+  stops = [[int(free.tokens[i, 3])] for i in range(4)]  # per-row stop: each row's 4th token
+  out = s(PROMPTS, max_new_tokens=10, key=jax.random.key(0), temperature=0.0, stop_tokens=stops)
+  for i in range(4):
+    first = free.tokens[i].tolist().index(stops[i][0])
+    assert out.lengths[i] == first + 1
+    np.testing.assert_array_equal(out.tokens[i, :first + 1], free.tokens[i, :first + 1])
+    assert (out.tokens[i, first + 1:] == 0).all() and (out.logprobs[i, first + 1:] == 0).all()
+
+
+def test_early_stop_while_loop_equals_scan(model):
+  s = Sampler(model)
+  kw = dict(max_new_tokens=9, key=jax.random.key(2), temperature=1.0, stop_tokens=[5, 6, 7])
+  a, b = s(PROMPTS, **kw), s(PROMPTS, early_stop=True, **kw)
+  np.testing.assert_array_equal(a.tokens, b.tokens)
+  np.testing.assert_array_equal(a.lengths, b.lengths)
+
+
+def test_single_prompt_single_sample_and_array_input(model):
+  s = Sampler(model)
+  one = s([[3, 4, 5]], max_new_tokens=5, key=jax.random.key(0), temperature=0.0)
+  assert one.tokens.shape == (1, 5)
+  arr = np.array([[3, 4, 5, 0, 0], [1, 2, 0, 0, 0]])
+  two = s(arr, prompt_lengths=[3, 2], max_new_tokens=5, key=jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(two.tokens[0], one.tokens[0])
+
+
+def test_compiles_once_per_bucket(model):
+  s = Sampler(model, prompt_buckets=(8, 32))
+  kw = dict(key=jax.random.key(0), temperature=1.0)
+  s([[1, 2]], max_new_tokens=5, **kw)
+  after_first = s.num_compilations
+  assert after_first == 2  # prefill + decode
+  s([[1, 2, 3, 4, 5]], max_new_tokens=7, **kw)       # same prompt bucket (8), same decode bucket (8)
+  s([[9, 9, 9]], max_new_tokens=6, **kw)
+  assert s.num_compilations == after_first
+  s([[1] * 20], max_new_tokens=5, **kw)               # next prompt bucket
+  assert s.num_compilations == after_first + 2
+
+
+def test_updated_params_are_used_without_recompiling(model):
+  s = Sampler(model)
+  before = s([[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0), temperature=0.0)
+  n = s.num_compilations
+  other = tiny_model(seed=11)
+  s.update_params(nnx.state(other))
+  after = s([[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0), temperature=0.0)
+  assert s.num_compilations == n
+  assert after.tokens[0].tolist() == naive_greedy(other, [1, 2, 3], 6) != before.tokens[0].tolist()
+
+
+def test_sharded_sampler_matches_unsharded_and_two_models_coexist(model):
+  mesh = mesh_lib.make_mesh((4, 1, 2), cpu_devices(8))
+  teacher = tiny_model(seed=5, d_model=96, n_layers=3, n_heads=6, n_kv_heads=2, d_ff=192)
+  ref_policy = Sampler(model)(PROMPTS[:3], max_new_tokens=7, key=jax.random.key(0), temperature=0.0)
+  ref_teacher = Sampler(teacher)(PROMPTS[:3], max_new_tokens=7, key=jax.random.key(0), temperature=0.0)
+  with jax.set_mesh(mesh):
+    for m in (model, teacher):  # place params with their logical shardings
+      state = nnx.state(m)
+      nnx.update(m, jax.device_put(state, mesh_lib.state_shardings(state, mesh)))
+  policy_s, teacher_s = Sampler(model, mesh=mesh), Sampler(teacher, mesh=mesh)
+  p = policy_s(PROMPTS[:3], max_new_tokens=7, key=jax.random.key(0), temperature=0.0)
+  t = teacher_s(PROMPTS[:3], max_new_tokens=7, key=jax.random.key(0), temperature=0.0)
+  np.testing.assert_array_equal(p.tokens, ref_policy.tokens)
+  np.testing.assert_array_equal(t.tokens, ref_teacher.tokens)
+  assert len(nnx.state(model)["embed"][...].sharding.device_set) == 8
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda s: s([[]], max_new_tokens=3, key=jax.random.key(0)), "prompt 0 is empty"),
+    (lambda s: s([[1] * 120], max_new_tokens=20, key=jax.random.key(0)), "exceeds the cache length"),
+    (lambda s: s([[1]], max_new_tokens=0, key=jax.random.key(0)), "max_new_tokens must be positive"),
+    (lambda s: s([[1]], max_new_tokens=2, key=jax.random.key(0), top_p=0.0), "top_p"),
+    (lambda s: s([], max_new_tokens=2, key=jax.random.key(0)), "no prompts"),
+])
+def test_bad_input_errors(model, call, match):
+  with pytest.raises(ValueError, match=match):
+    call(Sampler(model))
