@@ -383,6 +383,11 @@ def abstract_model(cfg: ModelConfig) -> Transformer:
   return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
 
 
+def split_abstract(cfg: ModelConfig):
+  """(graphdef, abstract nnx.State of ShapeDtypeStructs) without allocating anything."""
+  return nnx.split(abstract_model(cfg))
+
+
 def count_params(model_or_state) -> int:
   state = nnx.state(model_or_state, nnx.Param) if isinstance(model_or_state, nnx.Module) else model_or_state
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(state)))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from earlyrl_jax.models.transformer import ModelConfig, Transformer
+from earlyrl_jax.models.transformer import ModelConfig, Transformer, split_abstract
 from earlyrl_jax.parallel import mesh as mesh_lib
 
 
@@ -46,16 +46,9 @@ def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
   return optax.chain(*parts)
 
 
-def split_model(model_cfg: ModelConfig, seed: int = 0):
-  """(graphdef, abstract params) without allocating anything."""
-  abstract = nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(seed)))
-  graphdef, abstract_params = nnx.split(abstract)
-  return graphdef, abstract_params
-
-
 def abstract_train_state(model_cfg: ModelConfig, tx, mesh) -> tuple[Any, TrainState, TrainState]:
   """(graphdef, abstract TrainState with shardings, TrainState of NamedShardings)."""
-  graphdef, abs_params = split_model(model_cfg)
+  graphdef, abs_params = split_abstract(model_cfg)
   param_sh = mesh_lib.state_shardings(abs_params, mesh)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   rep = mesh_lib.replicated(mesh)
