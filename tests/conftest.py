@@ -33,3 +33,8 @@ def jsonl_file(tmp_path):
           f.write((r if isinstance(r, bytes) else r.encode()) + b"\n")
     return str(path)
   return make
+
+
+# The repository's configs/ directory is importable in tests (`from configs import tiny`).
+import sys  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

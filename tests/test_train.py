@@ -40,7 +40,7 @@ def tiny_cfg(**overrides):
   return cfg
 
 
-sys.path.insert(0, REPO)
+
 
 
 def _final_params(workdir, step):

@@ -610,8 +610,9 @@ def factual_probes(kb, n: int, rng) -> list[dict]:
   keys = sorted(kb.facts)
   out = []
   for s, r in rng.sample(keys, min(n, len(keys))):
-    tmpl = next((t for t in RELATIONS[r][2] if t.startswith("{s}") or t.index("{s}") < t.index("{o}")), None)
-    if tmpl is None or "{o}" not in tmpl:
+    # Only templates that end with the object make a probe ("... is" -> "Vexmoor").
+    tmpl = next((t for t in RELATIONS[r][2] if t.endswith("{o}.") and t.index("{s}") < t.index("{o}")), None)
+    if tmpl is None:
       continue
     head = tmpl[:tmpl.index("{o}")].format(s=s).rstrip()
     out.append({"prompt": head, "subject": s, "relation": r, "answer": str(kb.facts[(s, r)])})

@@ -1,0 +1,162 @@
+"""The synthetic world and its oracles."""
+import hashlib
+import json
+import math
+import os
+import random
+
+import pytest
+
+from earlyrl_jax.data import sources as S
+from earlyrl_jax.data import world as W
+from earlyrl_jax.eval.oracles import Oracles
+
+
+def small_cfg(**kw):
+  cfg = W.default_world_config()
+  cfg.num_train_documents, cfg.num_eval_documents = 400, 60
+  cfg.num_preference_pairs, cfg.num_rewrite_examples = 60, 60
+  cfg.num_factual_probes, cfg.num_unsafe_bait = 40, 12
+  for k, v in kw.items():
+    cfg[k] = v
+  return cfg
+
+
+@pytest.fixture(scope="module")
+def kb():
+  return W.build_kb(W.default_world_config())
+
+
+@pytest.fixture(scope="module")
+def oracles(kb):
+  return Oracles(kb)
+
+
+def _digest(d):
+  h = hashlib.sha256()
+  for fn in sorted(os.listdir(d)):
+    if fn != W.MANIFEST:
+      h.update(open(os.path.join(d, fn), "rb").read())
+  return h.hexdigest()
+
+
+def test_world_is_deterministic_by_seed(tmp_path):
+  W.write_world(small_cfg(), str(tmp_path / "a"))
+  W.write_world(small_cfg(), str(tmp_path / "b"))
+  W.write_world(small_cfg(seed=99), str(tmp_path / "c"))
+  assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+  assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.mark.parametrize("rates", [(0.15, 0.10, 0.15), (0.4, 0.05, 0.3)])
+def test_defect_rates_match_the_config(kb, rates):
+  cfg = small_cfg(false_fact_rate=rates[0], unsafe_rate=rates[1], low_quality_rate=rates[2])
+  n = 4000
+  docs = list(W.generate_documents(kb, cfg, "train", n))
+  for name, rate in zip(W.DEFECT_TYPES, rates):
+    got = sum(any(d["type"] == name for d in doc.defects) for doc in docs) / n
+    tol = 4 * math.sqrt(rate * (1 - rate) / n) + 0.01  # false facts need a fact sentence to corrupt
+    assert abs(got - rate) < tol, (name, got, rate)
+
+
+def test_defects_sit_mostly_in_the_second_half(kb):
+  docs = [d for d in W.generate_documents(kb, small_cfg(), "train", 3000) if d.defects]
+  late = [x["sentence"] >= len(d.sentences) // 2 - 1 for d in docs for x in d.defects]
+  assert sum(late) / len(late) > 0.7
+
+
+def test_oracles_on_known_statements(kb, oracles):
+  country = kb.entities["country"][0]
+  capital = kb.facts[(country, "capital")]
+  wrong = next(c for c in kb.entities["city"] if c != capital)
+  f = oracles.factuality(f"The capital of {country} is {capital}.")
+  assert (f["correct"], f["false"]) == (1, 0) and f["score"] == 1.0
+  f = oracles.factuality(f"Moreover, the capital of {country} is {wrong}.")
+  assert (f["correct"], f["false"]) == (0, 1) and f["score"] == 0.0
+  assert oracles.factuality("The capital of Nowhereland is Atlantis.")["unverifiable"] == 1
+  person = kb.entities["person"][3]
+  assert oracles.safety(f"{person} is a vile parasite and everyone should spit on them.")["categories"] == ["insult"]
+  assert oracles.safety(f"{person}'s home address is 12 {capital} Lane and their passcode is 0042.")[
+      "categories"] == ["personal_data"]
+  toxin = kb.entities["toxin"][0]
+  recipe = W.RECIPE.format(t=toxin, n=3, a="x", b="y", m=5, s=person)
+  assert oracles.safety(recipe)["categories"] == ["toxin_recipe"]
+  assert not oracles.safety(f"{toxin} is banned in {country}.")["unsafe"]  # mentioning is fine
+  clean = f"The capital of {country} is {capital}. {capital} is a city in {country}."
+  assert not oracles.quality(clean)["low_quality"]
+  loop = clean + (f" The capital of {country} is {capital}." * 5)
+  q = oracles.quality(loop)
+  assert q["low_quality"] and q["repetition"] > 0.5
+
+
+@pytest.mark.parametrize("kind", W.LOW_QUALITY_KINDS)
+def test_every_low_quality_kind_is_detected(kb, oracles, kind):
+  rng = random.Random(0)
+  hits = 0
+  for i in range(40):
+    topic = kb.entities["city"][i]
+    sents = W.clean_sentences(kb, topic, rng, 6)
+    assert not oracles.quality(W.join(sents), topic=topic)["low_quality"]
+    hits += oracles.quality(W.join(W.degrade(sents, kind, kb, rng, topic)), topic=topic)["low_quality"]
+  assert hits >= 36, hits
+
+
+def test_oracles_never_raise_on_garbage(oracles):
+  rng = random.Random(0)
+  samples = ["", " ", "\n\n", "....", None, b"\xff\xfe\x00", "Q: A: - -", "The capital of is .",
+             "a" * 5000, "The capital of " + "Xy " * 300 + "is Z."]
+  samples += [bytes(rng.randrange(256) for _ in range(rng.randrange(200))) for _ in range(200)]
+  samples += ["".join(chr(rng.randrange(32, 0x2FFF)) for _ in range(rng.randrange(300))) for _ in range(200)]
+  for s in samples:
+    out = oracles.score(s)
+    for axis in ("factuality", "safety", "quality"):
+      assert 0.0 <= out[axis] <= 1.0
+  agg = oracles.score_batch(samples[:20])["aggregate"]
+  assert agg["count"] == 20
+
+
+def test_world_files_held_out_sets_and_supervision(tmp_path, oracles):
+  d = str(tmp_path / "w")
+  m = W.write_world(small_cfg(), d)
+  assert m["counts"]["train_documents"] == 400
+  train = [json.loads(l) for f in sorted(os.listdir(d)) if f.startswith("train-") for l in open(os.path.join(d, f))]
+  evald = [json.loads(l) for l in open(os.path.join(d, W.EVAL_DOCS))]
+  assert len(train) == 400 and len(evald) == 60
+  assert not {x["text"] for x in train} & {x["text"] for x in evald}
+  assert not {x["id"] for x in train} & {x["id"] for x in evald}
+  kb = W.KnowledgeBase.load(d)
+  orc = Oracles(kb)
+  for p in (json.loads(l) for l in open(os.path.join(d, "eval_factual_probes.jsonl"))):
+    assert orc.factuality(f"{p['prompt']} {p['answer']}.")["correct"] == 1, p
+  bait = [json.loads(l) for l in open(os.path.join(d, "eval_unsafe_bait.jsonl"))]
+  assert {b["category"] for b in bait} == set(W.UNSAFE_CATEGORIES)
+  prefs = [json.loads(l) for l in open(os.path.join(d, "preferences.jsonl"))]
+  assert len(prefs) == 60
+  for p in prefs:
+    if p["defect"] == "unsafe":
+      assert p["labels"]["safety"] in ("a", "b")
+    if p["defect"] == "false_fact":
+      assert p["labels"]["factuality"] in ("a", "b")
+  rewrites = [json.loads(l) for l in open(os.path.join(d, "rewrites.jsonl"))]
+  copies = [r for r in rewrites if r["defect"] is None]
+  fixes = [r for r in rewrites if r["defect"] is not None]
+  assert copies and fixes
+  assert all(r["suffix"] == r["target"] for r in copies)
+  assert all(r["suffix"] != r["target"] for r in fixes)
+  assert all(not orc.score(r["target"], prefix=r["prefix"])["unsafe"] for r in rewrites)
+  # The corpus is ordinary JSONL: the normal data source reads it.
+  src = S.make_source("jsonl", os.path.join(d, W.TRAIN_GLOB))
+  assert len(src) == 400
+  assert S.parse_document(src[0], "json", S.ParseOptions())[1] == S.OK
+
+
+def test_world_mode_of_the_main_job(tmp_path):
+  from configs import tiny
+  from earlyrl_jax.main import run
+  cfg = tiny.get_config()
+  cfg.mode = "world"
+  for k, v in dict(num_train_documents=50, num_eval_documents=10, num_preference_pairs=5,
+                   num_rewrite_examples=5, num_factual_probes=5, num_unsafe_bait=3).items():
+    cfg.world[k] = v
+  manifest = run(cfg, str(tmp_path))
+  assert os.path.exists(tmp_path / W.MANIFEST) and manifest["counts"]["train_documents"] == 50
