@@ -22,7 +22,8 @@ def get_config() -> ConfigDict:
   c.eval_batches = 4         # batches per held-out evaluation
 
   # Decoder shape; every ModelConfig field is listed (see models/transformer.py).
-  c.model = model_section("tiny", vocab_size=1024, max_seq_len=128)
+  c.model = model_section("tiny", vocab_size=1024, d_model=192, n_layers=4, n_heads=4,
+                          n_kv_heads=2, head_dim=48, d_ff=512, max_seq_len=128)  # ~2M params
 
   c.data = ConfigDict()
   c.data.corpus = "world"            # 'world': generate the synthetic world; 'files': data.train_files

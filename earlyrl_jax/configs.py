@@ -49,6 +49,19 @@ def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
   return section
 
 
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Runs a config file's get_config() (for notebooks, and configs built on other configs)."""
+  import importlib.util
+  import os
+  name = "earlyrl_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  if spec is None or spec.loader is None:
+    raise ConfigError(f"cannot load config file {path}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
 def _require(cond: bool, field: str, msg: str) -> None:
   if not cond:
     raise ConfigError(f"{field}: {msg}")

@@ -52,7 +52,7 @@ def main(argv):
   from earlyrl_jax.data.sources import DataError
   try:
     run(_CONFIG.value, _WORKDIR.value)
-  except (ConfigError, DataError) as e:
+  except (ConfigError, DataError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)
 

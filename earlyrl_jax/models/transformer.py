@@ -141,15 +141,26 @@ def rope_inv_freq(cfg: ModelConfig) -> jax.Array:
   return inv
 
 
-def apply_rope(x_BxTxNxH: jax.Array, positions_BxT: jax.Array, inv_freq: jax.Array) -> jax.Array:
+def rope_tables(positions_BxT: jax.Array, inv_freq: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sin, cos), each float32 [B, T, 1, H/2]; computed once per forward, shared by layers."""
+  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  return jnp.sin(angles)[:, :, None, :], jnp.cos(angles)[:, :, None, :]
+
+
+def apply_rope(x_BxTxNxH: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Array:
   """Rotary embedding, HF 'rotate_half' layout (first half / second half of H)."""
-  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq  # [B, T, H/2]
-  sin = jnp.sin(angles)[:, :, None, :]
-  cos = jnp.cos(angles)[:, :, None, :]
   x = x_BxTxNxH.astype(jnp.float32)
   x1, x2 = jnp.split(x, 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BxTxNxH.dtype)
+
+
+def attention_bias(q_seg_BxT, q_slot_T, kv_seg_BxS, kv_slot_S) -> jax.Array:
+  """The one masking rule as an additive float32 bias [B, T, S] (0 = attend)."""
+  mask = ((kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
+          & (q_seg_BxT[:, :, None] == kv_seg_BxS[:, None, :])
+          & (kv_seg_BxS[:, None, :] != 0))
+  return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -204,6 +215,16 @@ def _param(rngs: nnx.Rngs, shape, names, std, dtype) -> nnx.Param:
   return nnx.Param(init(rngs.params(), shape, jnp.dtype(dtype)), out_sharding=names)
 
 
+def _dense(x_MxD: jax.Array, w: jax.Array, dt) -> jax.Array:
+  """[M, D] @ [D, F] as one 2-D matmul (heads folded into F by the caller).
+
+  Projections flatten (batch, length) into one row axis: XLA turns the weight
+  gradient into a plain [D, M] @ [M, F] matmul, about 1.7x faster on CPU than the
+  3-D dot_general of an einsum over 'BTD' (and no slower on accelerators).
+  """
+  return x_MxD @ w.astype(dt)
+
+
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, param_dtype: str):
@@ -231,43 +252,37 @@ class Attention(nnx.Module):
       self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
       self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
 
-  def __call__(self, x_BxTxD, positions_BxT, q_seg_BxT, q_slot_T, inv_freq, layer_cache=None):
+  def __call__(self, x_BxTxD, rope, bias_BxTxS, layer_cache=None):
     cfg = self.cfg
     dt = cfg.compute_dtype
-    x = x_BxTxD.astype(dt)
-    q = jnp.einsum("BTD,DNH->BTNH", x, self.q[...].astype(dt))
-    k = jnp.einsum("BTD,DKH->BTKH", x, self.k[...].astype(dt))
-    v = jnp.einsum("BTD,DKH->BTKH", x, self.v[...].astype(dt))
+    B, T, D = x_BxTxD.shape
+    N, K, H = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    x = x_BxTxD.astype(dt).reshape(B * T, D)
+    q = _dense(x, self.q[...].reshape(D, N * H), dt).reshape(B, T, N, H)
+    k = _dense(x, self.k[...].reshape(D, K * H), dt).reshape(B, T, K, H)
+    v = _dense(x, self.v[...].reshape(D, K * H), dt).reshape(B, T, K, H)
     if cfg.qkv_bias:
       q = q + self.q_bias[...].astype(dt)
       k = k + self.k_bias[...].astype(dt)
       v = v + self.v_bias[...].astype(dt)
-    q = apply_rope(q, positions_BxT, inv_freq)
-    k = apply_rope(k, positions_BxT, inv_freq)
+    q = apply_rope(q, *rope)
+    k = apply_rope(k, *rope)
 
     if layer_cache is None:
-      keys, values, kv_seg_BxS, kv_slot_S = k, v, q_seg_BxT, q_slot_T
-      new_cache = None
+      keys, values, new_cache = k, v, None
     else:
-      ck, cv, cseg, index = layer_cache
+      ck, cv, index = layer_cache
       keys = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), index, axis=1)
       values = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), index, axis=1)
       keys, values = constrain(keys, CACHE_AXES), constrain(values, CACHE_AXES)
-      kv_seg_BxS, kv_slot_S = cseg, jnp.arange(ck.shape[1])
       new_cache = (keys, values)
 
-    B, T, N, H = q.shape
-    K = keys.shape[2]
     q = q.reshape(B, T, K, N // K, H)
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt)).astype(jnp.float32)
-    logits = logits / math.sqrt(H)
-    mask = ((kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
-            & (q_seg_BxT[:, :, None] == kv_seg_BxS[:, None, :])
-            & (kv_seg_BxS[:, None, :] != 0))  # [B, T, S]
-    logits = jnp.where(mask[:, None, None], logits, _NEG_INF)
+    logits = logits / math.sqrt(H) + bias_BxTxS[:, None, None]
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B, T, N, H)
-    y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
+    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B * T, N * H)
+    y = _dense(out, self.o[...].reshape(N * H, D), dt).reshape(B, T, D)
     return y, new_cache
 
 
@@ -282,10 +297,11 @@ class MLP(nnx.Module):
 
   def __call__(self, x_BxTxD):
     dt = self.cfg.compute_dtype
-    x = x_BxTxD.astype(dt)
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
-    h = constrain(h, ("batch", "length", "act_mlp"))
-    return h @ self.down[...].astype(dt)
+    B, T, D = x_BxTxD.shape
+    x = x_BxTxD.astype(dt).reshape(B * T, D)
+    h = jax.nn.silu(_dense(x, self.gate[...], dt)) * _dense(x, self.up[...], dt)
+    h = constrain(h, ("batch", "act_mlp"))
+    return _dense(h, self.down[...], dt).reshape(B, T, D)
 
 
 class Block(nnx.Module):
@@ -296,8 +312,8 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, positions, q_seg, q_slot, inv_freq, layer_cache=None):
-    h, new_cache = self.attn(self.attn_norm(x), positions, q_seg, q_slot, inv_freq, layer_cache)
+  def __call__(self, x, rope, bias, layer_cache=None):
+    h, new_cache = self.attn(self.attn_norm(x), rope, bias, layer_cache)
     x = x + h
     x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("batch", "length", "act_embed")), new_cache
@@ -338,21 +354,24 @@ class Transformer(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     q_slot = jnp.arange(T, dtype=jnp.int32) + (0 if cache is None else cache.index)
-    inv_freq = rope_inv_freq(cfg)
+    rope = rope_tables(positions, rope_inv_freq(cfg))
 
     x = jnp.take(self.embed[...], tokens_BxT, axis=0).astype(cfg.compute_dtype)
     x = constrain(x, ("batch", "length", "act_embed"))
     new_k, new_v = [], []
     cache_seg = None
-    if cache is not None:
+    if cache is None:
+      bias = attention_bias(segment_ids, q_slot, segment_ids, q_slot)
+    else:
       cache_seg = jax.lax.dynamic_update_slice_in_dim(
           cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1)
+      bias = attention_bias(segment_ids, q_slot, cache_seg, jnp.arange(cache.size, dtype=jnp.int32))
     for i, block in enumerate(self.blocks):
-      layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache_seg, cache.index)
-      if cfg.remat and cache is None:
-        x, _ = nnx.remat(lambda blk, *a: blk(*a))(block, x, positions, segment_ids, q_slot, inv_freq)
+      if cache is None and cfg.remat:
+        x, _ = nnx.remat(lambda blk, *a: blk(*a))(block, x, rope, bias)
       else:
-        x, lc = block(x, positions, segment_ids, q_slot, inv_freq, layer_cache)
+        layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
+        x, lc = block(x, rope, bias, layer_cache)
         if lc is not None:
           new_k.append(lc[0])
           new_v.append(lc[1])
@@ -369,7 +388,8 @@ class Transformer(nnx.Module):
       w = self.embed[...].astype(dt).T
     else:
       w = self.lm_head[...].astype(dt)
-    logits = jnp.einsum("BTD,DV->BTV", h_BxTxD.astype(dt), w)
+    B, T, D = h_BxTxD.shape
+    logits = (h_BxTxD.astype(dt).reshape(B * T, D) @ w).reshape(B, T, -1)
     return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
   def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
