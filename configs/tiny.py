@@ -20,6 +20,7 @@ def get_config() -> ConfigDict:
   c.log_every_steps = 25     # console / metrics.jsonl / TensorBoard interval
   c.eval_every_steps = 200   # held-out loss interval (0 = never)
   c.eval_batches = 4         # batches per held-out evaluation
+  c.eval_world_prompts = 32  # at the end: sample continuations of world eval prompts, score with oracles
 
   # Decoder shape; every ModelConfig field is listed (see models/transformer.py).
   c.model = model_section("tiny", vocab_size=1024, d_model=192, n_layers=4, n_heads=4,

@@ -28,6 +28,7 @@ def tiny_cfg(**overrides):
   from configs import tiny  # noqa: the repository's configs/ directory
   cfg = tiny.get_config()
   base = {"num_steps": 20, "log_every_steps": 5, "eval_every_steps": 0, "checkpoint.every_steps": 5,
+          "eval_world_prompts": 0,
           "data.tokenizer": "byte", "model.vocab_size": 384, "data.batch_size": 8, "data.seq_len": 64,
           **SMALL_WORLD}
   base.update(overrides)
@@ -56,7 +57,7 @@ def _read_cfg(workdir):
 
 
 def test_pretrain_loss_falls_and_metrics_are_written(tmp_path):
-  cfg = tiny_cfg(num_steps=40, **{"opt.warmup_steps": 5, "eval_every_steps": 20})
+  cfg = tiny_cfg(num_steps=40, **{"opt.warmup_steps": 5, "eval_every_steps": 20, "eval_world_prompts": 6})
   out = loop.train(cfg, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   losses = [l["loss"] for l in lines if "loss" in l]
@@ -67,6 +68,9 @@ def test_pretrain_loss_falls_and_metrics_are_written(tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "40" or "40" in os.listdir(tmp_path / "checkpoints")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   assert np.isfinite(out["metrics"]["loss"])
+  # The end-of-run world evaluation samples continuations and scores them with the oracles.
+  world = [l for l in lines if "world/false_claim_rate" in l]
+  assert len(world) == 1 and 0.0 <= world[0]["world/unsafe_rate_on_bait"] <= 1.0
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -102,7 +106,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
       np.testing.assert_array_equal(a, b)
 
 
-CLI_ARGS = ["--config.num_steps=60", "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
+CLI_ARGS = ["--config.num_steps=60", "--config.eval_world_prompts=0", "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
             "--config.eval_every_steps=0", "--config.data.tokenizer=byte", "--config.model.vocab_size=384",
             "--config.data.batch_size=8", "--config.data.seq_len=64"] + [
                 f"--config.{k}={v}" for k, v in SMALL_WORLD.items()]

@@ -272,12 +272,17 @@ def tokenize_fn(data_cfg, tokenizer: Tokenizer, kind: str) -> TokenizeDocument:
 
 def make_lm_dataset(data_cfg, tokenizer: Tokenizer, *, seq_len: int, host_batch_size: int,
                     seed: int, process_index: int = 0, process_count: int = 1,
-                    files: str | None = None, field: str = "data.train_files") -> grain.IterDataset:
-  """The pretraining input pipeline described by a `data` config section."""
+                    files: str | None = None, field: str = "data.train_files",
+                    shuffle: bool | None = None) -> grain.IterDataset:
+  """The pretraining input pipeline described by a `data` config section.
+
+  `files` / `shuffle` override the config (evaluation reads eval files in order).
+  """
   source = S.make_source(data_cfg.format, files or data_cfg.train_files,
                          text_field=data_cfg.text_field, text_split=data_cfg.text_split, field=field)
   docs = document_dataset(source, tokenize_fn(data_cfg, tokenizer, source.kind), seed=seed,
-                          shuffle=data_cfg.shuffle, num_epochs=data_cfg.num_epochs or None,
+                          shuffle=data_cfg.shuffle if shuffle is None else shuffle,
+                          num_epochs=data_cfg.num_epochs or None,
                           process_index=process_index, process_count=process_count)
   ds = PackedBatches(docs.to_iter_dataset(), batch_size=host_batch_size, seq_len=seq_len,
                      pad_id=tokenizer.pad_id)

@@ -120,15 +120,10 @@ def _check_finite(step: int, scalars: dict[str, float], ckpt: Checkpointer) -> N
         "this step.")
 
 
-def evaluate(eval_step, params, data_cfg, tokenizer, files: str, *, seq_len: int,
-             host_batch: int, num_batches: int, mesh) -> dict[str, float]:
-  """Mean held-out NLL per token over the first `num_batches` packed batches."""
-  ds = pipeline.make_lm_dataset(data_cfg, tokenizer, seq_len=seq_len, host_batch_size=host_batch,
-                                seed=0, process_index=jax.process_index(),
-                                process_count=jax.process_count(), files=files,
-                                field="data.eval_files")
+def evaluate(eval_step, params, eval_ds, *, num_batches: int, mesh) -> dict[str, float]:
+  """Mean held-out NLL per token over the first `num_batches` packed batches of `eval_ds`."""
   total, count = 0.0, 0.0
-  it = iter(ds)
+  it = iter(eval_ds)  # a fresh iterator: every evaluation sees the same batches
   for _ in range(num_batches):
     batch = next(it)
     batch.pop("stats")
@@ -195,9 +190,13 @@ def train(cfg, workdir: str) -> dict[str, Any]:
     compiled = step_fn.lower(abs_state, abs_batch).compile()
   mem = _memory_summary(compiled)
   _log(f"compiled train step in {time.time() - t0:.1f}s{mem}")
-  eval_step = None
+  eval_step = eval_ds = None
   if cfg.eval_every_steps and eval_files:
     eval_step = steps_lib.make_eval_step(graphdef, mesh, shardings.params, batch_spec)
+    eval_ds = pipeline.make_lm_dataset(d, tokenizer, seq_len=seq_len, host_batch_size=host_batch,
+                                       seed=0, process_index=jax.process_index(),
+                                       process_count=jax.process_count(), files=eval_files,
+                                       field="data.eval_files", shuffle=False)
 
   logger = metrics_lib.MetricsLogger(workdir, is_main=_is_main(), num_steps=cfg.num_steps,
                                      every_steps=cfg.log_every_steps)
@@ -235,8 +234,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
           pending = None
           ckpt.save(step + 1, state, data_iter, force=True)
         if eval_step is not None and ((step + 1) % cfg.eval_every_steps == 0 or done):
-          ev = evaluate(eval_step, state.params, d, tokenizer, eval_files, seq_len=seq_len,
-                        host_batch=host_batch, num_batches=cfg.eval_batches, mesh=mesh)
+          ev = evaluate(eval_step, state.params, eval_ds, num_batches=cfg.eval_batches, mesh=mesh)
           logger.write(step + 1, ev)
           _log(f"step {step + 1}: eval loss {ev['eval/loss']:.4f} "
                f"(perplexity {ev['eval/perplexity']:.2f})")
@@ -246,11 +244,28 @@ def train(cfg, workdir: str) -> dict[str, Any]:
           break
       if pending is not None:
         settle(pending)
+      if d.corpus == "world" and cfg.eval_world_prompts and int(state.step) == cfg.num_steps:
+        last.update(_world_eval(cfg, workdir, graphdef, state.params, tokenizer, mesh, logger))
   finally:
     ckpt.close()
     logger.close()
   return {"state": state, "graphdef": graphdef, "metrics": last, "tokenizer": tokenizer,
           "model_config": model_cfg, "mesh": mesh}
+
+
+def _world_eval(cfg, workdir, graphdef, params, tokenizer, mesh, logger) -> dict[str, float]:
+  """Samples continuations of held-out world prompts and scores them with the oracles."""
+  from flax import nnx
+  from earlyrl_jax.eval.evaluate import world_eval
+  t0 = time.time()
+  res = world_eval(nnx.merge(graphdef, params), tokenizer, os.path.join(workdir, "world"),
+                   num_prompts=cfg.eval_world_prompts, key=jax.random.key(cfg.seed), mesh=mesh)
+  example = res.pop("example")
+  logger.write(cfg.num_steps, res)
+  _log(f"world eval ({time.time() - t0:.1f}s): " + ", ".join(f"{k[6:]} {v:.3f}" for k, v in res.items()))
+  if example:
+    _log(f"  prefix: ...{example['prefix'][-120:]!r}\n  model:  {example['continuation'][:200]!r}")
+  return res
 
 
 def _memory_summary(compiled) -> str:
