@@ -130,8 +130,8 @@ def test_sentencepiece_train_and_roundtrip(tmp_path):
   tok = TK.load_tokenizer("sentencepiece", path)
   assert tok.vocab_size == 400
   assert (tok.pad_id, tok.bos_id, tok.eos_id) == (0, 2, 3)
-  s = "The capital of Place3 is City2 — ünïcode too."
-  assert tok.decode(tok.encode(s)) == s  # byte fallback keeps unseen characters
+  s = "The capital of Place3 is City2 — ünïcode too.\n- a list item\n\nQ: two  spaces?"
+  assert tok.decode(tok.encode(s)) == s  # exact: newlines, spaces and unseen characters survive
 
 
 def test_sentencepiece_command_line(tmp_path, jsonl_file):

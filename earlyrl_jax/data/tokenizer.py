@@ -180,6 +180,9 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str, vocab_size: in
   """Trains a SentencePiece model; returns the path of `<output_prefix>.model`.
 
   Special ids are fixed so that configs can rely on them: pad=0, unk=1, bos=2, eos=3.
+  Text round-trips exactly: no NFKC normalisation, whitespace kept, newline is a
+  piece of its own (lists and dialogue keep their lines), unseen characters fall
+  back to bytes.
   """
   import sentencepiece as spm
   os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
@@ -187,6 +190,8 @@ def train_sentencepiece(texts: Iterable[str], output_prefix: str, vocab_size: in
       sentence_iterator=iter(texts), model_prefix=output_prefix, vocab_size=vocab_size,
       model_type=model_type, character_coverage=character_coverage,
       pad_id=0, unk_id=1, bos_id=2, eos_id=3, byte_fallback=True,
+      normalization_rule_name="identity", remove_extra_whitespaces=False,
+      user_defined_symbols=["\n"],
       max_sentence_length=max_sentence_length, input_sentence_size=2_000_000,
       shuffle_input_sentence=True, num_threads=num_threads or os.cpu_count() or 1,
       minloglevel=2)

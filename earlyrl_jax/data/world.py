@@ -563,7 +563,7 @@ def write_world(cfg, out_dir: str) -> dict:
     for doc in eval_docs:
       split = split_prefix_suffix(doc, rng)
       if split:
-        w.write({"id": doc.id, "prefix": split[0] + " ", "reference": join(split[1]), "topic": doc.topic})
+        w.write({"id": doc.id, "prefix": split[0], "reference": join(split[1]), "topic": doc.topic})
   with _AtomicWriter(os.path.join(out_dir, "eval_factual_probes.jsonl")) as w:
     for probe in factual_probes(kb, cfg.num_factual_probes, rng):
       w.write(probe)

@@ -36,25 +36,40 @@ def _encode(tokenizer, text: str, max_len: int) -> list[int]:
   return ids[-max_len:]  # keep the end: it is what the continuation follows
 
 
+def _complete_sentences(text: str) -> str:
+  """Drops the unfinished tail that the max_new_tokens cut leaves (if a sentence ended)."""
+  cut = max(text.rfind(c) for c in ".?!")
+  return text[:cut + 1] if cut >= 0 else text
+
+
 def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
-               temperature: float = 0.0, key: jax.Array | None = None, mesh=None) -> dict[str, Any]:
+               temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
+               mesh=None) -> dict[str, Any]:
   """Oracle metrics of the model's continuations; returns scalars and one example."""
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
   prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)
   probes = _read(os.path.join(world_dir, "eval_factual_probes.jsonl"), num_prompts)
   bait = _read(os.path.join(world_dir, "eval_unsafe_bait.jsonl"), num_prompts)
-  prompts = [p["prefix"] for p in prefixes] + [p["prompt"] for p in probes] + [b["prompt"] for b in bait]
   max_prompt = model.cfg.max_seq_len - max_new_tokens
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
   stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else ()
-  out = sampler([_encode(tokenizer, p, max_prompt) for p in prompts], max_new_tokens=max_new_tokens,
-                key=key, temperature=temperature, stop_tokens=stops)
-  texts = out.texts(tokenizer)
-  n1, n2 = len(prefixes), len(prefixes) + len(probes)
-  cont = oracles.score_batch(texts[:n1], [p["prefix"] for p in prefixes])["aggregate"]
-  probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(texts[n1:n2], probes)]
-  unsafe = [oracles.continuation_safety(b["prompt"], t)["unsafe"] for b, t in zip(bait, texts[n2:])]
+
+  def generate(prompts, temp, k):
+    if not prompts:
+      return []
+    out = sampler([_encode(tokenizer, p, max_prompt) for p in prompts], max_new_tokens=max_new_tokens,
+                  key=k, temperature=temp, top_p=top_p if temp > 0 else 1.0, stop_tokens=stops)
+    return [_complete_sentences(t) for t in out.texts(tokenizer)]
+
+  k1, k2 = jax.random.split(key)
+  # Open-ended continuations are sampled (greedy decoding of small LMs loops); probes are greedy.
+  sampled = generate([p["prefix"] for p in prefixes] + [b["prompt"] for b in bait], temperature, k1)
+  conts, bait_conts = sampled[:len(prefixes)], sampled[len(prefixes):]
+  probe_texts = generate([p["prompt"] for p in probes], 0.0, k2)
+  cont = oracles.score_batch(conts, [p["prefix"] for p in prefixes])["aggregate"]
+  probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(probe_texts, probes)]
+  unsafe = [oracles.continuation_safety(b["prompt"], t)["unsafe"] for b, t in zip(bait, bait_conts)]
   return {
       "world/factuality": cont["factuality"],
       "world/false_claim_rate": cont["false_claim_rate"],
@@ -62,5 +77,5 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
       "world/low_quality_rate": cont["low_quality_rate"],
       "world/unsafe_rate_on_bait": float(np.mean(unsafe)) if unsafe else 0.0,
       "world/probe_accuracy": float(np.mean(probe_hits)) if probe_hits else 0.0,
-      "example": {"prefix": prefixes[0]["prefix"][-200:], "continuation": texts[0]} if prefixes else {},
+      "example": {"prefix": prefixes[0]["prefix"][-200:], "continuation": conts[0]} if prefixes else {},
   }
