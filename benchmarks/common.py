@@ -43,9 +43,13 @@ def peak_matmul_flops(dtype, sizes=None) -> float:
 
 
 def memory_bandwidth(num_bytes: int | None = None) -> float:
-  """Bytes/s of a jit-compiled streaming read+write (x * 2 over a large buffer)."""
+  """Read bandwidth in bytes/s: a jit-compiled sum over a buffer far larger than the caches.
+
+  Decoding reads parameters and KV cache and writes almost nothing, so the read
+  bandwidth is the roofline that matters.
+  """
   on_cpu = jax.devices()[0].platform == "cpu"
   n = (num_bytes or (256 * 2**20 if on_cpu else 4 * 2**30)) // 4
   x = jnp.ones((n,), jnp.float32)
-  f = jax.jit(lambda v: v * 2.0)
-  return 2 * 4 * n / time_fn(f, x, warmup=2, iters=7)
+  f = jax.jit(lambda v: jnp.sum(v))
+  return 4 * n / time_fn(f, x, warmup=2, iters=7, best=True)

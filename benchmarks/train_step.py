@@ -30,8 +30,8 @@ def main():
   on_cpu = jax.devices()[0].platform == "cpu"
   p = argparse.ArgumentParser()
   p.add_argument("--preset", default="bench")
-  p.add_argument("--batch", type=int, default=8 if on_cpu else 64)
-  p.add_argument("--seq", type=int, default=512 if on_cpu else 2048)
+  p.add_argument("--batch", type=int, default=16 if on_cpu else 64)
+  p.add_argument("--seq", type=int, default=256 if on_cpu else 2048)
   p.add_argument("--steps", type=int, default=5)
   p.add_argument("--dtype", default="float32" if on_cpu else "bfloat16")
   p.add_argument("--remat", action="store_true")
