@@ -45,7 +45,7 @@ def load_orbax(path: str, *, mesh=None):
   mesh = mesh or mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
   graphdef, abstract = split_abstract(cfg)
   shardings = mesh_lib.state_shardings(abstract, mesh)
-  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+  target = mesh_lib.with_shardings(abstract, shardings)
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), target)
   return nnx.merge(graphdef, state), hf_io.load_tokenizer(path)
 

@@ -114,6 +114,12 @@ def state_shardings(abstract_state, mesh: Mesh, rules=LOGICAL_RULES):
     return nnx.get_named_sharding(abstract_state, mesh)
 
 
+def with_shardings(abstract_tree, shardings):
+  """ShapeDtypeStructs that carry target shardings: restore templates (orbax, jit lowering)."""
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract_tree, shardings)
+
+
 def data_parallel_size(mesh: Mesh) -> int:
   """Number of shards of the batch axis (data x fsdp)."""
   return mesh.shape["data"] * mesh.shape["fsdp"]

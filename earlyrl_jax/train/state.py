@@ -58,8 +58,7 @@ def abstract_train_state(model_cfg: ModelConfig, tx, mesh) -> tuple[Any, TrainSt
   shardings = TrainState(step=rep, params=param_sh, opt_state=opt_sh, rng=rep)
   abs_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abs_params,
                          opt_state=abs_opt, rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-  abs_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                           abs_state, shardings)
+  abs_state = mesh_lib.with_shardings(abs_state, shardings)
   return graphdef, abs_state, shardings
 
 
