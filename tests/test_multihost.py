@@ -28,7 +28,7 @@ def test_two_process_pretraining(tmp_path):
                EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
-         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.num_steps=6", "--config.eval_world_prompts=0",
+         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.num_steps=6", "--config.eval_world_prompts=4",
          "--config.log_every_steps=2", "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
          "--config.data.tokenizer=byte", "--config.model.vocab_size=384", "--config.data.batch_size=8",
          "--config.data.seq_len=64", "--config.world.num_train_documents=200",
@@ -41,8 +41,9 @@ def test_two_process_pretraining(tmp_path):
     assert p.returncode == 0, log
   assert "process 0/2" in logs[0] and "process 1/2" in logs[1]
   assert "step 6/6" in logs[0] and "step 6/6" not in logs[1]  # only host 0 reports
-  steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert steps == [2, 4, 6]
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+  assert "world/false_claim_rate" in records[-1]  # the sampler ran across both processes
   data_iter = os.path.join(workdir, "checkpoints", "6", "data_iter")
   states = sorted(f for f in os.listdir(data_iter) if f.endswith(".json"))
   assert states == ["process_0-of-2.json", "process_1-of-2.json"]

@@ -222,7 +222,7 @@ class Sampler:
       out_toks, out_lps, out_lens = self._decode(
           dec, self.params, cache, logits, key, pos_B, jnp.int32(max_new_tokens),
           jnp.float32(temperature), jnp.float32(top_p), stop_B)
-    out_toks, out_lps, out_lens = jax.device_get((out_toks, out_lps, out_lens))
+    out_toks, out_lps, out_lens = (_fetch(x) for x in (out_toks, out_lps, out_lens))
     keep = n * K
     return SampleOutput(tokens=np.asarray(out_toks[:keep, :max_new_tokens]),
                         logprobs=np.asarray(out_lps[:keep, :max_new_tokens]),
@@ -234,6 +234,14 @@ class Sampler:
       return tuple(jnp.asarray(a) for a in arrays)
     return tuple(jax.device_put(a, mesh_lib.named_sharding(
         self.mesh, ("batch",) + (None,) * (a.ndim - 1))) for a in arrays)
+
+
+def _fetch(x: jax.Array) -> np.ndarray:
+  """Device -> host; on multi-host meshes every process gets the whole (global) result."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _as_rows(prompts, prompt_lengths) -> list[np.ndarray]:
