@@ -111,9 +111,15 @@ def test_arrayrecord_source(tmp_path):
   for i in range(5):
     w.write(json.dumps({"text": f"record {i}"}).encode())
   w.close()
-  src = S.make_source("arrayrecord", path)
-  assert len(src) == 5
+  second = str(tmp_path / "e.array_record")
+  w = arm.ArrayRecordWriter(second, "group_size:1")
+  w.write(b"{not json")
+  w.close()
+  src = S.make_source("arrayrecord", f"{path},{second}")
+  assert len(src) == 6
   assert S.parse_document(src[2], src.kind, S.ParseOptions())[0] == "record 2"
+  with pytest.raises(S.DataError, match=r"e\.array_record:record=0: malformed JSON"):
+    S.parse_document(src[5], src.kind, S.ParseOptions())
 
 
 def test_no_matching_files_names_the_field(tmp_path):

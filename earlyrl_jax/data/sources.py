@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import mmap
 import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -176,13 +177,24 @@ def _line_spans(data: bytes):
   return offsets, lengths, lines
 
 
+def _mapped(path: str):
+  """The file's bytes via mmap (no full copy in memory); b'' for an empty file."""
+  if os.path.getsize(path) == 0:
+    return b""
+  with open(path, "rb") as f:
+    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
 class JsonlSource(_FileIndexSource):
-  """One JSON object per non-blank line; the document is `obj[text_field]`."""
+  """One JSON object per non-blank line; the document is `obj[text_field]`.
+
+  Indexing scans each file once for newlines (memory-mapped, so multi-GB files
+  are fine); for billions of records prefer ArrayRecord, which carries its index.
+  """
   kind = "json"
 
   def _index_file(self, path):
-    with open(path, "rb") as f:
-      return _line_spans(f.read())
+    return _line_spans(_mapped(path))
 
 
 class TextSource(_FileIndexSource):
@@ -199,14 +211,13 @@ class TextSource(_FileIndexSource):
     size = os.path.getsize(path)
     if self.split == "file":
       return ([0], [size], [1]) if size else ([], [], [])
-    with open(path, "rb") as f:
-      data = f.read()
+    data = _mapped(path)
     if self.split == "line":
       return _line_spans(data)
     offsets, lengths, lines = [], [], []
     para_start = None
     pos, line_no, para_line = 0, 1, 1
-    for raw_line in data.split(b"\n"):
+    for raw_line in bytes(data).split(b"\n"):
       blank = not raw_line.strip()
       if not blank and para_start is None:
         para_start, para_line = pos, line_no
@@ -234,8 +245,8 @@ class ParquetSource:
     starts, groups = [], []
     total = 0
     for fid, path in enumerate(files):
-      md = pq.ParquetFile(path).metadata
-      names = pq.ParquetFile(path).schema_arrow.names
+      pf = pq.ParquetFile(path)
+      md, names = pf.metadata, pf.schema_arrow.names
       if column not in names:
         raise DataError(f"{path}: no column {column!r} (data.text_field); columns are {names}")
       for g in range(md.num_row_groups):
@@ -278,12 +289,17 @@ class ArrayRecordSource:
     from array_record.python import array_record_data_source as ards
     self.files, self.kind = files, kind
     self._src = ards.ArrayRecordDataSource(files)
+    # First global index of each file, so errors can name the file and its record.
+    counts = [ards.ArrayRecordDataSource([f]).__len__() for f in files]
+    self._starts = np.cumsum([0] + counts[:-1])
 
   def __len__(self):
     return len(self._src)
 
   def __getitem__(self, i: int) -> RawRecord:
-    return RawRecord(self._src[int(i)], f"{self.files[0] if len(self.files) == 1 else 'arrayrecord'}[{int(i)}]")
+    i = int(i)
+    fid = int(np.searchsorted(self._starts, i, side="right") - 1)
+    return RawRecord(self._src[i], f"{self.files[fid]}:record={i - int(self._starts[fid])}")
 
 
 def make_source(fmt: str, patterns, *, text_field: str = "text", text_split: str = "file",

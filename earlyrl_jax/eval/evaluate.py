@@ -77,5 +77,6 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
       "world/low_quality_rate": cont["low_quality_rate"],
       "world/unsafe_rate_on_bait": float(np.mean(unsafe)) if unsafe else 0.0,
       "world/probe_accuracy": float(np.mean(probe_hits)) if probe_hits else 0.0,
-      "example": {"prefix": prefixes[0]["prefix"][-200:], "continuation": conts[0]} if prefixes else {},
+      "example": next(({"prefix": p["prefix"][-200:], "continuation": c}
+                       for p, c in zip(prefixes, conts) if c.strip()), {}),
   }
