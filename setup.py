@@ -28,7 +28,7 @@ EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist"],
     # HF interop. torch is only used by the parity tests; it is pinned because
     # an unpinned torch pulls a CUDA build of several GB.
-    "hf": ["transformers>=4.45", "safetensors>=0.4", "tokenizers>=0.20", "torch==2.13.0"],
+    "hf": ["transformers>=4.45", "safetensors>=0.4", "tokenizers>=0.20", "jinja2", "torch==2.13.0"],
     "launch": ["xmanager"],
 }
 

@@ -1,1 +1,0 @@
-"""earlyrl_jax.teacher."""
