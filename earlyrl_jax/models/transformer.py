@@ -225,6 +225,21 @@ def _dense(x_MxD: jax.Array, w: jax.Array, dt) -> jax.Array:
   return x_MxD @ w.astype(dt)
 
 
+def _decode_attention(q_BxKxGxH, keys_BxSxKxH, values_BxSxKxH, bias_BxS):
+  """One query token against the cache, as broadcast-multiply-reduce.
+
+  Batched matmuls of a single query row make XLA transpose the whole cache to a
+  matmul layout at every step (and XLA:CPU runs such tiny matmuls slowly);
+  elementwise products with reductions read the cache once, in place.
+  """
+  H = q_BxKxGxH.shape[-1]
+  qf = q_BxKxGxH.astype(jnp.float32)
+  logits = jnp.sum(qf[:, None] * keys_BxSxKxH.astype(jnp.float32)[:, :, :, None, :], axis=-1)
+  logits = logits / math.sqrt(H) + bias_BxS[:, :, None, None]          # [B, S, K, G]
+  probs = jax.nn.softmax(logits, axis=1)
+  return jnp.sum(probs[..., None] * values_BxSxKxH.astype(jnp.float32)[:, :, :, None, :], axis=1)
+
+
 class RMSNorm(nnx.Module):
 
   def __init__(self, dim: int, eps: float, param_dtype: str):
@@ -278,10 +293,14 @@ class Attention(nnx.Module):
       new_cache = (keys, values)
 
     q = q.reshape(B, T, K, N // K, H)
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt)).astype(jnp.float32)
-    logits = logits / math.sqrt(H) + bias_BxTxS[:, None, None]
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B * T, N * H)
+    if T == 1:
+      out = _decode_attention(q[:, 0], keys.astype(dt), values.astype(dt), bias_BxTxS[:, 0])
+      out = out.astype(dt).reshape(B, N * H)
+    else:
+      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt)).astype(jnp.float32)
+      logits = logits / math.sqrt(H) + bias_BxTxS[:, None, None]
+      probs = jax.nn.softmax(logits, axis=-1).astype(dt)
+      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B * T, N * H)
     y = _dense(out, self.o[...].reshape(N * H, D), dt).reshape(B, T, D)
     return y, new_cache
 
