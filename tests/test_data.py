@@ -1,6 +1,5 @@
 """Sources, parsing errors, tokenizers, packing, windows, host sharding, iterator state."""
 import json
-import os
 
 import numpy as np
 import pytest

@@ -1,7 +1,6 @@
 """Sharded train steps equal the single-device step; mesh/config errors are clear."""
 import jax
 import numpy as np
-import optax
 import pytest
 from ml_collections import ConfigDict
 

@@ -15,7 +15,6 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
-import numpy as np
 
 
 @runtime_checkable

@@ -75,7 +75,7 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
     if len(devices) == jax.device_count():
       return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
   except (TypeError, ValueError, NotImplementedError):
-    pass
+    pass  # no topology information for this device set: fall back to the given order
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 

@@ -21,7 +21,6 @@ log-probs of the chosen tokens.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 

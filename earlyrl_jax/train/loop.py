@@ -17,7 +17,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
 from earlyrl_jax import configs
 from earlyrl_jax.data import pipeline, tokenizer as tok_lib
