@@ -45,15 +45,8 @@ def tiny_cfg(**overrides):
 
 
 def _final_params(workdir, step):
-  cfg = configs.model_config(_read_cfg(workdir))
-  _, params = loop.load_params(workdir, cfg, step=step)
+  _, params, _ = loop.load_params(workdir, step=step)
   return jax.device_get(params)
-
-
-def _read_cfg(workdir):
-  import ml_collections
-  with open(os.path.join(workdir, "config.json")) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def test_pretrain_loss_falls_and_metrics_are_written(tmp_path):
@@ -65,7 +58,7 @@ def test_pretrain_loss_falls_and_metrics_are_written(tmp_path):
   assert losses[-1] < losses[0] - 1.0, losses
   assert any("eval/loss" in l for l in lines)
   assert [l for l in lines if "loss" in l][-1]["data/documents"] > 0
-  assert sorted(os.listdir(tmp_path / "checkpoints"))[-1] == "40" or "40" in os.listdir(tmp_path / "checkpoints")
+  assert "40" in os.listdir(tmp_path / "checkpoints")
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
   assert np.isfinite(out["metrics"]["loss"])
   # The end-of-run world evaluation samples continuations and scores them with the oracles.

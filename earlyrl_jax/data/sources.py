@@ -290,7 +290,7 @@ class ArrayRecordSource:
     self.files, self.kind = files, kind
     self._src = ards.ArrayRecordDataSource(files)
     # First global index of each file, so errors can name the file and its record.
-    counts = [ards.ArrayRecordDataSource([f]).__len__() for f in files]
+    counts = [len(ards.ArrayRecordDataSource([f])) for f in files]
     self._starts = np.cumsum([0] + counts[:-1])
 
   def __len__(self):

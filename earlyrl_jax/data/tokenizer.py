@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
 
-
 @runtime_checkable
 class Tokenizer(Protocol):
   vocab_size: int

@@ -11,6 +11,7 @@ and layout conversion, and each host reads only its shards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 
@@ -29,7 +30,7 @@ def save_orbax(model, path: str, tokenizer=None) -> None:
   path = os.path.abspath(path)
   os.makedirs(path, exist_ok=True)
   with open(os.path.join(path, MODEL_CONFIG), "w") as f:
-    json.dump(hf_io.model_config_dict(model.cfg), f, indent=1)
+    json.dump(dataclasses.asdict(model.cfg), f, indent=1)
   ckptr = ocp.StandardCheckpointer()
   ckptr.save(os.path.join(path, "params"), nnx.state(model), force=True)
   ckptr.wait_until_finished()
@@ -42,7 +43,7 @@ def load_orbax(path: str, *, mesh=None):
   path = os.path.abspath(path)
   with open(os.path.join(path, MODEL_CONFIG)) as f:
     cfg = ModelConfig(**json.load(f))
-  mesh = mesh or mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+  mesh = mesh or mesh_lib.single_device_mesh()
   graphdef, abstract = split_abstract(cfg)
   shardings = mesh_lib.state_shardings(abstract, mesh)
   target = mesh_lib.with_shardings(abstract, shardings)
@@ -52,13 +53,8 @@ def load_orbax(path: str, *, mesh=None):
 
 def load_workdir(path: str, *, mesh=None):
   """(model, tokenizer) from the newest checkpoint of a pretraining workdir."""
-  import ml_collections
-  from earlyrl_jax import configs
   from earlyrl_jax.train import loop
-  with open(os.path.join(path, "config.json")) as f:
-    cfg = ml_collections.ConfigDict(json.load(f))
-  model_cfg = configs.model_config(cfg)
-  graphdef, params = loop.load_params(path, model_cfg, mesh)
+  graphdef, params, _ = loop.load_params(path, mesh)
   tok_path = os.path.join(path, "tokenizer.model")
   tokenizer = None
   if os.path.exists(tok_path):

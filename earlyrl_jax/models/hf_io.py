@@ -16,7 +16,6 @@ HF's rotate-half RoPE is the layout our RoPE uses, so no permutation is needed.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -216,7 +215,7 @@ def read_hf_config(path: str) -> dict[str, Any]:
 def load_params(path: str, model_cfg: ModelConfig, mesh=None):
   """(graphdef, nnx.State) read from an HF directory into their shardings on `mesh`."""
   reader = CheckpointReader(path)
-  mesh = mesh or mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+  mesh = mesh or mesh_lib.single_device_mesh()
   graphdef, abstract = split_abstract(model_cfg)
   shardings = mesh_lib.state_shardings(abstract, mesh)
   flat_abs = dict(nnx.to_flat_state(abstract))
@@ -319,7 +318,3 @@ def save_tokenizer(tokenizer, path: str) -> None:
     f = os.path.join(directory, fn)
     if os.path.exists(f) and os.path.abspath(directory) != os.path.abspath(path):
       shutil.copy(f, os.path.join(path, fn))
-
-
-def model_config_dict(cfg: ModelConfig) -> dict:
-  return dataclasses.asdict(cfg)

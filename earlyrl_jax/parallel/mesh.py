@@ -79,6 +79,11 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices: Sequence[Any] | None =
   return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
+def single_device_mesh() -> Mesh:
+  """A (1, 1, 1) mesh on the first device: the default for loading and notebooks."""
+  return make_mesh((1, 1, 1), jax.devices()[:1])
+
+
 def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
   """Builds the mesh from a `mesh` ConfigDict with fields data, fsdp, tensor."""
   return make_mesh((mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor), devices)

@@ -279,12 +279,13 @@ def _memory_summary(compiled) -> str:
     return ""
 
 
-def load_params(workdir: str, model_cfg, mesh=None, step: int | None = None):
-  """Params of a pretraining checkpoint (e.g. for evaluation or as a starting point)."""
+def load_params(workdir: str, mesh=None, step: int | None = None):
+  """(graphdef, params, ModelConfig) of a pretraining checkpoint, shape from WORKDIR/config.json."""
   import ml_collections
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = ml_collections.ConfigDict(json.load(f))
-  mesh = mesh or mesh_lib.make_mesh((1, 1, 1), jax.devices()[:1])
+  model_cfg = configs.model_config(cfg)
+  mesh = mesh or mesh_lib.single_device_mesh()
   tx = state_lib.make_optimizer(cfg.opt, cfg.num_steps)
   graphdef, abs_state, _ = state_lib.abstract_train_state(model_cfg, tx, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
@@ -292,4 +293,4 @@ def load_params(workdir: str, model_cfg, mesh=None, step: int | None = None):
     state, _ = ckpt.restore(abs_state, step=step)
   finally:
     ckpt.close()
-  return graphdef, state.params
+  return graphdef, state.params, model_cfg
