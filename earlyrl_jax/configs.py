@@ -14,7 +14,6 @@ import ml_collections
 from earlyrl_jax.models.transformer import ModelConfig
 from earlyrl_jax.parallel import mesh as mesh_lib
 
-MODES = ("pretrain", "world")
 
 
 class ConfigError(ValueError):
@@ -72,9 +71,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   """Checks the config against itself and the available devices; raises ConfigError."""
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
-  _require(cfg.mode in MODES, "mode", f"{cfg.mode!r} is not one of {MODES}")
+  from earlyrl_jax.modes import MODES
+  _require(cfg.mode in MODES, "mode", f"{cfg.mode!r} is not one of {sorted(MODES)}")
   _require(cfg.num_steps >= 0, "num_steps", f"must be >= 0, got {cfg.num_steps}")
-  if cfg.mode == "world":
+  if not MODES[cfg.mode].trains:
     return
   mc = model_config(cfg)
   try:

@@ -1,9 +1,8 @@
 """Entry point: `python -m earlyrl_jax.main --config=configs/tiny.py --workdir=DIR`.
 
-The config file's `mode` picks the job (override with `--config.mode=...`):
-  pretrain  next-token pretraining with checkpoints and automatic resume
-  world     write the synthetic world (corpus, oracles' knowledge base, eval sets) to WORKDIR
-Any config field can be overridden: `--config.num_steps=50 --config.data.batch_size=8`.
+The config file's `mode` picks the job (override with `--config.mode=...`); the jobs
+are listed in `earlyrl_jax/modes.py` and by `--help`. Any config field can be
+overridden: `--config.num_steps=50 --config.data.batch_size=8`.
 """
 from __future__ import annotations
 
@@ -13,11 +12,13 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from earlyrl_jax.modes import help_text  # light: imports nothing heavy
+
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "tiny.py")
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", _DEFAULT_CONFIG, "Path to an ml_collections config file (get_config()).",
-    lock_config=True)
+    "config", _DEFAULT_CONFIG, "Path to an ml_collections config file (get_config()); its `mode` "
+    "field picks the job:\n" + help_text(), lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/earlyrl_jax", "Run directory: checkpoints, "
                                "metrics.jsonl, TensorBoard events, generated data.")
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -25,18 +26,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 
 def run(cfg, workdir: str):
-  """Dispatches on cfg.mode; importable so notebooks can do the same as the CLI."""
-  if cfg.mode == "pretrain":
-    from earlyrl_jax.train import loop
-    return loop.train(cfg, workdir)
-  if cfg.mode == "world":
-    from earlyrl_jax.data import world
-    manifest = world.write_world(cfg.world, workdir)
-    print(f"wrote the synthetic world to {workdir}: "
-          + ", ".join(f"{k}={v}" for k, v in manifest["counts"].items()), flush=True)
-    return manifest
-  from earlyrl_jax.configs import MODES, ConfigError
-  raise ConfigError(f"mode={cfg.mode!r}: not one of {MODES}")
+  """Dispatches on cfg.mode through the mode table; notebooks can call it like the CLI."""
+  from earlyrl_jax.configs import ConfigError
+  from earlyrl_jax.modes import MODES
+  if cfg.mode not in MODES:
+    raise ConfigError(f"mode: {cfg.mode!r} is not one of {sorted(MODES)}")
+  return MODES[cfg.mode].load()(cfg, workdir)
 
 
 def main(argv):

@@ -1,0 +1,34 @@
+"""The one table of jobs (`config.mode`): main.py, config validation and `--help` read it.
+
+Each entry names the function that runs the job (imported lazily, so `--help`
+and validation never import the trainer) and one line of help.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Mode:
+  target: str      # "package.module:function", called as function(cfg, workdir)
+  help: str        # one line for --help and error messages
+  trains: bool     # builds a model, a mesh and an optimizer (validated as such)
+
+  def load(self) -> Callable:
+    module, fn = self.target.split(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+MODES: dict[str, Mode] = {
+    "pretrain": Mode("earlyrl_jax.train.loop:train", "next-token pretraining with checkpoints, "
+                     "automatic resume and held-out eval", trains=True),
+    "world": Mode("earlyrl_jax.world:run_world_job", "write the synthetic world (corpus, knowledge "
+                  "base, eval sets, teacher supervision) to WORKDIR", trains=False),
+}
+
+
+def help_text() -> str:
+  width = max(map(len, MODES))
+  return "\n".join(f"  {name:<{width}}  {m.help}" for name, m in MODES.items())
