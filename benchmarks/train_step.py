@@ -52,13 +52,13 @@ def main():
   batch = {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": np.ones((B, L), np.int32),
            "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1)), "loss_mask": np.ones((B, L), np.float32)}
   step = steps_lib.make_train_step(graphdef, tx, state_lib.lr_schedule(opt, 1000), mesh, shardings,
-                                   {k: v.shape for k, v in batch.items()})
+                                   steps_lib.spec_of(batch))
   with jax.set_mesh(mesh):
     gbatch = mesh_lib.shard_batch(batch, mesh)
     holder = [state]
 
     def run():
-      holder[0], m = step(holder[0], gbatch)
+      holder[0], m = step(holder[0], gbatch, {})
       return m["loss"]
     secs = time_fn(run, warmup=2, iters=args.steps)
   tokens_per_s = B * L / secs

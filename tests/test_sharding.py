@@ -21,11 +21,10 @@ def _one_step(shape, devices, grad_accum=1, batch=None):
   tx = state_lib.make_optimizer(OPT, 10)
   sched = state_lib.lr_schedule(OPT, 10)
   graphdef, state, shardings = state_lib.init_train_state(mc, tx, mesh, seed=3)
-  spec = {k: v.shape for k, v in batch.items()}
-  step = steps_lib.make_train_step(graphdef, tx, sched, mesh, shardings, spec,
-                                   grad_accum_steps=grad_accum, z_loss=1e-4)
+  step = steps_lib.make_train_step(graphdef, tx, sched, mesh, shardings, steps_lib.spec_of(batch),
+                                   grad_accum_steps=grad_accum, coefs={"nll": 1.0, "z_loss": 1e-4})
   with jax.set_mesh(mesh):
-    new_state, metrics = step(state, mesh_lib.shard_batch(batch, mesh))
+    new_state, metrics = step(state, mesh_lib.shard_batch(batch, mesh), {})
   params = jax.device_get(new_state.params)
   return jax.device_get(metrics), params, new_state
 

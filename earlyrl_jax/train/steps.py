@@ -1,21 +1,29 @@
 """The jit-compiled train and eval steps, with explicit in/out shardings.
 
-A step takes a TrainState and a batch sharded over ('data', 'fsdp'). Gradient
-accumulation runs inside the step as a `lax.scan` over micro-batches whose rows
-are strided across the batch (so each micro-batch still spans every device);
-gradients of loss *sums* are added and divided once by the total token count,
-which makes accumulation exact.
+One step serves every job. A loss function returns named `(sum, denominator)`
+terms (see `train/losses.py`); the step combines them once:
 
-`loss_fn(model, batch) -> (loss_sum, count, aux_sums)` is pluggable: pretraining
-uses `losses.lm_loss`; self-improving training mixes in its policy losses.
+    loss = Σ_i coefs[i] · sum_i / denom_i
+
+with sums and denominators taken over the whole global batch. Gradient
+accumulation runs inside the step as a `lax.scan` over micro-batches whose rows
+are strided across the batch (so each micro-batch still spans every device).
+Because denominators depend on the batch only, they are computed for the whole
+batch first (XLA drops the model computation of that pass as dead code) and
+every micro-batch's gradient is already scaled by the global denominators:
+accumulation is exact for any mix of terms and ragged masks.
+
+Frozen parameter trees (a reference policy for DPO or KL) are a separate,
+non-differentiated argument `frozen_params` with their own shardings; a loss
+function that does not need one never runs its forward pass.
 """
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -23,13 +31,18 @@ from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.train import losses
 from earlyrl_jax.train.state import TrainState
 
-LossFn = Callable[..., tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
+LossFn = Callable[..., tuple[losses.Terms, losses.Terms]]
 
 
-def batch_shardings(mesh, batch_spec: dict[str, tuple[int, ...]]):
+def spec_of(batch: Mapping[str, np.ndarray]) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global batch spec (shapes and dtypes) taken from an example batch."""
+  return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in batch.items()}
+
+
+def batch_shardings(mesh, batch_spec: Mapping[str, jax.ShapeDtypeStruct]):
   """NamedSharding per batch field: leading axis over the data-parallel axes."""
-  return {k: mesh_lib.named_sharding(mesh, ("batch",) + (None,) * (len(shape) - 1))
-          for k, shape in batch_spec.items()}
+  return {k: mesh_lib.named_sharding(mesh, ("batch",) + (None,) * (len(s.shape) - 1))
+          for k, s in batch_spec.items()}
 
 
 def _microbatches(batch, n: int):
@@ -41,57 +54,111 @@ def _microbatches(batch, n: int):
   return jax.tree.map(split, batch)
 
 
+def _safe(d):
+  """A denominator of 0 means the term had nothing to average (its sum is 0 too)."""
+  return jnp.where(d > 0, d, 1.0)
+
+
+def combine(terms: losses.Terms, coefs: Mapping[str, float], denoms=None):
+  """Σ coef · sum / denom over the terms (denoms defaults to each term's own)."""
+  unknown = sorted(set(terms) - set(coefs))
+  if unknown:
+    raise KeyError(f"loss terms {unknown} have no coefficient (coefs: {sorted(coefs)})")
+  total = jnp.zeros((), jnp.float32)
+  for name, (s, d) in terms.items():
+    if coefs[name]:
+      total = total + coefs[name] * s / _safe(d if denoms is None else denoms[name])
+  return total
+
+
+def tree_all_finite(tree) -> jax.Array:
+  """True iff every leaf of `tree` is finite (checked on the *updated* params)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, mesh, state_shardings,
-                    batch_spec: dict[str, tuple[int, ...]], *, grad_accum_steps: int = 1,
-                    loss_fn: LossFn | None = None, z_loss: float = 0.0):
-  """Returns a jitted `step(state, batch) -> (state, metrics)` (state is donated)."""
-  loss_fn = loss_fn or functools.partial(losses.lm_loss, z_loss=z_loss)
+                    batch_spec: Mapping[str, jax.ShapeDtypeStruct], *,
+                    loss_fn: LossFn = losses.lm_terms, coefs: Mapping[str, float] | None = None,
+                    frozen_graphdefs: Mapping[str, object] | None = None,
+                    frozen_shardings: Mapping[str, object] | None = None,
+                    grad_accum_steps: int = 1):
+  """Returns a jitted `step(state, batch, frozen_params) -> (state, metrics)`; state is donated.
 
-  def sums(params, batch):
+  metrics: 'loss'; every term and diagnostic as sum / denominator (and
+  '<term>/count' with its global denominator); 'grad_norm', 'param_norm',
+  'params_finite' (1.0 iff the updated params are all finite), 'learning_rate', 'tokens'
+  (the denominator of the 'nll' term when there is one).
+  """
+  coefs = dict(coefs if coefs is not None else {"nll": 1.0})
+  frozen_graphdefs = dict(frozen_graphdefs or {})
+  frozen_shardings = dict(frozen_shardings or {})
+  if set(frozen_graphdefs) != set(frozen_shardings):
+    raise ValueError(f"frozen trees {sorted(frozen_graphdefs)} and their shardings "
+                     f"{sorted(frozen_shardings)} must name the same models")
+
+  def terms_of(params, batch, frozen_params):
     model = nnx.merge(graphdef, params)
-    total, count, aux = loss_fn(model, batch)
-    return total, (count, aux)
+    frozen = {k: nnx.merge(frozen_graphdefs[k], jax.lax.stop_gradient(v))
+              for k, v in frozen_params.items()}
+    return loss_fn(model, batch, frozen)
 
-  grad_fn = jax.grad(sums, has_aux=True)
+  def scaled_loss(params, batch, frozen_params, denoms):
+    terms, diags = terms_of(params, batch, frozen_params)
+    sums = ({k: s for k, (s, _) in terms.items()}, {k: s for k, (s, _) in diags.items()})
+    return combine(terms, coefs, denoms), sums
 
-  def step(state: TrainState, batch):
+  grad_fn = jax.grad(scaled_loss, has_aux=True)
+
+  def step(state: TrainState, batch, frozen_params):
+    # Global denominators first: they depend on the batch only, so XLA drops the
+    # model computation of this call; only the masks' reductions remain.
+    terms, diags = terms_of(state.params, batch, frozen_params)
+    denoms = {k: d for k, (_, d) in terms.items()}
+    diag_denoms = {k: d for k, (_, d) in diags.items()}
     if grad_accum_steps == 1:
-      grads, (count, aux) = grad_fn(state.params, batch)
+      grads, (sums, diag_sums) = grad_fn(state.params, batch, frozen_params, denoms)
     else:
+      mbs = _microbatches(batch, grad_accum_steps)
+
       def body(carry, mb):
-        g_acc, c_acc, a_acc = carry
-        g, (c, a) = grad_fn(state.params, mb)
-        return (jax.tree.map(jnp.add, g_acc, g), c_acc + c, jax.tree.map(jnp.add, a_acc, a)), None
-      zeros_g = jax.tree.map(jnp.zeros_like, state.params)
-      first = _microbatches(batch, grad_accum_steps)
-      _, (c0, a0) = jax.eval_shape(grad_fn, state.params, jax.tree.map(lambda x: x[0], first))
-      zeros_a = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), a0)
-      (grads, count, aux), _ = jax.lax.scan(body, (zeros_g, jnp.zeros((), jnp.float32), zeros_a), first)
-    denom = jnp.maximum(count, 1.0)
-    grads = jax.tree.map(lambda g: g / denom, grads)
+        g_acc, s_acc = carry
+        g, s = grad_fn(state.params, mb, frozen_params, denoms)
+        return (jax.tree.map(jnp.add, g_acc, g), jax.tree.map(jnp.add, s_acc, s)), None
+
+      zeros = lambda t: jax.tree.map(jnp.zeros_like, t)
+      init = (zeros(state.params), (zeros(denoms), zeros(diag_denoms)))
+      (grads, (sums, diag_sums)), _ = jax.lax.scan(body, init, mbs)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {k: v / denom for k, v in aux.items()}
-    metrics["loss"] = sum(aux.values()) / denom
+    metrics = {}
+    for k in sums:
+      metrics[k] = sums[k] / _safe(denoms[k])
+      metrics[f"{k}/count"] = denoms[k]
+    for k in diag_sums:
+      metrics[k] = diag_sums[k] / _safe(diag_denoms[k])
+    metrics["loss"] = combine({k: (sums[k], denoms[k]) for k in sums}, coefs)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
+    metrics["params_finite"] = tree_all_finite(params).astype(jnp.float32)
     metrics["learning_rate"] = schedule(state.step)
-    metrics["tokens"] = count
+    metrics["tokens"] = denoms.get("nll", jnp.zeros((), jnp.float32))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
   rep = mesh_lib.replicated(mesh)
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(mesh, batch_spec)),
+  return jax.jit(step, in_shardings=(state_shardings, batch_shardings(mesh, batch_spec),
+                                     frozen_shardings),
                  out_shardings=(state_shardings, rep), donate_argnums=(0,))
 
 
-def make_eval_step(graphdef, mesh, param_shardings, batch_spec, *, loss_fn: LossFn | None = None):
-  """Jitted `eval_step(params, batch) -> (loss_sum, count)`."""
-  loss_fn = loss_fn or losses.lm_loss
+def make_eval_step(graphdef, mesh, param_shardings, batch_spec, *, loss_fn: LossFn = losses.lm_terms,
+                   term: str = "nll"):
+  """Jitted `eval_step(params, batch) -> (sum, denominator)` of one term (held-out NLL)."""
 
   def step(params, batch):
-    total, count, aux = loss_fn(nnx.merge(graphdef, params), batch)
-    return aux.get("nll", total), count
+    terms, _ = loss_fn(nnx.merge(graphdef, params), batch, {})
+    return terms[term]
 
   rep = mesh_lib.replicated(mesh)
   return jax.jit(step, in_shardings=(param_shardings, batch_shardings(mesh, batch_spec)),

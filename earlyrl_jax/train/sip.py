@@ -1,0 +1,323 @@
+"""Self-improving pretraining (`mode='sip'`): windows -> rollouts -> rewrite -> judge -> one step.
+
+For each window (prefix, original suffix) of the stream:
+
+  1. the policy samples K rollouts of the suffix from the *current* params
+     (shared-prefix fan-out in the compiled sampler);
+  2. the teacher rewrites the original suffix (`sip.rewrite='online'`), or there is
+     no rewrite (`'none'`);
+  3. the judge compares the candidates {original, rewrite, rollouts} per prefix
+     (`teacher/tournament.py`: all pairs, pivot or adaptive, both orders) into one
+     reward per candidate; `sip.judge='none'` skips judging and always picks the
+     rewrite (the offline-rewriting baseline: NLL on rewritten suffixes, no judge);
+  4. the producer lays out the rows the recipe needs (`train/objectives.py`) and the
+     shared loop (`train/loop.py`) runs the one jitted step.
+
+Candidates cross between policy and teacher as text: the teacher sees the
+window's exact text, the policy's own candidates (original suffix, rollouts) keep
+their exact token ids, and only the rewrite is re-encoded with the policy's
+tokenizer (as a continuation, so no spurious leading piece).
+
+The producer is deterministic given (config, seed, step, params): rollouts use
+`fold_in(seed, step)`, so a run killed mid-way and restarted ends with the same
+parameters as an uninterrupted one. The reference policy (DPO, KL) is the
+starting point of the run, rebuilt from its source on resume.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from earlyrl_jax.data import pipeline
+from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.sampling.sampler import Sampler
+from earlyrl_jax.train import loop
+from earlyrl_jax.train.objectives import ROW_FIELDS, Objective
+
+SOURCES = ("original", "rewrite", "rollout")
+
+
+def candidate_rows(prefixes: list[np.ndarray], candidates: list[np.ndarray], length: int,
+                   pad_id: int) -> dict[str, np.ndarray]:
+  """Rows `prefix + candidate`, right-padded to `length`; loss only on candidate tokens.
+
+  Prefixes keep their last tokens when a row would not fit (the candidate is
+  never cut here: callers cap candidates first).
+  """
+  R = len(prefixes)
+  out = {"tokens": np.full((R, length), pad_id, np.int32), "targets": np.full((R, length), pad_id, np.int32),
+         "positions": np.zeros((R, length), np.int32), "segment_ids": np.zeros((R, length), np.int32),
+         "loss_mask": np.zeros((R, length), np.float32)}
+  for r, (p, c) in enumerate(zip(prefixes, candidates)):
+    p = np.asarray(p, np.int32)[-(length - len(c)):] if len(c) < length else np.zeros((0,), np.int32)
+    row = np.concatenate([p, np.asarray(c, np.int32)])[:length]
+    n = len(row)
+    out["tokens"][r, :n] = row
+    out["targets"][r, :n - 1] = row[1:]
+    out["positions"][r, :n] = np.arange(n)
+    out["segment_ids"][r, :n] = 1
+    out["loss_mask"][r, max(len(p) - 1, 0):n - 1] = 1.0  # predictions of candidate tokens
+  return out
+
+
+def _prefixed(rows: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+  return {prefix + k: v for k, v in rows.items()}
+
+
+def group_advantages(rewards_GxC: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+  """(r − mean_group) / (std_group + eps): GRPO's group-normalised advantage; 0 for a tied group."""
+  mean = rewards_GxC.mean(axis=1, keepdims=True)
+  std = rewards_GxC.std(axis=1, keepdims=True)
+  return (rewards_GxC - mean) / (std + eps)
+
+
+class SIPProducer:
+  """Builds one SIP batch per call from the window stream, the policy's params and the teacher."""
+
+  def __init__(self, run: loop.Run, objective: Objective, judge, rewriter, window_iter):
+    self.run, self.cfg, self.s = run, run.cfg, run.cfg.sip
+    self.objective, self.judge, self.rewriter = objective, judge, rewriter
+    self.window_iter = window_iter
+    self.tok = run.tokenizer
+    # The sampler is built once (compiled programs cached); params are passed per call.
+    with jax.set_mesh(run.mesh):
+      template = nnx.merge(run.graphdef, jax.tree.map(
+          lambda s: np.zeros(s.shape, s.dtype), run.abs_state.params))
+    self.sampler = Sampler(template, mesh=run.mesh, pad_id=self.tok.pad_id)
+    self.K = int(self.s.num_rollouts)
+    self.with_rewrite = self.s.rewrite != "none"
+    self.C = 1 + int(self.with_rewrite) + self.K
+    self.cand_len = int(self.s.candidate_len or self.cfg.data.suffix_len)
+    self.row_len = int(self.cfg.data.prefix_len) + self.cand_len
+    self._t_last = None
+
+  def sources(self) -> list[str]:
+    return ["original"] + (["rewrite"] if self.with_rewrite else []) + ["rollout"] * self.K
+
+  # ------------------------------------------------------------------ one batch
+  def __call__(self, state, step: int):
+    t_start = time.monotonic()
+    # The loop dispatched the previous update asynchronously: waiting for its params here
+    # measures it (the rollouts need them anyway).
+    jax.block_until_ready(state.params)
+    update_time = 0.0 if self._t_last is None else time.monotonic() - self._t_last
+    w = next(self.window_iter)
+    stats = {k: v for k, v in w.pop("stats").items()}
+    G = len(w["prefix"])
+    prefixes = [w["prefix"][g, :w["prefix_len"][g]] for g in range(G)]
+    originals = [w["suffix"][g, :w["suffix_len"][g]] for g in range(G)]
+    prefix_text, suffix_text = list(w["prefix_text"]), list(w["suffix_text"])
+    key = jax.random.fold_in(jax.random.key(self.cfg.seed), step)
+
+    t0 = time.monotonic()
+    roll_ids, roll_text = [], []
+    if self.K:
+      roll = self.sampler.sample(
+          state.params, prefixes, max_new_tokens=int(self.cfg.data.suffix_len), key=key,
+          temperature=float(self.s.temperature), top_p=float(self.s.top_p), num_samples=self.K,
+          stop_tokens=[self.tok.eos_id] if self.tok.eos_id is not None else ())
+      roll_ids = [roll.tokens[r, :roll.lengths[r]] for r in range(G * self.K)]
+      roll_text = [self.tok.decode_continuation([i for i in ids if i != self.tok.eos_id])
+                   for ids in roll_ids]
+    t1 = time.monotonic()
+    rewrite_text, rewrite_ids = [], []
+    if self.s.rewrite == "online":
+      rewrite_text = self.rewriter.rewrite(prefix_text, suffix_text,
+                                           key=jax.random.fold_in(key, 1), temperature=0.0)
+    if self.with_rewrite:
+      rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
+                     for t in rewrite_text]
+    t2 = time.monotonic()
+
+    cand_text, cand_ids = [], []
+    for g in range(G):
+      texts = [suffix_text[g]] + ([rewrite_text[g]] if self.with_rewrite else [])
+      ids = [originals[g][:self.cand_len]] + ([rewrite_ids[g]] if self.with_rewrite else [])
+      texts += roll_text[g * self.K:(g + 1) * self.K]
+      ids += [r[:self.cand_len] for r in roll_ids[g * self.K:(g + 1) * self.K]]
+      cand_text.append(texts)
+      cand_ids.append(ids)
+    calls0 = getattr(self.judge, "calls", 0)
+    j = self._judge(prefix_text, suffix_text, cand_text)
+    t3 = time.monotonic()
+
+    batch = self._rows(prefixes, originals, cand_ids, j)
+    stats.update(self._stats(j, G))
+    stats.update({"sip/judge_calls": float(getattr(self.judge, "calls", calls0) - calls0),
+                  "time/rollout": t1 - t0, "time/rewrite": t2 - t1, "time/judge": t3 - t2,
+                  "time/update": update_time, "time/produce": time.monotonic() - t_start})
+    self._t_last = time.monotonic()
+    self.last_example = {"prefix": prefix_text[0], "candidates": cand_text[0],
+                         "rewards": j.rewards[0].tolist()}
+    return batch, stats
+
+  def _judge(self, prefix_text, suffix_text, cand_text):
+    if self.judge is None:  # no judge: the rewrite (or the original) is always chosen
+      G, pick = len(cand_text), int(self.with_rewrite)
+      from earlyrl_jax.teacher.tournament import Judgement
+      rewards = np.zeros((G, self.C), np.float32)
+      rewards[:, pick] = 1.0
+      return Judgement(rewards=rewards, per_axis={}, prefs={}, calls=0, position_consistency=1.0,
+                       chosen=np.full((G,), pick), rejected=np.full((G,), pick),
+                       all_tied=np.ones((G,), bool))
+    from earlyrl_jax.teacher.tournament import judge_groups
+    return judge_groups(self.judge, prefix_text, cand_text, scheme=self.s.judge_scheme,
+                        axes=dict(self.s.judge_axes), both_orders=bool(self.s.both_orders),
+                        aggregate=self.s.aggregate,
+                        references=[p + s for p, s in zip(prefix_text, suffix_text)],
+                        budget=int(self.s.judge_budget) or None)
+
+  def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
+    G, pad = len(prefixes), self.tok.pad_id
+    docs = [np.concatenate([p, o]) for p, o in zip(prefixes, originals)]
+    lm = candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], self.row_len, pad)
+    batch = _prefixed(lm, "lm_")
+    recipe = self.objective.recipe
+    if recipe == "dpo":
+      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][j.chosen[g]] for g in range(G)],
+                                            self.row_len, pad), "chosen_"))
+      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][j.rejected[g]] for g in range(G)],
+                                            self.row_len, pad), "rejected_"))
+      batch["pair_mask"] = (~j.all_tied & (j.chosen != j.rejected)).astype(np.float32)
+    elif recipe == "rf_nll":
+      best = j.chosen.copy()
+      weight = np.ones((G,), np.float32)
+      below = j.rewards[np.arange(G), best] < float(self.s.rf_threshold)
+      if self.s.rf_fallback == "original":
+        best = np.where(below, 0, best)
+      else:  # 'skip'
+        weight = np.where(below, 0.0, 1.0).astype(np.float32)
+      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][best[g]] for g in range(G)],
+                                            self.row_len, pad), "best_"))
+      batch["best_weight"] = weight
+    else:
+      flat_p = [prefixes[g] for g in range(G) for _ in range(self.C)]
+      flat_c = [c for g in range(G) for c in cand_ids[g]]
+      batch.update(_prefixed(candidate_rows(flat_p, flat_c, self.row_len, pad), "cand_"))
+      batch["advantage"] = group_advantages(j.rewards).reshape(-1).astype(np.float32)
+      batch["is_rollout"] = np.tile(np.array([s == "rollout" for s in self.sources()], np.float32), G)
+    return batch
+
+  def _stats(self, j, G: int) -> dict[str, float]:
+    src = np.array(self.sources())
+    out = {}
+    for s in SOURCES:
+      if s in src:
+        out[f"sip/win_share_{s}"] = float(np.mean(src[j.chosen] == s))
+        out[f"sip/reward_{s}"] = float(j.rewards[:, src == s].mean())
+    for axis, r in j.per_axis.items():
+      out[f"sip/reward_{axis}"] = float(r.mean())
+    out["sip/all_tied_frac"] = float(np.mean(j.all_tied))
+    out["sip/position_consistency"] = float(j.position_consistency)
+    adv = group_advantages(j.rewards)
+    out["pg/advantage_mean"] = float(adv.mean())
+    out["pg/advantage_std"] = float(adv.std())
+    out["pg/advantage_abs_max"] = float(np.abs(adv).max())
+    return out
+
+
+def batch_spec(producer: SIPProducer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global shapes of one SIP batch (host-local rows x process count)."""
+  G, L, C = global_windows, producer.row_len, producer.C
+  spec = {}
+
+  def rows(prefix, n):
+    for f in ROW_FIELDS:
+      spec[prefix + f] = jax.ShapeDtypeStruct((n, L), np.float32 if f == "loss_mask" else np.int32)
+
+  rows("lm_", G)
+  recipe = producer.objective.recipe
+  if recipe == "dpo":
+    rows("chosen_", G)
+    rows("rejected_", G)
+    spec["pair_mask"] = jax.ShapeDtypeStruct((G,), np.float32)
+  elif recipe == "rf_nll":
+    rows("best_", G)
+    spec["best_weight"] = jax.ShapeDtypeStruct((G,), np.float32)
+  else:
+    rows("cand_", G * C)
+    spec["advantage"] = jax.ShapeDtypeStruct((G * C,), np.float32)
+    spec["is_rollout"] = jax.ShapeDtypeStruct((G * C,), np.float32)
+  return spec
+
+
+def objective_from_config(s) -> Objective:
+  return Objective(recipe=s.recipe, beta=float(s.beta), lm_coef=float(s.lm_coef), coef=float(s.coef),
+                   kl_coef=float(s.kl_coef))
+
+
+def build_judge(cfg, run: loop.Run, teacher):
+  """The configured judge: the teacher's LM judge, the world's oracles (ground truth), or none."""
+  if cfg.sip.judge == "none":
+    return None
+  if cfg.sip.judge == "oracle":
+    from earlyrl_jax.teacher.judge import OracleJudge
+    return OracleJudge.from_world_dir(os.path.join(run.workdir, "world")
+                                      if not cfg.get("world_dir") else cfg.world_dir)
+  return teacher.judge()
+
+
+def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:
+  """The frozen reference (graphdef, params, shardings): a copy of the starting policy."""
+  params = jax.tree.map(lambda x: x.copy(), state.params)
+  return run.graphdef, params, run.shardings.params
+
+
+def sip_job(run: loop.Run, teacher) -> loop.Job:
+  cfg, d = run.cfg, run.cfg.data
+  objective = objective_from_config(cfg.sip)
+  host_windows = d.batch_size // jax.process_count()
+  windows = iter(pipeline.make_window_dataset(
+      d, run.tokenizer, host_batch_size=host_windows, seed=cfg.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
+  judge = build_judge(cfg, run, teacher)
+  rewriter = teacher.rewriter() if cfg.sip.rewrite == "online" else None
+  producer = SIPProducer(run, objective, judge, rewriter, windows)
+  frozen = {}
+  if objective.needs_reference:
+    start = loop.initial_state(run, seed=cfg.seed, params_from=loop.params_from(cfg))
+    frozen["reference"] = reference_tree(run, start)
+  keys = ("loss", "nll", objective.recipe, "rewards/accuracy", "sip/win_share_rollout",
+          "sip/win_share_original", "sip/win_share_rewrite")
+  return loop.Job(name=f"sip ({objective.recipe})", batch_spec=batch_spec(producer, d.batch_size),
+                  next_batch=producer, data_iter=windows, loss_fn=objective, coefs=objective.coefs,
+                  frozen=frozen, evaluate=loop.world_eval_during(run), at_end=loop.world_eval_at_end(run),
+                  console_keys=keys)
+
+
+def teacher_config(cfg):
+  """The embedded teacher's config (`teacher.config`), on the run's world and mesh."""
+  from earlyrl_jax import configs
+  path = cfg.teacher.config
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        "configs", path)
+  if not os.path.exists(path):
+    raise configs.ConfigError(f"teacher.config: {cfg.teacher.config!r} not found")
+  tcfg = configs.load_config_file(path)
+  tcfg.world = cfg.world
+  return tcfg
+
+
+def load_teacher_for(cfg, workdir: str, mesh):
+  """The configured teacher: `teacher.path`, or the embedded teacher (trained once, then reused)."""
+  from earlyrl_jax.teacher.teacher import load_teacher
+  if cfg.teacher.path:
+    return load_teacher(cfg.teacher.path, mesh=mesh)
+  from earlyrl_jax.teacher import train_teacher
+  tdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+  train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
+  return load_teacher(os.path.join(tdir, "teacher"), mesh=mesh)
+
+
+def run(cfg, workdir: str) -> dict[str, Any]:
+  """`mode='sip'`: self-improving pretraining (runs or resumes)."""
+  r = loop.setup(cfg, workdir)
+  needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
+  teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None
+  return loop.train_loop(r, sip_job(r, teacher))
