@@ -7,28 +7,32 @@ CORE = [
     "flax>=0.12.8",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12",
+    "etils[epath]",        # local and remote (gs://, s3://) paths for checkpoints; orbax uses it too
     "grain>=0.2.18",
-    "array_record>=0.8",
-    "pyarrow>=14",
     "sentencepiece>=0.2",
     "tensorstore>=0.1.80",
     "ml_collections>=1.1",
     "absl-py",
     "numpy",
-    # clu's metric_writers and periodic_actions import tensorflow at import
-    # time; tensorflow-cpu + tensorboard make them work next to jax (and give
-    # TensorBoard event files). earlyrl_jax.train.metrics falls back to JSONL +
-    # console when they are missing, so a broken TF install never stops a run.
+    "ml_dtypes",
+    # HF checkpoints: bfloat16 through ml_dtypes and lazy per-shard slices (get_slice).
+    "safetensors>=0.4",
+    # TensorBoard event files without TensorFlow. clu only for what works without TF
+    # (clu.parameter_overview); clu.metric_writers / periodic_actions would pull
+    # tensorflow-cpu (~270 MB, not published for every platform) and are not used.
+    "tensorboardX>=2.6",
     "clu>=0.0.12",
-    "tensorflow-cpu",
-    "tensorboard",
 ]
 
 EXTRAS = {
     "test": ["pytest>=8", "pytest-xdist"],
     # HF interop. torch is only used by the parity tests; it is pinned because
     # an unpinned torch pulls a CUDA build of several GB.
-    "hf": ["transformers>=4.45", "safetensors>=0.4", "tokenizers>=0.20", "jinja2", "torch==2.13.0"],
+    "hf": ["transformers>=4.45", "tokenizers>=0.20", "jinja2>=3.1", "torch==2.13.0"],
+    # data.format=parquet (pyarrow) and arrayrecord / arrayrecord_text (array_record).
+    "formats": ["pyarrow>=14", "array_record>=0.8"],
+    # metrics.wandb_project: a Weights & Biases writer next to TensorBoard and metrics.jsonl.
+    "wandb": ["wandb"],
     "launch": ["xmanager"],
 }
 
@@ -45,8 +49,9 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "earlyrl-train-spm=earlyrl_jax.data.tokenizer:main",
-            "earlyrl-convert=earlyrl_jax.models.convert:main",
-            "earlyrl-world=earlyrl_jax.data.world:main",
+            "earlyrl-convert=earlyrl_jax.tools.convert:main",
+            "earlyrl-world=earlyrl_jax.world.supervision:main",
+            "earlyrl-generate=earlyrl_jax.generate:main",
         ]
     },
     license="Apache-2.0",

@@ -9,8 +9,8 @@ Every field can be overridden: `--config.num_steps=50`.
 """
 from ml_collections import ConfigDict
 
-from earlyrl_jax.configs import model_section
-from earlyrl_jax.data.world import default_world_config
+from earlyrl_jax.configs import generate_section, model_section
+from earlyrl_jax.world import default_world_config
 
 
 def get_config() -> ConfigDict:
@@ -22,6 +22,10 @@ def get_config() -> ConfigDict:
   c.eval_every_steps = 200   # held-out loss interval (0 = never)
   c.eval_batches = 4         # batches per held-out evaluation
   c.eval_world_prompts = 32  # at the end: sample continuations of world eval prompts, score with oracles
+  c.eval_world_prompts_during = 0  # sip: oracle-scored prompts at every eval (curves over training)
+
+  c.init = ConfigDict()
+  c.init.params_from = ""    # '' = from scratch; a run directory (newest checkpoint) or an HF model dir
 
   # Decoder shape; every ModelConfig field is listed (see models/transformer.py).
   c.model = model_section("tiny", vocab_size=1024, d_model=192, n_layers=4, n_heads=4,
@@ -45,12 +49,14 @@ def get_config() -> ConfigDict:
   c.data.encoding_errors = "replace" # non-UTF-8 bytes: 'replace' | 'raise' | 'skip'
   c.data.min_doc_tokens = 4          # shorter documents are skipped and counted
   c.data.worker_count = 0            # grain worker processes (0 = in-process)
+  c.data.max_consecutive_skips = 10000  # consecutive unusable records before a clear DataError
+  c.data.window_pool_size = 64       # sip: open documents a window batch draws its rows from
   c.data.prefix_len = 64             # self-improving windows: prefix tokens before the cut
   c.data.suffix_len = 32             # N: suffix tokens after the cut (paper: 128)
   c.data.window_stride = 0           # distance between cuts (0 = suffix_len)
   c.data.min_prefix_len = 16         # first cut point in a document
 
-  c.world = default_world_config()   # synthetic world generator (data/world.py)
+  c.world = default_world_config()   # synthetic world generator (earlyrl_jax/world/)
 
   c.opt = ConfigDict()
   c.opt.learning_rate = 3e-3    # peak learning rate
@@ -68,6 +74,35 @@ def get_config() -> ConfigDict:
   c.mesh.data = -1              # -1 = all remaining devices
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+
+  # Self-improving pretraining (mode='sip'); see earlyrl_jax/train/sip.py and docs/method.md.
+  c.sip = ConfigDict()
+  c.sip.recipe = "dpo"          # 'dpo' (online DPO, best vs worst) | 'rf_nll' (NLL on the best) | 'pg'
+  c.sip.num_rollouts = 4        # K policy rollouts per prefix (paper: 16)
+  c.sip.temperature = 1.0       # rollout sampling temperature (paper: 1.0)
+  c.sip.top_p = 1.0             # rollout nucleus sampling
+  c.sip.candidate_len = 0       # max tokens of a candidate (0 = data.suffix_len); longer rewrites are cut
+  c.sip.rewrite = "online"      # 'online' (teacher rewrites each suffix) | 'none'
+  c.sip.judge = "teacher"       # 'teacher' (LM judge) | 'oracle' (world ground truth) | 'none' (pick the rewrite)
+  c.sip.judge_scheme = "all_pairs"  # 'all_pairs' | 'pivot' (vs the original) | 'adaptive'
+  c.sip.judge_budget = 0        # adaptive: unordered pairs per prefix (0 = the scheme's default)
+  c.sip.judge_axes = ConfigDict({"quality": 1.0, "safety": 1.0, "factuality": 1.0})  # reward weights
+  c.sip.both_orders = True      # ask every pair in both orders (cancels position bias)
+  c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
+  c.sip.beta = 0.1              # DPO temperature
+  c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows
+  c.sip.coef = 1.0              # weight of the recipe's term (dpo / rf_nll / pg)
+  c.sip.kl_coef = 0.0           # pg: weight of KL(π || reference) on rollout tokens (0 = no reference)
+  c.sip.rf_threshold = 0.0      # rf_nll: the best candidate's reward must reach this ...
+  c.sip.rf_fallback = "original"  # ... else train on 'original' or 'skip' the window
+
+  # The teacher (judge + rewriter) of mode='sip'.
+  c.teacher = ConfigDict()
+  c.teacher.path = ""           # an embedded-teacher or HF instruct directory; '' = the embedded teacher
+  c.teacher.config = "teacher_tiny.py"  # config of the embedded teacher (relative to configs/)
+  c.teacher.workdir = ""        # where it is trained once and reused ('' = WORKDIR/teacher_run)
+
+  c.generate = generate_section()  # mode='generate': prompts in, JSONL out (see earlyrl_jax/generate.py)
 
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 100  # save interval (and at the end)

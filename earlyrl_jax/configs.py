@@ -7,13 +7,13 @@ devices before any compilation starts, naming the offending field.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import jax
 import ml_collections
 
 from earlyrl_jax.models.transformer import ModelConfig
 from earlyrl_jax.parallel import mesh as mesh_lib
-
 
 
 class ConfigError(ValueError):
@@ -66,13 +66,80 @@ def _require(cond: bool, field: str, msg: str) -> None:
     raise ConfigError(f"{field}: {msg}")
 
 
+# Every enum-like field and its allowed values; checked (when the field exists) before
+# anything slow runs, so a typo never surfaces after tokenizer training or compilation.
+ENUM_FIELDS: dict[str, tuple[str, ...]] = {
+    "data.corpus": ("world", "files"),
+    "data.format": ("jsonl", "text", "parquet", "arrayrecord", "arrayrecord_text"),
+    "data.tokenizer": ("sentencepiece", "hf", "byte"),
+    "data.text_split": ("file", "line", "paragraph"),
+    "data.on_error": ("raise", "skip"),
+    "data.encoding_errors": ("replace", "raise", "skip"),
+    "model.dtype": ("float32", "bfloat16", "float16"),
+    "model.param_dtype": ("float32", "bfloat16", "float16"),
+    "sip.recipe": ("dpo", "rf_nll", "pg"),
+    "sip.rewrite": ("online", "none"),
+    "sip.judge": ("teacher", "oracle", "none"),
+    "sip.judge_scheme": ("all_pairs", "pivot", "adaptive"),
+    "sip.aggregate": ("win_rate", "bradley_terry"),
+    "sip.rf_fallback": ("original", "skip"),
+    "generate.dtype": ("", "float32", "bfloat16"),
+}
+
+
+_MISSING = object()
+
+
+def _get(cfg, path: str, default=None):
+  node = cfg
+  for part in path.split("."):
+    if not hasattr(node, "keys") or part not in node.keys():
+      return default
+    node = node[part]
+  return node
+
+
+def check_workdir(workdir: str) -> None:
+  """The workdir is a directory or can become one (no parent is a regular file)."""
+  if not workdir:
+    raise ConfigError("--workdir: is empty; give a run directory")
+  if "://" in workdir:
+    return  # remote (gs://...): checked by the storage library when first written
+  path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ConfigError(f"--workdir: {workdir} is a regular file, not a directory; "
+                      "choose another run directory")
+  parent = path
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent) if os.path.dirname(parent) != parent else ""
+  if parent and not os.path.isdir(parent):
+    raise ConfigError(f"--workdir: {workdir} cannot be created: {parent} is a regular file")
+
+
+def validate_fields(cfg: ml_collections.ConfigDict) -> None:
+  """Checks values that need no devices: the mode, every enum-like field, generate knobs."""
+  from earlyrl_jax.modes import MODES
+  if cfg.mode not in MODES:
+    known = "; ".join(f"{name} ({m.help})" for name, m in MODES.items())
+    raise ConfigError(f"mode: {cfg.mode!r} is not a mode of this version; known modes: {known}")
+  for field, allowed in ENUM_FIELDS.items():
+    value = _get(cfg, field, _MISSING)
+    if value is _MISSING:
+      continue
+    _require(value in allowed, field,
+             f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+  if cfg.mode == "generate":
+    generate_config(cfg)  # raises ConfigError naming the generate.* field
+
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
              process_count: int | None = None) -> None:
   """Checks the config against itself and the available devices; raises ConfigError."""
+  validate_fields(cfg)
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
   from earlyrl_jax.modes import MODES
-  _require(cfg.mode in MODES, "mode", f"{cfg.mode!r} is not one of {sorted(MODES)}")
   _require(cfg.num_steps >= 0, "num_steps", f"must be >= 0, got {cfg.num_steps}")
   if not MODES[cfg.mode].trains:
     return
@@ -110,10 +177,101 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
   _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be positive")
   _require(cfg.log_every_steps > 0, "log_every_steps", "must be positive")
-  _require(d.corpus in ("world", "files"), "data.corpus", f"{d.corpus!r}: expected 'world' or 'files'")
   if d.corpus == "files":
     _require(bool(d.train_files), "data.train_files", "is empty; give file globs (or data.corpus='world')")
-  _require(d.tokenizer in ("sentencepiece", "hf", "byte"), "data.tokenizer",
-           f"{d.tokenizer!r}: expected 'sentencepiece', 'hf' or 'byte'")
   if d.tokenizer == "hf":
     _require(bool(d.tokenizer_path), "data.tokenizer_path", "an HF tokenizer needs a path")
+
+
+def check_data(cfg: ml_collections.ConfigDict, train_files: str | None = None,
+               eval_files: str | None = None, *, num_records: int = 8) -> None:
+  """Up-front data check for a training run; raises DataError naming glob, file:line and field.
+
+  Every glob of the train and eval files must match, and the first `num_records`
+  records of each file must parse and carry `data.text_field`. Runs in seconds,
+  before tokenizer training and compilation. `train_files` / `eval_files` default to
+  the config's (checked only when data.corpus='files'; the loop passes the resolved
+  globs of a generated world).
+  """
+  from earlyrl_jax.data import sources
+  from earlyrl_jax.modes import MODES
+  mode = MODES.get(cfg.mode)
+  if mode is None or not mode.trains:
+    return
+  d = cfg.data
+  if train_files is None and eval_files is None:
+    if d.corpus != "files":
+      return
+    train_files, eval_files = d.train_files, d.eval_files
+  opts = dict(fmt=d.format, text_field=d.text_field, text_split=d.text_split,
+              on_error=d.on_error, encoding_errors=d.encoding_errors, num_records=num_records)
+  if train_files:
+    sources.preflight(train_files, field="data.train_files", **opts)
+  if eval_files and cfg.get("eval_every_steps", 1):
+    sources.preflight(eval_files, field="data.eval_files", **opts)
+
+
+def nonfinite_hint(cfg: ml_collections.ConfigDict) -> str:
+  """What to try after a NaN/inf stop, given what the config already does."""
+  o = cfg.opt
+  tips = [f"lower opt.learning_rate (now {o.learning_rate:g})"]
+  if o.get("grad_clip", 0):
+    tips.append(f"lower opt.grad_clip (now {o.grad_clip:g})")
+  else:
+    tips.append("enable opt.grad_clip (e.g. 1.0)")
+  if o.get("warmup_steps", 1) < 100:
+    tips.append(f"raise opt.warmup_steps (now {o.warmup_steps})")
+  if _get(cfg, "model.dtype") in ("bfloat16", "float16"):
+    tips.append(f"compute in float32 (model.dtype={cfg.model.dtype!r})")
+  return ", ".join(tips) + ", or inspect the data near this step"
+
+
+# --------------------------------------------------------------------------- generate
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+  """`c.generate` (mode='generate'); missing fields take these defaults."""
+  model_path: str = ""        # '' = WORKDIR's newest checkpoint; a run dir or an HF model dir
+  step: int = -1              # checkpoint step of a run (-1 = newest)
+  prompt: str = ""            # one prompt given on the command line
+  prompt_file: str = ""       # JSONL, one {"prompt": ...} per line (other fields are copied out)
+  prompt_field: str = "prompt"  # key of the prompt in prompt_file records
+  output_file: str = ""       # '' = WORKDIR/generations.jsonl; '-' = JSONL on stdout only
+  max_new_tokens: int = 64    # tokens generated per completion
+  temperature: float = 1.0    # 0 = greedy
+  top_k: int = 0              # 0 = off
+  top_p: float = 1.0          # 1 = off
+  num_samples: int = 1        # K completions per prompt
+  batch_size: int = 16        # prompts per sampler call
+  seed: int = 0               # sampling key
+  add_bos: bool = True        # prepend BOS, as training documents start
+  stop_at_eos: bool = True    # end a completion at the tokenizer's EOS
+  dtype: str = ""             # HF models: '' keeps float32, 'bfloat16' halves memory
+
+
+def generate_section(**overrides) -> ml_collections.ConfigDict:
+  """A `generate` config section holding every GenerateConfig field (all overridable)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(GenerateConfig(**overrides)))
+
+
+def generate_config(cfg: ml_collections.ConfigDict) -> GenerateConfig:
+  """`cfg.generate` (absent or partial: defaults) -> GenerateConfig; raises ConfigError."""
+  raw = dict(cfg.generate.to_dict()) if "generate" in cfg.keys() else {}
+  fields = {f.name: f for f in dataclasses.fields(GenerateConfig)}
+  unknown = sorted(set(raw) - set(fields))
+  if unknown:
+    raise ConfigError(f"generate.{unknown[0]}: unknown field (known: {', '.join(fields)})")
+  g = GenerateConfig(**raw)
+  _require(g.max_new_tokens > 0, "generate.max_new_tokens", f"must be positive, got {g.max_new_tokens}")
+  _require(g.temperature >= 0, "generate.temperature", f"must be >= 0, got {g.temperature}")
+  _require(g.top_k >= 0, "generate.top_k", f"must be >= 0, got {g.top_k}")
+  _require(0.0 < g.top_p <= 1.0, "generate.top_p", f"must be in (0, 1], got {g.top_p}")
+  _require(g.num_samples >= 1, "generate.num_samples", f"must be >= 1, got {g.num_samples}")
+  _require(g.batch_size >= 1, "generate.batch_size", f"must be >= 1, got {g.batch_size}")
+  _require(g.dtype in ENUM_FIELDS["generate.dtype"], "generate.dtype",
+           f"{g.dtype!r} is not one of {ENUM_FIELDS['generate.dtype']}")
+  _require(bool(g.prompt) != bool(g.prompt_file), "generate.prompt",
+           "give exactly one of generate.prompt (one prompt) and generate.prompt_file (JSONL)"
+           if g.prompt else "no prompt: set generate.prompt='...' or generate.prompt_file=PATH.jsonl")
+  return g

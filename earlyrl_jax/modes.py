@@ -26,6 +26,14 @@ MODES: dict[str, Mode] = {
                      "automatic resume and held-out eval", trains=True),
     "world": Mode("earlyrl_jax.world:run_world_job", "write the synthetic world (corpus, knowledge "
                   "base, eval sets, teacher supervision) to WORKDIR", trains=False),
+    "generate": Mode("earlyrl_jax.generate:run_generate", "continue prompts (generate.prompt or "
+                     "generate.prompt_file) with the run's newest checkpoint or an HF model "
+                     "directory; JSONL out", trains=False),
+    "teacher": Mode("earlyrl_jax.teacher.train_teacher:run", "train (or reuse) the embedded teacher "
+                    "(judge + rewriter) into WORKDIR/teacher and write teacher_report.{json,md}",
+                    trains=False),
+    "sip": Mode("earlyrl_jax.train.sip:run", "self-improving pretraining: rollouts, teacher "
+                "rewrites and judging, online DPO / RF-NLL / policy gradient", trains=True),
 }
 
 

@@ -61,7 +61,7 @@ def test_missing_text_field(jsonl_file):
 def test_non_utf8_policies(jsonl_file):
   src = S.JsonlSource([jsonl_file([b'{"text": "caf\xe9 au lait"}'])])
   replaced = _tokenize(encoding_errors="replace")(src[0])
-  assert replaced["status"] == S.OK
+  assert replaced["status"] == S.REPLACED_NON_UTF8  # usable, and counted
   assert "\ufffd" in BYTE.decode(replaced["tokens"])
   with pytest.raises(S.DataError, match=r":1: invalid UTF-8 at byte 13"):
     _tokenize(encoding_errors="raise")(src[0])
@@ -244,8 +244,8 @@ def test_split_windows():
 def test_window_batches_and_their_state(jsonl_file):
   path = jsonl_file([{"text": "x" * 3}] + [{"text": "abcdefghij" * (i + 2)} for i in range(6)])
   docs = PL.document_dataset(S.JsonlSource([path]), _tokenize(), seed=0, shuffle=False)
-  ds = PL.WindowBatches(docs.to_iter_dataset(), batch_size=3, prefix_len=8, suffix_len=5,
-                        stride=5, min_prefix_len=4)
+  ds = PL.WindowBatches(docs, batch_size=3, prefix_len=8, suffix_len=5,
+                        stride=5, min_prefix_len=4, pool_size=1, shuffle=False)
   it = iter(ds)
   b = next(it)
   assert b["prefix"].shape == (3, 8) and b["suffix"].shape == (3, 5)
@@ -274,3 +274,202 @@ def test_grain_worker_processes_are_deterministic_and_resumable(jsonl_file):
   c.set_state(state)
   for e in expected:
     np.testing.assert_array_equal(next(c)["tokens"], e)
+
+
+# ----------------------------------------------------------------------------- windows for SIP
+
+
+def _window_cfg(path, **kw):
+  cfg = dict(format="jsonl", train_files=path, text_field="text", text_split="file", on_error="raise",
+             encoding_errors="replace", min_doc_tokens=2, shuffle=True, num_epochs=0, worker_count=0,
+             prefix_len=12, suffix_len=6, window_stride=3, min_prefix_len=2, window_pool_size=16,
+             max_consecutive_skips=10_000)
+  cfg.update(kw)
+  return ConfigDict(cfg)
+
+
+def test_window_batches_mix_many_documents(jsonl_file):
+  """A batch's rows come from many documents, not one document's consecutive windows."""
+  path = jsonl_file([{"text": f"document {i} " + "abcdefghij" * 12} for i in range(40)])
+  docs = PL.document_dataset(S.JsonlSource([path]), _tokenize(), seed=0)
+  it = iter(PL.WindowBatches(docs, batch_size=8, prefix_len=8, suffix_len=5, stride=5, pool_size=16,
+                             seed=1))
+  for _ in range(5):
+    b = next(it)
+    assert len(set(b["doc_id"].tolist())) >= 5, b["doc_id"]
+    for row in range(8):  # every row is a real window of its document
+      full = [BYTE.bos_id] + BYTE.encode(json.loads(open(path).readlines()[b["doc_id"][row]])["text"]) + [
+          BYTE.eos_id]
+      j = b["cut"][row]
+      assert b["suffix"][row, :b["suffix_len"][row]].tolist() == full[j:j + b["suffix_len"][row]]
+      assert b["prefix"][row, :b["prefix_len"][row]].tolist() == full[j - b["prefix_len"][row]:j]
+
+
+_UNICODE_DOCS = [
+    f"Doc {i}: The capital of Place{i % 13} is City{i % 7} — café €{i} ünïcode.\n"
+    f"- a list item  with  two spaces\n\nQ: is it {i}? A: yes, {i * 7} people live there."
+    for i in range(30)]
+
+
+def _sp_tokenizer(tmp_path):
+  texts = [f"The capital of Place{i % 13} is City{i % 7}. A list item with {i} people." for i in range(300)]
+  return TK.load_tokenizer("sentencepiece", TK.train_sentencepiece(texts, str(tmp_path / "sp"), 300))
+
+
+def _hf_tokenizer(tmp_path):
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+  tok = Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=["<pad>", "<s>", "</s>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tok.train_from_iterator([f"the capital of place {i} is city {i % 5}" for i in range(200)], trainer)
+  d = tmp_path / "hf"
+  d.mkdir()
+  tok.save(str(d / "tokenizer.json"))
+  return TK.HFTokenizer(str(d))
+
+
+def _make_tokenizer(kind, tmp_path):
+  return {"sentencepiece": _sp_tokenizer, "hf": _hf_tokenizer, "byte": lambda _: BYTE}[kind](tmp_path)
+
+
+def _strip_specials(ids, tok):
+  return [int(i) for i in ids if i not in (tok.bos_id, tok.eos_id)]
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "hf", "byte"])
+def test_window_text_is_exact(kind, tmp_path, jsonl_file):
+  """prefix_text + suffix_text is the document's span, and each text is exactly what its ids say."""
+  tok = _make_tokenizer(kind, tmp_path)
+  path = jsonl_file([{"text": t} for t in _UNICODE_DOCS])
+  it = iter(PL.make_window_dataset(_window_cfg(path), tok, host_batch_size=16, seed=0))
+  split_chars = 0  # cuts moved off a boundary inside a character (byte pieces)
+  for _ in range(6):
+    b = next(it)
+    for r in range(16):
+      text = _UNICODE_DOCS[b["doc_id"][r]]
+      s, c, e = b["char_span"][r]
+      assert b["prefix_text"][r] + b["suffix_text"][r] == text[s:e]
+      assert (b["prefix_text"][r], b["suffix_text"][r]) == (text[s:c], text[c:e])
+      pre = _strip_specials(b["prefix"][r, :b["prefix_len"][r]], tok)
+      suf = _strip_specials(b["suffix"][r, :b["suffix_len"][r]], tok)
+      at_start = s == 0
+      assert (tok.decode(pre) if at_start else tok.decode_continuation(pre)) == b["prefix_text"][r]
+      assert tok.decode_continuation(suf) == b["suffix_text"][r]
+      if b["suffix_text"][r].startswith(" "):
+        # Re-encoding the suffix text in context gives back its ids: no spurious leading piece.
+        assert tok.encode_continuation(b["suffix_text"][r]) == suf
+      split_chars += int(b["suffix_len"][r] < 6)
+  assert split_chars > 0  # byte-fallback pieces, byte-level BPE and raw bytes split '—', '€', 'é'
+  assert len(set(b["doc_id"].tolist())) > 4
+
+
+@pytest.mark.parametrize("kind", ["sentencepiece", "hf", "byte"])
+def test_continuation_encoding_adds_no_leading_piece(kind, tmp_path):
+  tok = _make_tokenizer(kind, tmp_path)
+  head, rest = "The capital", " of Place3 is City2."
+  in_context = tok.encode(head + rest)[len(tok.encode(head)):]
+  assert tok.encode_continuation(rest) == in_context
+  assert tok.decode_continuation(tok.encode_continuation(rest)) == rest
+  if kind == "sentencepiece":  # plain encode adds a dummy-prefix piece, plain decode drops the space
+    assert tok.encode(rest) != in_context and tok.decode(in_context) == rest.lstrip()
+
+
+def test_offsets_mark_boundaries_inside_characters(tmp_path):
+  sp = _sp_tokenizer(tmp_path)
+  text = "café €5 — ok"
+  ids, bounds = sp.encode_with_offsets(text)
+  assert ids == sp.encode(text) and bounds[0] == 0 and bounds[-1] == len(text)
+  assert (bounds < 0).any()  # byte pieces of '€' / '—' split characters
+  clean = [k for k in range(1, len(ids)) if bounds[k] >= 0]
+  for k in clean:
+    assert sp.decode(ids[:k]) == text[:bounds[k]]
+  # The byte-offset path (sentencepiece without offset_mapping) agrees.
+  ids2, bounds2 = TK._sp_ids_and_bounds(sp._sp.encode(text, return_type="proto"), text)
+  assert ids2 == ids and bounds2.tolist() == bounds.tolist()
+  _, bb = BYTE.encode_with_offsets("é€x")
+  assert bb.tolist() == [0, -1, 1, -1, -1, 2, 3]
+
+
+def test_window_iterator_state_restores_exactly(tmp_path, jsonl_file):
+  tok = _sp_tokenizer(tmp_path)
+  path = jsonl_file([{"text": t} for t in _UNICODE_DOCS])
+  ds = PL.make_window_dataset(_window_cfg(path, window_pool_size=6), tok, host_batch_size=5, seed=3)
+  it = iter(ds)
+  for _ in range(7):
+    next(it)
+  state = json.loads(json.dumps(it.get_state()))  # what the checkpoint stores
+  assert len(json.dumps(state)) < 2000  # positions, not tokens or text
+  expected = [next(it) for _ in range(6)]
+  it2 = iter(ds)
+  it2.set_state(state)
+  for e in expected:
+    g = next(it2)
+    for k in ("prefix", "prefix_len", "suffix", "suffix_len", "doc_id", "cut", "char_span"):
+      np.testing.assert_array_equal(g[k], e[k])
+    assert g["prefix_text"] == e["prefix_text"] and g["suffix_text"] == e["suffix_text"]
+    assert {k: int(v) for k, v in g["stats"].items()} == {k: int(v) for k, v in e["stats"].items()}
+  other = iter(PL.make_window_dataset(_window_cfg(path, window_pool_size=6), tok, host_batch_size=5,
+                                      seed=4))
+  assert next(other)["doc_id"].tolist() != next(iter(ds))["doc_id"].tolist()  # seeded
+
+
+# ----------------------------------------------------------------------------- all records skipped
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_all_skipped_corpus_stops_with_a_clear_error(windows, jsonl_file, tmp_path):
+  """on_error='skip' with a wrong text_field: a DataError naming files and reasons, not a busy loop."""
+  import time
+  path = jsonl_file([{"body": f"document {i} " * 20} for i in range(30)], "corpus.jsonl")
+  cfg = _window_cfg(path, on_error="skip")  # text_field='text': no record has it
+  t0 = time.time()
+  with pytest.raises(S.DataError, match=r"corpus\.jsonl.*text_field='text'.*whole pass.*missing_field=30"):
+    if windows:
+      next(iter(PL.make_window_dataset(cfg, BYTE, host_batch_size=4, seed=0)))
+    else:
+      next(iter(PL.make_lm_dataset(cfg, BYTE, seq_len=32, host_batch_size=2, seed=0)))
+  assert time.time() - t0 < 10
+  # A long run of unusable records inside a larger corpus stops at data.max_consecutive_skips.
+  path = jsonl_file([{"text": "a usable document " * 4}] + [{"body": "x"}] * 60, "mixed.jsonl")
+  cfg = _window_cfg(path, on_error="skip", max_consecutive_skips=25, shuffle=False)
+  with pytest.raises(S.DataError, match=r"25 consecutive records \(data\.max_consecutive_skips=25\)"):
+    it = iter(PL.make_lm_dataset(cfg, BYTE, seq_len=32, host_batch_size=2, seed=0))
+    for _ in range(5):
+      next(it)
+
+
+def test_one_epoch_of_only_bad_records_raises_at_the_end(jsonl_file):
+  path = jsonl_file([{"body": "x"}] * 3)
+  docs = PL.document_dataset(S.JsonlSource([path]), _tokenize("skip"), seed=0, num_epochs=1)
+  with pytest.raises(S.DataError, match="missing_field=3"):
+    next(iter(PL.PackedBatches(docs.to_iter_dataset(), batch_size=1, seq_len=16)))
+
+
+# ----------------------------------------------------------------------------- tokenizer resolution
+
+
+def test_tokenizer_training_without_usable_records_names_file_and_field(tmp_path, jsonl_file):
+  from earlyrl_jax.data.tokenizer import resolve_tokenizer
+  empty = tmp_path / "empty.jsonl"
+  empty.write_text("")
+  cfg = _window_cfg(str(empty), tokenizer="sentencepiece", tokenizer_path="", tokenizer_vocab_size=64)
+  with pytest.raises(S.DataError, match=r"empty\.jsonl.*no records"):
+    resolve_tokenizer(cfg, str(tmp_path / "run"), str(empty), 64)
+  wrong = jsonl_file([{"body": "some text"}] * 3, "wrong.jsonl")
+  with pytest.raises(S.DataError, match=r"no usable document to train the tokenizer on in .*wrong\.jsonl "
+                     r"\(3 records read: missing_field=3; data\.text_field='text'\)"):
+    resolve_tokenizer(cfg, str(tmp_path / "run"), wrong, 64)
+  assert not (tmp_path / "run" / "tokenizer.model").exists()
+
+
+def test_resolve_tokenizer_trains_once_and_reports_skips(tmp_path, jsonl_file, capsys):
+  from earlyrl_jax.data.tokenizer import resolve_tokenizer
+  path = jsonl_file([{"text": f"sentence number {i} about things"} for i in range(200)] + [{"body": "x"}] * 2)
+  cfg = _window_cfg(path, tokenizer="sentencepiece", tokenizer_path="", tokenizer_vocab_size=300)
+  tok = resolve_tokenizer(cfg, str(tmp_path), path, 256)
+  assert tok.vocab_size == 300 and (tmp_path / "tokenizer.model").exists()
+  assert "on 200 documents; skipped 2 records (missing_field=2)" in capsys.readouterr().out
+  assert isinstance(resolve_tokenizer(_window_cfg(path, tokenizer="byte", tokenizer_path=""), "", path, 300),
+                    TK.ByteTokenizer)

@@ -11,7 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from earlyrl_jax.models import convert, hf_io  # noqa: E402
+from earlyrl_jax.models import hf_io  # noqa: E402
+from earlyrl_jax.tools import convert  # noqa: E402
 from earlyrl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from earlyrl_jax.sampling.sampler import Sampler  # noqa: E402
 from tests.helpers import cpu_devices  # noqa: E402
@@ -156,6 +157,37 @@ def test_tokenizers_and_chat_template(tmp_path):
   assert t.decode(t.encode("the capital of place 7")) == "the capital of place 7"
   chat = t.apply_chat_template([{"role": "user", "content": "Judge this."}])
   assert chat == "<|user|>Judge this.</s><|assistant|>"
+  # Templates ship with downloaded files: they render in a sandbox that refuses Python internals
+  # and mutation of the messages.
+  for bad in ("{{ messages.__class__.__mro__[1].__subclasses__() }}",
+              "{% set _ = messages.append({'role': 'x'}) %}{{ messages | length }}",
+              "{{ ''.__class__.__base__.__subclasses__() }}"):
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps(dict(cfg, chat_template=bad)))
+    with pytest.raises(ValueError, match="chat_template"):
+      HFTokenizer(str(d)).apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_safetensors_reads_bfloat16_lazily_by_slice(tmp_path):
+  import ml_dtypes
+  from earlyrl_jax.models import safetensors_io as st
+  x = (np.arange(6 * 8, dtype=np.float32).reshape(6, 8) / 7).astype(ml_dtypes.bfloat16)
+  path = str(tmp_path / "model.safetensors")
+  st.save_file({"w": x, "b": np.arange(3, dtype=np.int64)}, path, {"format": "pt"})
+  f = st.SafetensorsFile(path)
+  assert sorted(f.keys()) == ["b", "w"] and f.metadata == {"format": "pt"}
+  w = f.get("w")
+  assert w.shape == (6, 8) and w.dtype == np.dtype(ml_dtypes.bfloat16)
+  block = w[2:4, 1:5]
+  assert block.dtype == ml_dtypes.bfloat16
+  np.testing.assert_array_equal(block, x[2:4, 1:5])
+  np.testing.assert_array_equal(np.asarray(w), x)
+  # Written files are read by the reference implementation (and so by transformers).
+  from safetensors.numpy import load_file
+  np.testing.assert_array_equal(load_file(path)["w"], x)
+  (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{}")
+  with pytest.raises(ValueError, match="junk.safetensors"):
+    st.SafetensorsFile(str(tmp_path / "junk.safetensors"))
 
 
 def test_errors_name_the_problem(tmp_path):

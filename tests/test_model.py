@@ -124,3 +124,37 @@ def test_config_errors_name_the_field():
     tiny_model_config(head_dim=15)
   with pytest.raises(ValueError, match="preset"):
     T.preset("70b-typo")
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_initial_logits_are_sane(tie):
+  """Tied embeddings start at min(init_std, 1/sqrt(D)), not 1.0: logits std ~ 0.3, not ~sqrt(D)=16."""
+  m = tiny_model(d_model=256, head_dim=64, tie_embeddings=tie, vocab_size=512)
+  toks = np.random.default_rng(0).integers(0, 512, (4, 32)).astype(np.int32)
+  logits = np.asarray(m(toks))
+  assert 0.01 < logits.std() < 1.0, logits.std()
+  nll = -np.asarray(jax.nn.log_softmax(logits))[..., 0].mean()
+  assert abs(nll - np.log(512)) < 0.5  # the first loss is about log(V), as it should be
+
+
+def _prefill_then_decode(m, toks, prefill):
+  cache = T.init_cache(m.cfg, toks.shape[0], toks.shape[1] + 4)
+  logits, cache = m(toks[:, :prefill], cache=cache)
+  steps = [logits]
+  for t in range(prefill, toks.shape[1]):
+    lg, cache = m(toks[:, t:t + 1], positions=np.full((toks.shape[0], 1), t), cache=cache)
+    steps.append(lg)
+  return np.concatenate(steps, axis=1)
+
+
+def test_bfloat16_training_logprobs_match_decode():
+  """bf16: the train path (one forward) and prefill + cached decode give the same log-probs.
+
+  Both sum attention logits in float32; before, the train path rounded them to bf16
+  and the log-probs differed by ~2e-3, which biases DPO / KL terms (sampler vs step).
+  """
+  m = tiny_model(dtype="bfloat16")
+  toks = np.random.default_rng(2).integers(0, 128, (4, 24)).astype(np.int32)
+  full = np.asarray(jax.nn.log_softmax(m(toks)))
+  dec = np.asarray(jax.nn.log_softmax(_prefill_then_decode(m, toks, prefill=5)))
+  assert np.abs(full - dec).max() < 2e-4, np.abs(full - dec).max()

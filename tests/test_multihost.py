@@ -49,3 +49,155 @@ def test_two_process_pretraining(tmp_path):
   assert states == ["process_0-of-2.json", "process_1-of-2.json"]
   s0, s1 = (json.load(open(os.path.join(data_iter, f))) for f in states)
   assert s0 != s1  # each host iterates its own slice of the corpus
+
+
+# ----------------------------------------------------------------------------- fast 2-process checks
+
+_DATA_WORKER = r'''
+import json, os, re, sys
+from earlyrl_jax.parallel import distributed
+distributed.initialize()
+import jax
+from ml_collections import ConfigDict
+from earlyrl_jax.data import pipeline as PL, sources as S, tokenizer as TK
+cfg = ConfigDict(dict(format="jsonl", train_files=sys.argv[1], text_field="text", text_split="file",
+                      on_error="raise", encoding_errors="replace", min_doc_tokens=2, shuffle=True,
+                      num_epochs=1, worker_count=0))
+tok = TK.ByteTokenizer()
+host = dict(process_index=jax.process_index(), process_count=jax.process_count())
+# The documents this host reads in one epoch (exact: by record index, after shuffling).
+src = S.make_source("jsonl", sys.argv[1])
+docs = PL.document_dataset(src, PL.tokenize_fn(cfg, tok, src.kind), seed=0, num_epochs=1, **host)
+seen = [int(d["index"]) for d in docs]
+# What the training batches of this host contain (markers cut by a row boundary are missed).
+ds = PL.make_lm_dataset(cfg, tok, seq_len=64, host_batch_size=2, seed=0, **host)
+packed = []
+for batch in ds:
+  for row in batch["tokens"]:
+    packed += [int(m) for m in re.findall(r"<doc(\d+)>", tok.decode([t for t in row.tolist() if t > 2]))]
+print("SEEN", json.dumps(seen), flush=True)
+print("PACKED", json.dumps(packed), flush=True)
+'''
+
+_PREEMPT_WORKER = r'''
+import os, sys, time
+from earlyrl_jax.parallel import distributed
+distributed.initialize()
+import jax, numpy as np
+from earlyrl_jax.train.checkpoint import Checkpointer
+ck = Checkpointer(sys.argv[1], every_steps=1000, async_save=False)
+print("READY", os.getpid(), flush=True)
+with ck.watch_preemption():
+  for step in range(1, 2000):
+    time.sleep(0.01 if jax.process_index() == 0 else 0.02)   # hosts run at different speeds
+    if ck.reached_preemption(step):
+      ck.save(step, {"w": np.full(4, step, np.float32)}, force=True)
+      print("STOP", step, flush=True)
+      break
+  else:
+    print("NEVER", flush=True)
+ck.close()
+'''
+
+
+def _spawn(script_path, args, port, pid):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
+             EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return subprocess.Popen([sys.executable, str(script_path), *args], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
+  n = 37  # not a multiple of the host count
+  data = tmp_path / "d.jsonl"
+  with open(data, "w") as f:
+    for i in range(n):
+      f.write(json.dumps({"text": f"<doc{i}> " + "some words " * (i % 4 + 1)}) + "\n")
+  script = tmp_path / "worker.py"
+  script.write_text(_DATA_WORKER)
+  port = _free_port()
+  procs = [_spawn(script, [str(data)], port, pid) for pid in range(2)]
+  logs = [p.communicate(timeout=120)[0] for p in procs]
+  seen, packed = [], []
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+    seen.append(json.loads(log.split("SEEN ", 1)[1].splitlines()[0]))
+    packed.append(json.loads(log.split("PACKED ", 1)[1].splitlines()[0]))
+  a, b = seen
+  assert len(a) == len(set(a)) and len(b) == len(set(b))  # one epoch: no document twice
+  assert not set(a) & set(b)                              # disjoint slices
+  assert set(a) | set(b) == set(range(n))                 # together: every document
+  assert abs(len(a) - len(b)) <= 1
+  assert a != sorted(a)                                   # shuffled within the host's slice
+  # The packed training batches carry only the host's own documents, most of them.
+  for mine, docs in zip(packed, seen):
+    assert set(mine) <= set(docs)
+    assert len(set(mine)) >= len(docs) // 2
+
+
+def test_two_processes_agree_on_the_preemption_step(tmp_path):
+  """SIGTERM to one host: both hosts stop and save at the same step (JAX's preemption sync)."""
+  import signal
+  import time
+  script = tmp_path / "worker.py"
+  script.write_text(_PREEMPT_WORKER)
+  ckdir = str(tmp_path / "ck")
+  port = _free_port()
+  procs = [_spawn(script, [ckdir], port, pid) for pid in range(2)]
+  first = procs[1].stdout.readline()
+  while first and not first.startswith("READY"):
+    first = procs[1].stdout.readline()
+  assert first.startswith("READY"), first
+  time.sleep(1.0)
+  procs[1].send_signal(signal.SIGTERM)  # the non-main host is the one preempted
+  logs = [p.communicate(timeout=120)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+  stops = [int(log.split("STOP ", 1)[1].split()[0]) for log in logs]
+  assert stops[0] == stops[1], stops
+  assert os.path.isdir(os.path.join(ckdir, str(stops[0])))
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
+  """The training loop on two hosts: the preempted host and the other one save one step, exit 0."""
+  import signal
+  import time
+  port = _free_port()
+  workdir = str(tmp_path / "run")
+  procs = []
+  for pid in range(2):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
+               EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
+         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.num_steps=5000",
+         "--config.eval_world_prompts=0", "--config.log_every_steps=2", "--config.eval_every_steps=0",
+         "--config.checkpoint.every_steps=100000", "--config.data.tokenizer=byte",
+         "--config.model.vocab_size=384", "--config.data.batch_size=8", "--config.data.seq_len=64",
+         "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
+         "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
+         "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 240
+  while not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2):
+    assert all(p.poll() is None for p in procs), [p.communicate()[0] for p in procs]
+    assert time.time() < deadline, "no training steps logged"
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  try:
+    logs = [p.communicate(timeout=120)[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    for p in procs:
+      p.kill()
+    raise AssertionError("a host kept stepping after the other was preempted (hang)")
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+  steps = [int(x) for x in os.listdir(os.path.join(workdir, "checkpoints")) if x.isdigit()]
+  assert len(steps) == 1 and 0 < steps[0] < 5000, steps
+  data_iter = os.path.join(workdir, "checkpoints", str(steps[0]), "data_iter")
+  assert sorted(f for f in os.listdir(data_iter) if f.endswith(".json")) == [
+      "process_0-of-2.json", "process_1-of-2.json"]  # both hosts saved their data position

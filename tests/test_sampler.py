@@ -142,15 +142,125 @@ def test_compiles_once_per_bucket(model):
   assert s.num_compilations == after_first + 2
 
 
-def test_updated_params_are_used_without_recompiling(model):
+def test_functional_sample_uses_the_given_params_without_recompiling(model):
   s = Sampler(model)
   before = s([[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0), temperature=0.0)
   n = s.num_compilations
   other = tiny_model(seed=11)
-  s.update_params(nnx.state(other))
-  after = s([[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0), temperature=0.0)
+  after = s.sample(nnx.state(other), [[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0),
+                   temperature=0.0)
   assert s.num_compilations == n
   assert after.tokens[0].tolist() == naive_greedy(other, [1, 2, 3], 6) != before.tokens[0].tolist()
+  assert not hasattr(s, "update_params")
+
+
+def test_call_reads_the_models_current_weights_and_deleted_params_raise():
+  m = tiny_model(seed=0)
+  s = Sampler(m)
+  other = tiny_model(seed=11)
+  nnx.update(m, nnx.state(other))          # e.g. an in-place optimizer update of the policy
+  out = s([[1, 2, 3]], max_new_tokens=6, key=jax.random.key(0), temperature=0.0)
+  assert out.tokens[0].tolist() == naive_greedy(other, [1, 2, 3], 6)
+  params = jax.tree.map(lambda x: x + 0, nnx.state(other))
+  jax.tree.leaves(params)[0].delete()      # what a donating train step does to the old params
+  with pytest.raises(ValueError, match="deleted buffers"):
+    s.sample(params, [[1, 2, 3]], max_new_tokens=2, key=jax.random.key(0))
+
+
+def test_per_row_max_new_tokens(model):
+  s = Sampler(model)
+  free = s(PROMPTS, max_new_tokens=12, key=jax.random.key(0), temperature=0.0)
+  limits = [3, 12, 1, 7]
+  out = s(PROMPTS, max_new_tokens=limits, key=jax.random.key(0), temperature=0.0)
+  assert out.tokens.shape == (4, 12)
+  np.testing.assert_array_equal(out.lengths, limits)
+  for i, n in enumerate(limits):
+    np.testing.assert_array_equal(out.tokens[i, :n], free.tokens[i, :n])
+    assert (out.tokens[i, n:] == 0).all() and (out.logprobs[i, n:] == 0).all()
+  fan = s(PROMPTS[:2], max_new_tokens=[2, 5], num_samples=3, key=jax.random.key(1))
+  np.testing.assert_array_equal(fan.lengths, [2, 2, 2, 5, 5, 5])
+
+
+class _Tok:
+  eos_id = None
+
+  def decode(self, ids):
+    return " ".join(str(i) for i in ids)
+
+
+def _first_bigram_end(row, bigram):
+  for t in range(1, len(row)):
+    if row[t - 1] == bigram[0] and row[t] == bigram[1]:
+      return t + 1
+  return None
+
+
+def test_per_row_stop_sequences_end_rows_and_are_stripped(model):
+  s = Sampler(model, pad_id=0)
+  free = s(PROMPTS, max_new_tokens=12, key=jax.random.key(0), temperature=0.0)
+  seqs = [[free.tokens[i, 4:6].tolist()] for i in range(4)]   # per row: its 5th-6th tokens
+  seqs[2].append([127, 126, 125])                             # a second, longer sequence (never hit)
+  out = s(PROMPTS, max_new_tokens=12, key=jax.random.key(0), temperature=0.0, stop_sequences=seqs)
+  texts = out.texts(_Tok())
+  for i in range(4):
+    end = _first_bigram_end(free.tokens[i].tolist(), seqs[i][0])
+    assert out.lengths[i] == end and out.stop_lengths[i] == 2
+    np.testing.assert_array_equal(out.tokens[i, :end], free.tokens[i, :end])
+    assert (out.tokens[i, end:] == 0).all()
+    assert texts[i] == _Tok().decode(free.tokens[i, :end - 2].tolist())   # stop sequence stripped
+    assert out.texts(_Tok(), strip_stop=False)[i] == _Tok().decode(free.tokens[i, :end].tolist())
+
+
+def test_shared_stop_sequences_and_tokens_together(model):
+  s = Sampler(model, pad_id=0)
+  free = s(PROMPTS[:2], max_new_tokens=10, key=jax.random.key(0), temperature=0.0)
+  a, b = free.tokens[0, 2:5].tolist(), int(free.tokens[1, 6])
+  out = s(PROMPTS[:2], max_new_tokens=10, key=jax.random.key(0), temperature=0.0,
+          stop_sequences=[a], stop_tokens=[b])
+  ends = []
+  for i in range(2):
+    row = free.tokens[i].tolist()
+    tri = next((t + 1 for t in range(2, 10) if row[t - 2:t + 1] == a), 99)
+    tok = row.index(b) + 1 if b in row else 99
+    ends.append(min(tri, tok, 10))
+    assert out.stop_lengths[i] == (3 if tri < tok else 1)
+  np.testing.assert_array_equal(out.lengths, ends)
+
+
+def test_stop_sequence_does_not_match_across_the_prompt(model):
+  s = Sampler(model)
+  free = s([[1, 2, 3]], max_new_tokens=4, key=jax.random.key(0), temperature=0.0)
+  first = int(free.tokens[0, 0])
+  if first in free.tokens[0, 1:].tolist():
+    pytest.skip("the first token repeats")
+  out = s([[1, 2, 3]], max_new_tokens=4, key=jax.random.key(0), temperature=0.0,
+          stop_sequences=[[3, first]])  # prompt's last token + first generated token
+  assert out.lengths[0] == 4 and out.stop_lengths[0] == 0
+
+
+def test_early_stop_is_not_held_back_by_padding_rows(model):
+  mesh = mesh_lib.make_mesh((4, 1, 2), cpu_devices(8))
+  first = Sampler(model)([[1, 2, 3]], max_new_tokens=1, key=jax.random.key(0), temperature=0.0)
+  s = Sampler(model, mesh=mesh)   # 1 prompt padded to 4 rows for the data-parallel size
+  out = s([[1, 2, 3]], max_new_tokens=16, key=jax.random.key(0), temperature=0.0,
+          stop_tokens=[[int(first.tokens[0, 0])]], early_stop=True)
+  assert out.lengths.tolist() == [1] and out.decode_steps == 1
+
+
+def test_sharded_stops_limits_and_fan_out_match_unsharded(model):
+  kw = dict(max_new_tokens=[5, 9, 3], key=jax.random.key(3), temperature=1.0, num_samples=2,
+            stop_sequences=[[[7, 8]], [], [[9]]], stop_tokens=[4])
+  ref = Sampler(model)(PROMPTS[:3], **kw)
+  mesh = mesh_lib.make_mesh((2, 2, 2), cpu_devices(8))
+  m = tiny_model(seed=0)
+  with jax.set_mesh(mesh):
+    state = nnx.state(m)
+    params = jax.device_put(state, mesh_lib.state_shardings(state, mesh))
+  out = Sampler(m, mesh=mesh).sample(params, PROMPTS[:3], **kw)
+  np.testing.assert_array_equal(out.tokens, ref.tokens)
+  np.testing.assert_array_equal(out.lengths, ref.lengths)
+  np.testing.assert_array_equal(out.stop_lengths, ref.stop_lengths)
+  np.testing.assert_allclose(out.logprobs, ref.logprobs, atol=1e-5)
 
 
 def test_sharded_sampler_matches_unsharded_and_two_models_coexist(model):
@@ -176,7 +286,72 @@ def test_sharded_sampler_matches_unsharded_and_two_models_coexist(model):
     (lambda s: s([[1]], max_new_tokens=0, key=jax.random.key(0)), "max_new_tokens must be positive"),
     (lambda s: s([[1]], max_new_tokens=2, key=jax.random.key(0), top_p=0.0), "top_p"),
     (lambda s: s([], max_new_tokens=2, key=jax.random.key(0)), "no prompts"),
+    (lambda s: s([[1], [2]], max_new_tokens=[2], key=jax.random.key(0)), "1 entries for 2 prompts"),
+    (lambda s: s([[1], [2]], max_new_tokens=[2, 0], key=jax.random.key(0)), "must be positive"),
+    (lambda s: s([[1], [2]], max_new_tokens=2, key=jax.random.key(0), stop_sequences=[[[1]]]),
+     "stop_sequences has 1 rows for 2 prompts"),
+    (lambda s: s([[1]], max_new_tokens=2, key=jax.random.key(0), stop_sequences=[[[]]]),
+     "empty stop sequence"),
 ])
 def test_bad_input_errors(model, call, match):
   with pytest.raises(ValueError, match=match):
     call(Sampler(model))
+
+
+_TWO_HOSTS = r"""
+import json, os, sys
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+import numpy as np
+from flax import nnx
+from earlyrl_jax.models.scoring import Scorer
+from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.sampling.sampler import Sampler
+from tests.helpers import tiny_model
+
+pid = jax.process_index()
+prompts = [[[1, 5, 7], [4], [1, 2, 9, 9, 9, 9, 9, 9, 9]], [[3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3]]][pid]
+limits = [[4, 9, 6], [7]][pid]
+model = tiny_model(seed=0)
+ref = Sampler(model).sample(nnx.state(model), prompts, max_new_tokens=limits, key=jax.random.key(0),
+                            temperature=0.0, stop_tokens=[5])
+ref_score = Scorer(model).score(nnx.state(model), prompts, [[2, 3]] * len(prompts))
+mesh = mesh_lib.make_mesh((2, 2, 2))  # 8 devices, 4 per process
+with jax.set_mesh(mesh):
+  state = nnx.state(model)
+  params = jax.device_put(state, mesh_lib.state_shardings(state, mesh))
+out = Sampler(model, mesh=mesh).sample(params, prompts, max_new_tokens=limits, key=jax.random.key(0),
+                                       temperature=0.0, stop_tokens=[5], early_stop=True)
+score = Scorer(model, mesh=mesh).score(params, prompts, [[2, 3]] * len(prompts))
+print("RESULT " + json.dumps(dict(
+    devices=jax.device_count(), rows=len(out.tokens), same_tokens=bool((out.tokens == ref.tokens).all()),
+    same_lengths=bool((out.lengths == ref.lengths).all()),
+    score_err=float(np.abs(score.token_logprobs - ref_score.token_logprobs).max()))), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_each_get_their_own_rows(tmp_path):
+  """Two local processes as two hosts (4 CPU devices each, one 2x2x2 mesh): each passes its own
+  prompts (3 and 1 rows: buckets are agreed) and gets back exactly its rows, sampler and scorer."""
+  import os
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=repo)
+  procs = [subprocess.Popen([sys.executable, "-c", _TWO_HOSTS, f"127.0.0.1:{port}", str(i)], cwd=repo,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  logs = [p.communicate(timeout=240)[0] for p in procs]
+  import json
+  for i, (p, log) in enumerate(zip(procs, logs)):
+    assert p.returncode == 0, log[-3000:]
+    res = json.loads(next(l for l in log.splitlines() if l.startswith("RESULT "))[7:])
+    assert res["devices"] == 8 and res["rows"] == [3, 1][i], res
+    assert res["same_tokens"] and res["same_lengths"] and res["score_err"] < 1e-5, res

@@ -8,8 +8,8 @@ import random
 import pytest
 
 from earlyrl_jax.data import sources as S
-from earlyrl_jax.data import world as W
-from earlyrl_jax.eval.oracles import Oracles
+from earlyrl_jax import world as W
+from earlyrl_jax.world import Oracles
 
 
 def small_cfg(**kw):
@@ -160,3 +160,59 @@ def test_world_mode_of_the_main_job(tmp_path):
     cfg.world[k] = v
   manifest = run(cfg, str(tmp_path))
   assert os.path.exists(tmp_path / W.MANIFEST) and manifest["counts"]["train_documents"] == 50
+
+
+def _imports_of(path):
+  """earlyrl_jax modules a file imports anywhere (top level or inside functions)."""
+  import ast
+  tree = ast.parse(open(path, encoding="utf-8").read())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+      out.add(node.module)
+      out.update(f"{node.module}.{a.name}" for a in node.names)  # `from pkg import module`
+  return {m for m in out if m.startswith("earlyrl_jax")}
+
+
+def test_layering_world_and_data_import_nothing_above_them():
+  """The world is one package without cycles; data/ and world/ never import models/ or train/."""
+  import earlyrl_jax
+  root = os.path.dirname(earlyrl_jax.__file__)
+  assert not os.path.exists(os.path.join(root, "data", "world.py"))
+  assert not os.path.exists(os.path.join(root, "eval", "oracles.py"))
+  assert not os.path.exists(os.path.join(root, "models", "convert.py"))
+  above = ("earlyrl_jax.models", "earlyrl_jax.train", "earlyrl_jax.sampling", "earlyrl_jax.teacher",
+           "earlyrl_jax.eval", "earlyrl_jax.tools", "earlyrl_jax.parallel")
+  graph = {}
+  for pkg in ("world", "data"):
+    for fn in sorted(os.listdir(os.path.join(root, pkg))):
+      if fn.endswith(".py"):
+        mod = f"earlyrl_jax.{pkg}.{fn[:-3]}"
+        graph[mod] = _imports_of(os.path.join(root, pkg, fn))
+        bad = sorted(m for m in graph[mod] if m.startswith(above))
+        assert not bad, f"{mod} imports {bad}"
+  # World module -> world modules it imports (`from earlyrl_jax.world.grammar import X` counts once).
+  edges = {m: {".".join(d.split(".")[:3]) for d in deps if d.startswith("earlyrl_jax.world.")} - {m}
+           for m, deps in graph.items() if m.startswith("earlyrl_jax.world.") and not m.endswith("__init__")}
+  assert edges["earlyrl_jax.world.grammar"] == set()
+  assert edges["earlyrl_jax.world.corpus"] == {"earlyrl_jax.world.grammar"}
+  assert edges["earlyrl_jax.world.oracles"] == {"earlyrl_jax.world.grammar"}  # never corpus/supervision
+  state = {}
+
+  def visit(m, path):  # depth-first search: an 'open' module met again closes a cycle
+    assert state.get(m) != "open", f"import cycle: {' -> '.join(path + [m])}"
+    if state.get(m) is None:
+      state[m] = "open"
+      for d in edges.get(m, ()):
+        visit(d, path + [m])
+      state[m] = "done"
+  for m in edges:
+    visit(m, [])
+  # models/ never imports the trainer (the converter moved to tools/).
+  for fn in os.listdir(os.path.join(root, "models")):
+    if fn.endswith(".py"):
+      bad = [m for m in _imports_of(os.path.join(root, "models", fn)) if m.startswith(
+          ("earlyrl_jax.train", "earlyrl_jax.tools"))]
+      assert not bad, f"models/{fn} imports {bad}"

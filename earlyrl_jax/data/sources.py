@@ -33,8 +33,13 @@ class RawRecord(NamedTuple):
 
 
 # Document status codes (carried through the pipeline and counted in metrics).
-OK, MALFORMED, MISSING_FIELD, NON_UTF8, EMPTY, TOO_SHORT = range(6)
-STATUS_NAMES = ("ok", "malformed", "missing_field", "non_utf8", "empty", "too_short")
+# REPLACED_NON_UTF8: the document is usable (text is not None) but invalid UTF-8 bytes
+# were replaced by U+FFFD (data.encoding_errors='replace'); count it, do not skip it.
+OK, MALFORMED, MISSING_FIELD, NON_UTF8, EMPTY, TOO_SHORT, REPLACED_NON_UTF8 = range(7)
+STATUS_NAMES = ("ok", "malformed", "missing_field", "non_utf8", "empty", "too_short",
+                "replaced_non_utf8")
+USABLE_STATUSES = (OK, REPLACED_NON_UTF8)   # parse_document returned text
+SKIP_STATUSES = (MALFORMED, MISSING_FIELD, NON_UTF8, EMPTY, TOO_SHORT)  # the document is dropped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,11 +82,15 @@ def _decode(data: bytes, where: str, opts: ParseOptions) -> tuple[str | None, in
                       "'replace' to substitute U+FFFD, or 'skip' to drop the record)") from None
     if opts.encoding_errors == "skip":
       return None, NON_UTF8
-    return data.decode("utf-8", errors="replace"), OK
+    return data.decode("utf-8", errors="replace"), REPLACED_NON_UTF8
 
 
 def parse_document(raw: RawRecord, kind: str, opts: ParseOptions) -> tuple[str | None, int]:
-  """RawRecord -> (text, status). Raises DataError when the policy says so."""
+  """RawRecord -> (text, status). Raises DataError when the policy says so.
+
+  text is None exactly when the record is skipped (status in SKIP_STATUSES); a usable
+  record has status OK, or REPLACED_NON_UTF8 when invalid bytes became U+FFFD.
+  """
   payload, where = raw
   if kind == "json":
     text, status = _decode(payload, where, opts) if isinstance(payload, bytes) else (payload, OK)
@@ -96,8 +105,10 @@ def parse_document(raw: RawRecord, kind: str, opts: ParseOptions) -> tuple[str |
       return None, MALFORMED
     if not isinstance(obj, dict) or opts.text_field not in obj or not isinstance(obj[opts.text_field], str):
       if opts.on_error == "raise":
+        has = f"; its fields are {sorted(obj)[:12]}" if isinstance(obj, dict) else (
+            f"; it is a JSON {type(obj).__name__}, not an object")
         raise DataError(f"{where}: record has no string field {opts.text_field!r} "
-                        "(data.text_field); set data.on_error='skip' to skip such records")
+                        f"(data.text_field){has}; set data.on_error='skip' to skip such records")
       return None, MISSING_FIELD
     text = obj[opts.text_field]
   elif kind == "text":
@@ -108,7 +119,7 @@ def parse_document(raw: RawRecord, kind: str, opts: ParseOptions) -> tuple[str |
     raise ValueError(f"unknown record kind {kind!r}")
   if not text.strip():
     return None, EMPTY
-  return text, OK
+  return text, status
 
 
 class _FileIndexSource:
@@ -317,3 +328,114 @@ def make_source(fmt: str, patterns, *, text_field: str = "text", text_split: str
     return ArrayRecordSource(expand_paths(patterns, field), kind="text")
   raise ValueError(f"data.format={fmt!r}: expected 'jsonl', 'text', 'parquet', 'arrayrecord' "
                    "or 'arrayrecord_text'")
+
+
+# --------------------------------------------------------------------------- preflight
+
+_HEAD_BYTES = 1 << 20  # text split='file': the first MiB stands for the document
+
+
+def _head_lines(path: str, n: int, paragraphs: bool = False):
+  """The first n non-blank lines (or blank-line-separated paragraphs) as RawRecords."""
+  out: list[RawRecord] = []
+  para: list[bytes] = []
+  para_line = 0
+  with open(path, "rb") as f:
+    for line_no, line in enumerate(f, 1):
+      line = line.rstrip(b"\n")
+      if not paragraphs:
+        if line.strip():
+          out.append(RawRecord(line, f"{path}:{line_no}"))
+      elif line.strip():
+        para_line = para_line or line_no
+        para.append(line)
+      elif para:
+        out.append(RawRecord(b"\n".join(para), f"{path}:{para_line}"))
+        para, para_line = [], 0
+      if len(out) >= n:
+        return out
+  if para:
+    out.append(RawRecord(b"\n".join(para), f"{path}:{para_line}"))
+  return out[:n]
+
+
+def _head_file(path: str) -> list[RawRecord]:
+  with open(path, "rb") as f:
+    data = f.read(_HEAD_BYTES)
+  if not data:
+    return []
+  if len(data) == _HEAD_BYTES:  # do not count a character cut at the boundary as invalid
+    try:
+      data.decode("utf-8")
+    except UnicodeDecodeError as e:
+      if e.reason == "unexpected end of data":
+        data = data[:e.start]
+  return [RawRecord(data, f"{path}:1")]
+
+
+def head_records(path: str, fmt: str, *, text_field: str = "text", text_split: str = "file",
+                 n: int = 8) -> tuple[str, list[RawRecord]]:
+  """(record kind, the first n records of one file) without indexing the whole file."""
+  if fmt == "jsonl":
+    return "json", _head_lines(path, n)
+  if fmt == "text":
+    if text_split == "file":
+      return "text", _head_file(path)
+    return "text", _head_lines(path, n, paragraphs=text_split == "paragraph")
+  src = make_source(fmt, [path], text_field=text_field, text_split=text_split)
+  return src.kind, [src[i] for i in range(min(n, len(src)))]
+
+
+@dataclasses.dataclass
+class PreflightReport:
+  """What preflight read: files per glob, and record statuses of the first records."""
+  files: list[str]
+  records: int
+  status_counts: dict[str, int]
+
+
+def preflight(patterns: str | Sequence[str], *, fmt: str = "jsonl", text_field: str = "text",
+              text_split: str = "file", on_error: str = "raise", encoding_errors: str = "replace",
+              field: str = "data.train_files", num_records: int = 8) -> PreflightReport:
+  """Checks data before anything slow: every glob matches, the first records of each file parse.
+
+  Raises DataError naming the glob (`field`), or the file:line and `data.text_field`:
+  - a glob that matches no file;
+  - with on_error='raise', the first malformed record or one without the text field;
+  - with on_error='skip', a file none of whose first `num_records` records is usable
+    (say, a wrong data.text_field), with the counted reasons and the first one's message;
+  - files that together hold no records.
+  """
+  files = expand_paths(patterns, field)
+  opts = ParseOptions(text_field=text_field, on_error=on_error, encoding_errors=encoding_errors)
+  strict = dataclasses.replace(opts, on_error="raise")
+  counts = {name: 0 for name in STATUS_NAMES}
+  total = 0
+  for path in files:
+    kind, head = head_records(path, fmt, text_field=text_field, text_split=text_split,
+                              n=num_records)
+    usable, first_problem, reasons = 0, None, {}
+    for raw in head:
+      try:
+        _, status = parse_document(raw, kind, opts)
+      except DataError as e:
+        raise DataError(f"{field}: {e}") from None
+      counts[STATUS_NAMES[status]] += 1
+      if status in USABLE_STATUSES:
+        usable += 1
+        continue
+      reasons[STATUS_NAMES[status]] = reasons.get(STATUS_NAMES[status], 0) + 1
+      if first_problem is None:
+        try:  # the strict policy's message says what is wrong with the record
+          parse_document(raw, kind, strict)
+          first_problem = f"{raw.where}: {STATUS_NAMES[status].replace('_', ' ')} record"
+        except DataError as e:
+          first_problem = str(e).split("; set data.on_error")[0]
+    total += len(head)
+    if head and not usable:
+      counted = ", ".join(f"{k}={v}" for k, v in reasons.items())
+      raise DataError(f"{field}: none of the first {len(head)} records of {path} is usable "
+                      f"({counted}; data.text_field={text_field!r}); first: {first_problem}")
+  if total == 0:
+    raise DataError(f"{field}: the {len(files)} file(s) matching {patterns!r} hold no records")
+  return PreflightReport(files=files, records=total, status_counts=counts)

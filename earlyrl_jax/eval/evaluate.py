@@ -14,8 +14,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from earlyrl_jax.data import world as W
-from earlyrl_jax.eval.oracles import Oracles
+from earlyrl_jax import world as W
+from earlyrl_jax.world import Oracles
 from earlyrl_jax.sampling.sampler import Sampler
 
 

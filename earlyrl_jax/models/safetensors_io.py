@@ -1,91 +1,97 @@
-"""Lazy, memory-mapped safetensors reading (and writing), bfloat16 included.
+"""Lazy safetensors reading (and writing) through the `safetensors` package.
 
-Why not the `safetensors` package here: its numpy backend cannot represent
-bfloat16, the dtype most HF checkpoints ship in, and its torch/flax backends
-materialise whole tensors. Reading the format directly with `np.memmap` and
-`ml_dtypes` gives zero-copy slices, so a host reads only the shards its devices
-own. The format is small and stable: an 8-byte little-endian header length, a
-JSON header {name: {dtype, shape, data_offsets}}, then raw little-endian bytes.
+`safe_open(path, framework="np")` memory-maps the file, returns bfloat16 tensors
+as `ml_dtypes.bfloat16` numpy arrays, and `get_slice(name)[a:b, c:d]` reads only
+the requested block, so a host reads only the shards its devices own (see
+hf_io.load_params). This module adds what the package leaves to callers: one
+reader over a single file or a sharded index, the refusal of pickle checkpoints,
+errors that name the file, and atomic writes.
 """
 from __future__ import annotations
 
 import json
 import os
-import struct
 from collections.abc import Iterable
 
-import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file as _st_save_file
 
-_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
-    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
-    "BOOL": np.bool_,
-}
-_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
+           "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
+           "BOOL": "bool"}
+
+
+def _np_dtype(name: str) -> np.dtype:
+  import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
+  return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+class LazyTensor:
+  """One tensor of a file: `.shape`, `.dtype`; indexing with slices reads only that block."""
+
+  def __init__(self, file: "SafetensorsFile", name: str):
+    self._file, self.name = file, name
+    self._slice = file._handle().get_slice(name)
+    self.shape = tuple(self._slice.get_shape())
+    d = self._slice.get_dtype()
+    if d not in _DTYPES:
+      raise ValueError(f"{file.path}: tensor {name!r} has unsupported dtype {d}")
+    self.dtype = _np_dtype(_DTYPES[d])
+
+  @property
+  def ndim(self) -> int:
+    return len(self.shape)
+
+  def __getitem__(self, idx) -> np.ndarray:
+    return self._slice[idx]
+
+  def __array__(self, dtype=None, copy=None):
+    a = self._slice[tuple(slice(None) for _ in self.shape)] if self.shape else self._file._handle().get_tensor(self.name)
+    return a if dtype is None else a.astype(dtype)
 
 
 class SafetensorsFile:
-  """One .safetensors file; `get(name)` is a read-only memory-mapped array view."""
+  """One .safetensors file; `get(name)` is a LazyTensor (nothing is read until indexed)."""
 
   def __init__(self, path: str):
     self.path = path
-    with open(path, "rb") as f:
-      raw = f.read(8)
-      if len(raw) != 8:
-        raise ValueError(f"{path}: not a safetensors file (too short)")
-      (n,) = struct.unpack("<Q", raw)
-      if n > os.path.getsize(path):
-        raise ValueError(f"{path}: not a safetensors file (bad header length)")
-      header = json.loads(f.read(n))
-    self.metadata = header.pop("__metadata__", {}) or {}
-    self.header = header
-    self._base = 8 + n
-    self._mm = None
+    try:
+      self._f = safe_open(path, framework="np")
+    except (SafetensorError, OSError) as e:
+      raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    self.metadata = self._f.metadata() or {}
+    self._keys = list(self._f.keys())
+
+  def _handle(self):
+    return self._f
 
   def keys(self) -> list[str]:
-    return list(self.header)
+    return list(self._keys)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self.header[name]["shape"])
+    return tuple(self._f.get_slice(name).get_shape())
 
   def dtype(self, name: str) -> np.dtype:
-    d = self.header[name]["dtype"]
+    d = self._f.get_slice(name).get_dtype()
     if d not in _DTYPES:
       raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {d}")
-    return np.dtype(_DTYPES[d])
+    return _np_dtype(_DTYPES[d])
 
-  def get(self, name: str) -> np.ndarray:
-    if self._mm is None:
-      self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
-    info = self.header[name]
-    start, end = info["data_offsets"]
-    buf = self._mm[self._base + start:self._base + end]
-    return buf.view(self.dtype(name)).reshape(info["shape"])
+  def get(self, name: str) -> LazyTensor:
+    return LazyTensor(self, name)
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str] | None = None) -> None:
-  """Writes tensors (numpy, bfloat16 allowed) in safetensors format, atomically."""
-  header, offset = {}, 0
-  arrays = []
-  for name in sorted(tensors):
-    a = np.ascontiguousarray(tensors[name])
-    if a.dtype not in _NAMES:
+  """Writes numpy tensors (bfloat16 allowed) in safetensors format, atomically."""
+  arrays = {}
+  for name, a in tensors.items():
+    a = np.ascontiguousarray(a)
+    if a.dtype.name not in _DTYPES.values():
       raise ValueError(f"tensor {name!r}: dtype {a.dtype} cannot be written to safetensors")
-    header[name] = {"dtype": _NAMES[a.dtype], "shape": list(a.shape),
-                    "data_offsets": [offset, offset + a.nbytes]}
-    offset += a.nbytes
-    arrays.append(a)
-  if metadata:
-    header["__metadata__"] = metadata
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)  # align the data section
+    arrays[name] = a
   tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for a in arrays:
-      f.write(a.tobytes())
+  _st_save_file(arrays, tmp, metadata=metadata)
   os.replace(tmp, path)
 
 
@@ -99,7 +105,12 @@ class CheckpointReader:
     if os.path.exists(index):
       with open(index) as f:
         weight_map = json.load(f)["weight_map"]
-      files = {fn: SafetensorsFile(os.path.join(directory, fn)) for fn in sorted(set(weight_map.values()))}
+      files = {}
+      for fn in sorted(set(weight_map.values())):
+        p = os.path.join(directory, fn)
+        if not os.path.isfile(p):
+          raise FileNotFoundError(f"{index}: lists {fn}, which is missing")
+        files[fn] = SafetensorsFile(p)
       self._where = {name: files[fn] for name, fn in weight_map.items()}
     elif os.path.exists(single):
       f = SafetensorsFile(single)
@@ -119,7 +130,7 @@ class CheckpointReader:
   def names(self) -> Iterable[str]:
     return self._where.keys()
 
-  def get(self, name: str) -> np.ndarray:
+  def get(self, name: str) -> LazyTensor:
     if name not in self._where:
       raise KeyError(f"{self.directory}: missing tensor {name!r}")
     return self._where[name].get(name)

@@ -231,12 +231,16 @@ def _decode_attention(q_BxKxGxH, keys_BxSxKxH, values_BxSxKxH, bias_BxS):
   Batched matmuls of a single query row make XLA transpose the whole cache to a
   matmul layout at every step (and XLA:CPU runs such tiny matmuls slowly);
   elementwise products with reductions read the cache once, in place.
+  Numerics match the prefill/training path exactly in kind: products of
+  compute-dtype inputs summed in float32, softmax in float32, probabilities
+  rounded to the compute dtype before the weighted sum (float32 accumulation).
   """
   H = q_BxKxGxH.shape[-1]
+  dt = values_BxSxKxH.dtype
   qf = q_BxKxGxH.astype(jnp.float32)
   logits = jnp.sum(qf[:, None] * keys_BxSxKxH.astype(jnp.float32)[:, :, :, None, :], axis=-1)
   logits = logits / math.sqrt(H) + bias_BxS[:, :, None, None]          # [B, S, K, G]
-  probs = jax.nn.softmax(logits, axis=1)
+  probs = jax.nn.softmax(logits, axis=1).astype(dt).astype(jnp.float32)
   return jnp.sum(probs[..., None] * values_BxSxKxH.astype(jnp.float32)[:, :, :, None, :], axis=1)
 
 
@@ -297,10 +301,16 @@ class Attention(nnx.Module):
       out = _decode_attention(q[:, 0], keys.astype(dt), values.astype(dt), bias_BxTxS[:, 0])
       out = out.astype(dt).reshape(B, N * H)
     else:
-      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt)).astype(jnp.float32)
+      # Logits accumulate in float32 (preferred_element_type), not rounded to the
+      # compute dtype: in bfloat16 the train step's log-probs then match the
+      # sampler's decode (which sums in float32), as DPO and KL terms need.
+      logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, keys.astype(dt),
+                          preferred_element_type=jnp.float32)
       logits = logits / math.sqrt(H) + bias_BxTxS[:, None, None]
       probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt)).reshape(B * T, N * H)
+      out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, values.astype(dt),
+                       preferred_element_type=jnp.float32)
+      out = out.astype(dt).reshape(B * T, N * H)
     y = _dense(out, self.o[...].reshape(N * H, D), dt).reshape(B, T, D)
     return y, new_cache
 
@@ -338,6 +348,20 @@ class Block(nnx.Module):
     return constrain(x, ("batch", "length", "act_embed")), new_cache
 
 
+def embed_init_std(cfg: ModelConfig) -> float:
+  """Initial std of the token embedding.
+
+  Untied: 1.0 (the input side only; RMSNorm rescales it, the separate head starts
+  at init_std). Tied, the same matrix is the output head: the final-normed hidden
+  state has unit RMS, so logits have std ~ embed_std * sqrt(d_model); std 1.0
+  would start at ~sqrt(d_model) (11 at d_model=128, 45 at 2048: a near one-hot
+  softmax and a huge first loss). min(init_std, 1/sqrt(d_model)) keeps them <= 1.
+  """
+  if cfg.tie_embeddings:
+    return min(cfg.init_std, 1.0 / math.sqrt(cfg.d_model))
+  return 1.0
+
+
 class Transformer(nnx.Module):
   """Decoder-only LM. `model(tokens)` -> logits [B, T, V] (float32).
 
@@ -350,7 +374,8 @@ class Transformer(nnx.Module):
     # Sharding is applied explicitly (jit out_shardings, device_put) by
     # parallel.mesh, so building a model never needs a mesh context.
     with nnx.use_eager_sharding(False):
-      self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), 1.0, cfg.param_dtype)
+      self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), embed_init_std(cfg),
+                          cfg.param_dtype)
       self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.n_layers)])
       self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
       if not cfg.tie_embeddings:

@@ -1,8 +1,8 @@
 """Converter: Hugging Face directory <-> orbax checkpoint (fast, sharded restarts at scale).
 
-  python -m earlyrl_jax.models.convert hf2orbax --src=/ckpt/Llama-3.2-1B --dst=/ckpt/llama1b-orbax
-  python -m earlyrl_jax.models.convert orbax2hf --src=/ckpt/llama1b-orbax --dst=/out/hf
-  python -m earlyrl_jax.models.convert orbax2hf --src=WORKDIR --dst=/out/hf   # a pretraining run
+  python -m earlyrl_jax.tools.convert hf2orbax --src=/ckpt/Llama-3.2-1B --dst=/ckpt/llama1b-orbax
+  python -m earlyrl_jax.tools.convert orbax2hf --src=/ckpt/llama1b-orbax --dst=/out/hf
+  python -m earlyrl_jax.tools.convert orbax2hf --src=WORKDIR --dst=/out/hf   # a pretraining run
 
 An orbax model directory holds `model_config.json`, `params/` (orbax, restorable
 onto any mesh) and the tokenizer files. Restoring it skips safetensors parsing

@@ -1,26 +1,38 @@
-"""The pretraining loop: data -> sharded step -> metrics, checkpoints, resume.
+"""One training loop for every job: compile ahead, step, metrics, checkpoints, resume.
 
-Never blocks the device on the hot path: step N is dispatched before step N-1's
-scalars are fetched. Those scalars are checked every step; a NaN or inf loss (or
-gradient norm) stops the run naming the step, and no checkpoint is ever written
-from a state that has not been checked, so the newest checkpoint is always good.
-SIGTERM (preemption) saves a checkpoint and exits cleanly.
+A job (pretraining, self-improving pretraining) supplies a `Job`: its batch
+producer, its loss function and coefficients, its frozen trees (a reference
+policy) and its evaluation hooks; `train_loop` does the rest, the same way for all:
+
+- compiles the step ahead of time and prints compile time and memory;
+- never blocks the device on the hot path: step N is dispatched before step
+  N-1's scalars are fetched; those scalars are checked every step, and a NaN or
+  inf loss, gradient norm or *updated* parameter stops the run naming the step;
+- never writes a checkpoint from a state that has not been checked, so the
+  newest checkpoint is always good; the data iterator position is saved with it;
+- SIGTERM (preemption) saves a checkpoint and exits cleanly, also while the job
+  is waiting for data; all hosts stop at the same step;
+- a finished run returns at once when started again.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
 from earlyrl_jax import configs
-from earlyrl_jax.data import pipeline, tokenizer as tok_lib
+from earlyrl_jax.data import pipeline
+from earlyrl_jax.data import tokenizer as tok_lib
 from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.train import losses
 from earlyrl_jax.train import metrics as metrics_lib
 from earlyrl_jax.train import state as state_lib
 from earlyrl_jax.train import steps as steps_lib
@@ -31,13 +43,44 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def _is_main() -> bool:
+class Preempted(Exception):
+  """SIGTERM arrived while the job was waiting for data (raised out of the wait)."""
+
+
+def is_main() -> bool:
   return jax.process_index() == 0
 
 
-def _log(msg: str) -> None:
-  if _is_main():
+def log(msg: str) -> None:
+  if is_main():
     print(msg, flush=True)
+
+
+def sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class Run:
+  """What every job shares: config, mesh, corpus, tokenizer, model and optimizer shapes."""
+  cfg: Any
+  workdir: str
+  mesh: Any
+  train_files: str
+  eval_files: str
+  tokenizer: Any
+  model_cfg: Any
+  tx: Any
+  schedule: Any
+  graphdef: Any
+  abs_state: state_lib.TrainState
+  shardings: state_lib.TrainState
+  ckpt: Checkpointer
 
 
 def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
@@ -45,51 +88,103 @@ def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
   d = cfg.data
   if d.corpus == "files":
     return d.train_files, d.eval_files
-  from earlyrl_jax.data import world
+  from earlyrl_jax import world
   world_dir = os.path.join(workdir, "world")
-  if _is_main() and not os.path.exists(os.path.join(world_dir, world.MANIFEST)):
+  if is_main() and not os.path.exists(os.path.join(world_dir, world.MANIFEST)):
     t0 = time.time()
     manifest = world.write_world(cfg.world, world_dir)
-    _log(f"wrote the synthetic world to {world_dir}: {manifest['num_train_documents']} train "
-         f"documents in {time.time() - t0:.1f}s")
-  _sync("world")
+    log(f"wrote the synthetic world to {world_dir}: {manifest['num_train_documents']} train "
+        f"documents in {time.time() - t0:.1f}s")
+  sync("world")
   return (d.train_files or os.path.join(world_dir, world.TRAIN_GLOB),
           d.eval_files or os.path.join(world_dir, world.EVAL_DOCS))
 
 
-def resolve_tokenizer(cfg, workdir: str, train_files: str) -> tok_lib.Tokenizer:
-  """Loads `data.tokenizer`; trains a SentencePiece model into WORKDIR when no path is given."""
-  d = cfg.data
-  if d.tokenizer != "sentencepiece" or d.tokenizer_path:
-    return tok_lib.load_tokenizer(d.tokenizer, d.tokenizer_path, vocab_size=cfg.model.vocab_size)
-  path = os.path.join(workdir, "tokenizer.model")
-  if _is_main() and not os.path.exists(path):
-    from earlyrl_jax.data import sources
-    t0 = time.time()
-    src = sources.make_source(d.format, train_files, text_field=d.text_field, text_split=d.text_split)
-    opts = sources.ParseOptions(text_field=d.text_field, on_error="skip")
-    tmp = os.path.join(workdir, "tokenizer.tmp")
-    tok_lib.train_sentencepiece(tok_lib.iter_texts(src, src.kind, opts, limit=20_000), tmp,
-                                d.tokenizer_vocab_size)
-    os.replace(tmp + ".model", path)
-    os.replace(tmp + ".vocab", os.path.join(workdir, "tokenizer.vocab"))
-    _log(f"trained a {d.tokenizer_vocab_size}-piece SentencePiece tokenizer -> {path} "
-         f"({time.time() - t0:.1f}s)")
-  _sync("tokenizer")
-  return tok_lib.SentencePieceTokenizer(path)
+def setup(cfg, workdir: str) -> Run:
+  """Validates the config, then builds what every job needs (no compilation yet)."""
+  configs.validate(cfg)
+  os.makedirs(workdir, exist_ok=True)
+  if is_main():
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(cfg.to_json_best_effort(indent=2))
+  mesh = mesh_lib.mesh_from_config(cfg.mesh)
+  train_files, eval_files = resolve_corpus(cfg, workdir)
+  configs.check_data(cfg, train_files, eval_files)  # first records parse, before anything slow
+  tokenizer = tok_lib.resolve_tokenizer(cfg.data, workdir, train_files, cfg.model.vocab_size)
+  model_cfg = configs.model_config(cfg)
+  if tokenizer.vocab_size > model_cfg.vocab_size:
+    raise configs.ConfigError(
+        f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
+        f"({tokenizer.vocab_size})")
+  tx = state_lib.make_optimizer(cfg.opt, cfg.num_steps)
+  schedule = state_lib.lr_schedule(cfg.opt, cfg.num_steps)
+  graphdef, abs_state, shardings = state_lib.abstract_train_state(model_cfg, tx, mesh)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
+                      every_steps=cfg.checkpoint.every_steps, async_save=cfg.checkpoint.async_save)
+  return Run(cfg, workdir, mesh, train_files, eval_files, tokenizer, model_cfg, tx, schedule,
+             graphdef, abs_state, shardings, ckpt)
 
 
-def _sync(name: str) -> None:
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    multihost_utils.sync_global_devices(name)
+@dataclasses.dataclass
+class Job:
+  """What a job gives the shared loop.
+
+  next_batch(state, step) -> (host-local batch of numpy arrays, stats): may use
+  `state.params` (self-improving jobs sample rollouts from the current policy).
+  Only stats are logged as `data/<name>` (skip counters) or `<name>` (already
+  slash-named job metrics, e.g. 'sip/win_share_rollout').
+  """
+  name: str
+  batch_spec: dict[str, jax.ShapeDtypeStruct]      # global shapes and dtypes
+  next_batch: Callable[[state_lib.TrainState, int], tuple[dict, dict]]
+  data_iter: Any                                   # checkpointed with the state (grain iterator)
+  loss_fn: steps_lib.LossFn = losses.lm_terms
+  coefs: dict[str, float] = dataclasses.field(default_factory=lambda: {"nll": 1.0})
+  frozen: dict[str, tuple[Any, Any, Any]] = dataclasses.field(default_factory=dict)  # name -> (graphdef, params, shardings)
+  evaluate: Callable[[state_lib.TrainState, int], dict[str, float]] | None = None
+  at_end: Callable[[state_lib.TrainState, metrics_lib.MetricsLogger], dict[str, float]] | None = None
+  console_keys: tuple[str, ...] = ("loss",)
+
+
+def initial_state(run: Run, *, seed: int, params_from: str = ""):
+  """A fresh TrainState: initialised from `seed`, or with params from a run / HF directory."""
+  _, state, _ = state_lib.init_train_state(run.model_cfg, run.tx, run.mesh, seed)
+  if not params_from:
+    return state
+  params = load_init_params(params_from, run.model_cfg, run.mesh)
+  params = jax.device_put(params, run.shardings.params)
+  return state.replace(params=params, opt_state=jax.jit(run.tx.init, out_shardings=run.shardings.opt_state)(params))
+
+
+def load_init_params(path: str, model_cfg, mesh):
+  """Params of an earlyrl_jax run directory (newest checkpoint) or an HF directory, checked
+  against the configured model shape."""
+  if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
+    _, params, cfg = load_params(path, mesh)
+  elif os.path.exists(os.path.join(path, "config.json")):
+    from earlyrl_jax.models import hf_io
+    model, _ = hf_io.load_pretrained(path, mesh=mesh)
+    from flax import nnx
+    params, cfg = nnx.state(model), model.cfg
+  else:
+    raise FileNotFoundError(f"init.params_from={path!r}: neither a run directory (config.json + "
+                            "checkpoints/) nor an HF model directory (config.json + *.safetensors)")
+  if dataclasses.replace(cfg, dtype=model_cfg.dtype, remat=model_cfg.remat) != model_cfg:
+    raise configs.ConfigError(
+        f"init.params_from={path!r}: its model shape differs from the config's `model` section; "
+        f"set the model fields to {dataclasses.asdict(cfg)}")
+  return params
+
+
+# --------------------------------------------------------------------------- the loop
 
 
 class _Preemption:
-  """Turns SIGTERM into a flag the loop checks between steps."""
+  """SIGTERM -> a flag checked between steps; raises Preempted out of a data wait."""
 
   def __init__(self):
     self.requested = False
+    self.waiting_for_data = False
     self._old = None
 
   def __enter__(self):
@@ -101,106 +196,71 @@ class _Preemption:
 
   def _handle(self, *_):
     self.requested = True
+    if self.waiting_for_data:
+      raise Preempted()
 
   def __exit__(self, *exc):
     if self._old is not None:
       signal.signal(signal.SIGTERM, self._old)
 
 
-def _check_finite(step: int, scalars: dict[str, float], ckpt: Checkpointer) -> None:
+def check_finite(step: int, scalars: dict[str, float], ckpt: Checkpointer, cfg=None) -> None:
   bad = {k: v for k, v in scalars.items() if k in ("loss", "grad_norm") and not math.isfinite(v)}
+  if scalars.get("params_finite", 1.0) < 1.0:
+    bad["updated params"] = "non-finite"
   if bad:
     ckpt.wait()
     last = ckpt.latest_step()
     where = f"step {last} in {ckpt.directory}" if last is not None else "none written yet"
+    hint = configs.nonfinite_hint(cfg) if cfg is not None and hasattr(configs, "nonfinite_hint") else (
+        "lower opt.learning_rate or inspect the data near this step")
     raise NonFiniteLossError(
-        f"non-finite values at step {step}: {bad}. Training stopped; last good checkpoint: "
-        f"{where}. Lower opt.learning_rate, enable opt.grad_clip, or inspect the data near "
-        "this step.")
+        f"non-finite values at step {step}: {bad}; training stopped, last good checkpoint: "
+        f"{where}; {hint}")
 
 
-def evaluate(eval_step, params, eval_ds, *, num_batches: int, mesh) -> dict[str, float]:
-  """Mean held-out NLL per token over the first `num_batches` packed batches of `eval_ds`."""
-  total, count = 0.0, 0.0
-  it = iter(eval_ds)  # a fresh iterator: every evaluation sees the same batches
-  for _ in range(num_batches):
-    batch = next(it)
-    batch.pop("stats")
-    s, c = jax.device_get(eval_step(params, mesh_lib.shard_batch(batch, mesh)))
-    total, count = total + float(s), count + float(c)
-  loss = total / max(count, 1.0)
-  return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
-
-
-def train(cfg, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) `mode='pretrain'`. Returns the final state and last metrics."""
-  configs.validate(cfg)
-  os.makedirs(workdir, exist_ok=True)
-  if _is_main():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(cfg.to_json_best_effort(indent=2))
-
-  mesh = mesh_lib.mesh_from_config(cfg.mesh)
-  train_files, eval_files = resolve_corpus(cfg, workdir)
-  tokenizer = resolve_tokenizer(cfg, workdir, train_files)
-  model_cfg = configs.model_config(cfg)
-  if tokenizer.vocab_size > model_cfg.vocab_size:
-    raise configs.ConfigError(
-        f"model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's vocabulary "
-        f"({tokenizer.vocab_size})")
-
-  d = cfg.data
-  seq_len, global_batch = d.seq_len, d.batch_size
-  host_batch = global_batch // jax.process_count()
-  tx = state_lib.make_optimizer(cfg.opt, cfg.num_steps)
-  schedule = state_lib.lr_schedule(cfg.opt, cfg.num_steps)
-  graphdef, abs_state, shardings = state_lib.abstract_train_state(model_cfg, tx, mesh)
-
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
-                      every_steps=cfg.checkpoint.every_steps, async_save=cfg.checkpoint.async_save)
-  train_ds = pipeline.make_lm_dataset(d, tokenizer, seq_len=seq_len, host_batch_size=host_batch,
-                                      seed=cfg.seed, process_index=jax.process_index(),
-                                      process_count=jax.process_count(), files=train_files)
-  data_iter = iter(train_ds)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if ckpt.latest_step() is not None:
+def train_loop(run: Run, job: Job) -> dict[str, Any]:
+  """Runs (or resumes) `job` to `cfg.num_steps`. Returns the final state and last metrics."""
+  cfg, mesh, ckpt = run.cfg, run.mesh, run.ckpt
+  metrics_path = os.path.join(run.workdir, "metrics.jsonl")
+  latest = ckpt.latest_step()
+  if latest is not None and latest >= cfg.num_steps:
+    log(f"{job.name}: already complete at step {latest} in {run.workdir}; nothing to do")
+    state, _ = ckpt.restore(run.abs_state)
+    ckpt.close()
+    return _result(run, state, {})
+  if latest is not None:
     t0 = time.time()
-    state, start = ckpt.restore(abs_state, data_iter)
-    if _is_main():
+    state, start = ckpt.restore(run.abs_state, job.data_iter)
+    if is_main():
       moved = metrics_lib.roll_back_jsonl(metrics_path, start)
-      _log(f"resumed from step {start} ({time.time() - t0:.1f}s)"
-           + (f"; {moved} metric records past it moved to metrics.rolled_back.jsonl" if moved else ""))
+      log(f"resumed from step {start} ({time.time() - t0:.1f}s)"
+          + (f"; {moved} metric records past it moved to metrics.rolled_back.jsonl" if moved else ""))
   else:
-    _, state, _ = state_lib.init_train_state(model_cfg, tx, mesh, cfg.seed)
+    state = initial_state(run, seed=cfg.seed, params_from=params_from(cfg))
     start = 0
-  n_params = model_cfg.num_params()
-  _log(f"model: {n_params / 1e6:.2f}M params | mesh {dict(mesh.shape)} | batch {global_batch} x "
-       f"{seq_len} tokens | vocab {tokenizer.vocab_size}")
+  log(f"{job.name}: model {run.model_cfg.num_params() / 1e6:.2f}M params | mesh {dict(mesh.shape)} | "
+      f"vocab {run.tokenizer.vocab_size} | batch " + ", ".join(
+          f"{k} {'x'.join(map(str, s.shape))}" for k, s in job.batch_spec.items() if k.endswith("tokens")))
 
-  batch_spec = {"tokens": (global_batch, seq_len), "targets": (global_batch, seq_len),
-                "segment_ids": (global_batch, seq_len), "positions": (global_batch, seq_len),
-                "loss_mask": (global_batch, seq_len)}
-  step_fn = steps_lib.make_train_step(graphdef, tx, schedule, mesh, shardings, batch_spec,
-                                      grad_accum_steps=cfg.opt.grad_accum_steps, z_loss=cfg.opt.z_loss)
-  dtypes = {"loss_mask": np.float32}
-  abs_batch = {k: jax.ShapeDtypeStruct(s, dtypes.get(k, np.int32)) for k, s in batch_spec.items()}
+  frozen_graphdefs = {k: g for k, (g, _, _) in job.frozen.items()}
+  frozen_params = {k: p for k, (_, p, _) in job.frozen.items()}
+  frozen_shardings = {k: s for k, (_, _, s) in job.frozen.items()}
+  step_fn = steps_lib.make_train_step(
+      run.graphdef, run.tx, run.schedule, mesh, run.shardings, job.batch_spec, loss_fn=job.loss_fn,
+      coefs=job.coefs, frozen_graphdefs=frozen_graphdefs, frozen_shardings=frozen_shardings,
+      grad_accum_steps=cfg.opt.grad_accum_steps)
+  abs_frozen = {k: mesh_lib.with_shardings(jax.eval_shape(lambda x: x, p), frozen_shardings[k])
+                for k, p in frozen_params.items()}
   t0 = time.time()
   with jax.set_mesh(mesh):
-    compiled = step_fn.lower(abs_state, abs_batch).compile()
-  mem = _memory_summary(compiled)
-  _log(f"compiled train step in {time.time() - t0:.1f}s{mem}")
-  eval_step = eval_ds = None
-  if cfg.eval_every_steps and eval_files:
-    eval_step = steps_lib.make_eval_step(graphdef, mesh, shardings.params, batch_spec)
-    eval_ds = pipeline.make_lm_dataset(d, tokenizer, seq_len=seq_len, host_batch_size=host_batch,
-                                       seed=0, process_index=jax.process_index(),
-                                       process_count=jax.process_count(), files=eval_files,
-                                       field="data.eval_files", shuffle=False)
+    compiled = step_fn.lower(run.abs_state, job.batch_spec, abs_frozen).compile()
+  log(f"compiled train step in {time.time() - t0:.1f}s{_memory_summary(compiled)}")
 
-  logger = metrics_lib.MetricsLogger(workdir, is_main=_is_main(), num_steps=cfg.num_steps,
+  logger = metrics_lib.MetricsLogger(run.workdir, is_main=is_main(), num_steps=cfg.num_steps,
                                      every_steps=cfg.log_every_steps)
   progress = metrics_lib.Progress(cfg.num_steps, start)
-  pending = None  # (step, device metrics, data stats) awaiting the finite check
+  pending = None  # (step, device metrics, host stats) awaiting the finite check
   last: dict[str, float] = {}
 
   def settle(item):
@@ -208,63 +268,78 @@ def train(cfg, workdir: str) -> dict[str, Any]:
     nonlocal last
     step, dev_metrics, stats = item
     scalars = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-    _check_finite(step, scalars, ckpt)
+    check_finite(step, scalars, ckpt, cfg)
     progress.add_tokens(scalars["tokens"])
     last = scalars
     if step % cfg.log_every_steps == 0 or step == cfg.num_steps:
       out = dict(scalars)
-      out.update({f"data/{k}": float(v) for k, v in stats.items()})
-      out.update(progress.report(step, scalars) if _is_main() else {})
+      out.update({(k if "/" in k else f"data/{k}"): float(v) for k, v in stats.items()})
+      extra = {k: out[k] for k in job.console_keys if k in out}
+      skips = {k: v for k, v in out.items() if k.startswith(("data/skipped", "data/replaced")) and v}
+      if is_main():
+        out.update(progress.report(step, {**extra, **skips}))
       logger.write(step, out)
 
+  step = start
   try:
     with _Preemption() as preempt, jax.set_mesh(mesh):
       for step in range(start, cfg.num_steps):
-        batch = next(data_iter)
-        stats = batch.pop("stats")
-        state, dev_metrics = compiled(state, mesh_lib.shard_batch(batch, mesh))
+        preempt.waiting_for_data = True
+        try:
+          batch, stats = job.next_batch(state, step)
+        except Preempted:
+          log(f"SIGTERM while waiting for data at step {step}")
+          break
+        finally:
+          preempt.waiting_for_data = False
+        state, dev_metrics = compiled(state, mesh_lib.shard_batch(batch, mesh), frozen_params)
         if pending is not None:
           settle(pending)
         pending = (step + 1, dev_metrics, stats)
         logger.tick(step + 1)
         done = step + 1 == cfg.num_steps
-        if (step + 1) % cfg.checkpoint.every_steps == 0 or done or preempt.requested:
+        stop = preempt.requested or _reached_preemption(ckpt, step + 1)
+        if (step + 1) % cfg.checkpoint.every_steps == 0 or done or stop:
           settle(pending)
           pending = None
-          ckpt.save(step + 1, state, data_iter, force=True)
-        if eval_step is not None and ((step + 1) % cfg.eval_every_steps == 0 or done):
-          ev = evaluate(eval_step, state.params, eval_ds, num_batches=cfg.eval_batches, mesh=mesh)
+          ckpt.save(step + 1, state, job.data_iter, force=True)
+        if job.evaluate is not None and cfg.eval_every_steps and (
+            (step + 1) % cfg.eval_every_steps == 0 or done):
+          ev = job.evaluate(state, step + 1)
           logger.write(step + 1, ev)
-          _log(f"step {step + 1}: eval loss {ev['eval/loss']:.4f} "
-               f"(perplexity {ev['eval/perplexity']:.2f})")
+          log(f"step {step + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
           last.update(ev)
-        if preempt.requested:
-          _log(f"SIGTERM: saved step {step + 1}, exiting")
+        if stop:
+          log(f"preempted: saved step {step + 1}, exiting")
           break
       if pending is not None:
         settle(pending)
-      if d.corpus == "world" and cfg.eval_world_prompts and int(state.step) == cfg.num_steps:
-        last.update(_world_eval(cfg, workdir, graphdef, state.params, tokenizer, mesh, logger))
+        pending = None
+      if preempt.requested and int(state.step) > (ckpt.latest_step() or 0):
+        ckpt.save(int(state.step), state, job.data_iter, force=True)
+      if job.at_end is not None and int(state.step) == cfg.num_steps:
+        last.update(job.at_end(state, logger))
   finally:
     ckpt.close()
     logger.close()
-  return {"state": state, "graphdef": graphdef, "metrics": last, "tokenizer": tokenizer,
-          "model_config": model_cfg, "mesh": mesh}
+  return _result(run, state, last)
 
 
-def _world_eval(cfg, workdir, graphdef, params, tokenizer, mesh, logger) -> dict[str, float]:
-  """Samples continuations of held-out world prompts and scores them with the oracles."""
-  from flax import nnx
-  from earlyrl_jax.eval.evaluate import world_eval
-  t0 = time.time()
-  res = world_eval(nnx.merge(graphdef, params), tokenizer, os.path.join(workdir, "world"),
-                   num_prompts=cfg.eval_world_prompts, key=jax.random.key(cfg.seed), mesh=mesh)
-  example = res.pop("example")
-  logger.write(cfg.num_steps, res)
-  _log(f"world eval ({time.time() - t0:.1f}s): " + ", ".join(f"{k[6:]} {v:.3f}" for k, v in res.items()))
-  if example:
-    _log(f"  prefix: ...{example['prefix'][-120:]!r}\n  model:  {example['continuation'][:200]!r}")
-  return res
+def _result(run: Run, state, last) -> dict[str, Any]:
+  return {"state": state, "graphdef": run.graphdef, "metrics": last, "tokenizer": run.tokenizer,
+          "model_config": run.model_cfg, "mesh": run.mesh}
+
+
+def params_from(cfg) -> str:
+  """`init.params_from` when the config has an `init` section ('' = from scratch)."""
+  init = cfg.get("init")
+  return init.params_from if init is not None else ""
+
+
+def _reached_preemption(ckpt: Checkpointer, step: int) -> bool:
+  """Multi-host: every process agrees on the step at which to stop (orbax's preemption sync)."""
+  fn = getattr(ckpt, "reached_preemption", None)
+  return bool(fn(step)) if fn is not None else False
 
 
 def _memory_summary(compiled) -> str:
@@ -279,8 +354,114 @@ def _memory_summary(compiled) -> str:
     return ""
 
 
+# --------------------------------------------------------------------------- pretraining
+
+
+def lm_batch_spec(global_batch: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+  ints = ("tokens", "targets", "segment_ids", "positions")
+  spec = {k: jax.ShapeDtypeStruct((global_batch, seq_len), np.int32) for k in ints}
+  spec["loss_mask"] = jax.ShapeDtypeStruct((global_batch, seq_len), np.float32)
+  return spec
+
+
+def _next_from(data_iter):
+  def next_batch(state, step):
+    del state, step
+    batch = next(data_iter)
+    return batch, batch.pop("stats")
+  return next_batch
+
+
+def pretrain_job(run: Run) -> Job:
+  cfg, d = run.cfg, run.cfg.data
+  host_batch = d.batch_size // jax.process_count()
+  data_iter = iter(pipeline.make_lm_dataset(
+      d, run.tokenizer, seq_len=d.seq_len, host_batch_size=host_batch, seed=cfg.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
+  spec = lm_batch_spec(d.batch_size, d.seq_len)
+  return Job(name="pretrain", batch_spec=spec, next_batch=_next_from(data_iter), data_iter=data_iter,
+             coefs={"nll": 1.0, "z_loss": cfg.opt.z_loss}, evaluate=heldout_eval(run, spec),
+             at_end=world_eval_at_end(run), console_keys=("loss",))
+
+
+def heldout_eval(run: Run, spec) -> Callable | None:
+  """Held-out NLL over the first `eval_batches` packed batches of the eval files (same every time)."""
+  cfg, d = run.cfg, run.cfg.data
+  if not (cfg.eval_every_steps and run.eval_files):
+    return None
+  eval_step = steps_lib.make_eval_step(run.graphdef, run.mesh, run.shardings.params, spec)
+  eval_ds = pipeline.make_lm_dataset(d, run.tokenizer, seq_len=d.seq_len,
+                                     host_batch_size=d.batch_size // jax.process_count(), seed=0,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), files=run.eval_files,
+                                     field="data.eval_files", shuffle=False)
+
+  def evaluate(state, step):
+    del step
+    total, count = 0.0, 0.0
+    it = iter(eval_ds)
+    for _ in range(cfg.eval_batches):
+      batch = next(it)
+      batch.pop("stats")
+      s, c = jax.device_get(eval_step(state.params, mesh_lib.shard_batch(batch, run.mesh)))
+      total, count = total + float(s), count + float(c)
+    loss = total / max(count, 1.0)
+    return {"eval/loss": loss, "eval/perplexity": math.exp(min(loss, 50.0))}
+  return evaluate
+
+
+def world_eval_at_end(run: Run) -> Callable | None:
+  """Oracle scores of the final model's continuations of held-out world prompts."""
+  cfg = run.cfg
+  if cfg.data.corpus != "world" or not cfg.eval_world_prompts:
+    return None
+
+  def at_end(state, logger):
+    from flax import nnx
+    from earlyrl_jax.eval.evaluate import world_eval
+    t0 = time.time()
+    res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
+                     os.path.join(run.workdir, "world"), num_prompts=cfg.eval_world_prompts,
+                     key=jax.random.key(cfg.seed), mesh=run.mesh)
+    example = res.pop("example")
+    logger.write(cfg.num_steps, res)
+    log(f"world eval ({time.time() - t0:.1f}s): " + ", ".join(f"{k[6:]} {v:.3f}" for k, v in res.items()))
+    if example:
+      log(f"  prefix: ...{example['prefix'][-120:]!r}\n  model:  {example['continuation'][:200]!r}")
+    return res
+  return at_end
+
+
+def world_eval_during(run: Run) -> Callable | None:
+  """Held-out NLL plus oracle scores of sampled continuations: the curves over training."""
+  cfg = run.cfg
+  heldout = heldout_eval(run, lm_batch_spec(cfg.data.batch_size, cfg.data.seq_len))
+  n = int(cfg.get("eval_world_prompts_during", 0) or 0)
+  if heldout is None and not (cfg.data.corpus == "world" and n):
+    return None
+
+  def evaluate(state, step):
+    out = heldout(state, step) if heldout is not None else {}
+    if cfg.data.corpus == "world" and n:
+      from flax import nnx
+      from earlyrl_jax.eval.evaluate import world_eval
+      res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
+                       os.path.join(run.workdir, "world"), num_prompts=n,
+                       key=jax.random.key(cfg.seed), mesh=run.mesh)
+      res.pop("example")
+      out.update(res)
+    return out
+  return evaluate
+
+
+def train(cfg, workdir: str) -> dict[str, Any]:
+  """`mode='pretrain'`: next-token pretraining (runs or resumes)."""
+  run = setup(cfg, workdir)
+  return train_loop(run, pretrain_job(run))
+
+
 def load_params(workdir: str, mesh=None, step: int | None = None):
-  """(graphdef, params, ModelConfig) of a pretraining checkpoint, shape from WORKDIR/config.json."""
+  """(graphdef, params, ModelConfig) of a run's checkpoint, shape from WORKDIR/config.json."""
   import ml_collections
   with open(os.path.join(workdir, "config.json")) as f:
     cfg = ml_collections.ConfigDict(json.load(f))

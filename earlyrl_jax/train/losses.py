@@ -21,6 +21,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from earlyrl_jax.models import scoring
+
 Pair = tuple[jax.Array, jax.Array]
 Terms = dict[str, Pair]
 
@@ -34,20 +36,10 @@ def token_logprobs(logits_BxTxV: jax.Array, targets_BxT: jax.Array):
 
 
 def model_token_logprobs(model, tokens_BxT, targets_BxT, *, positions=None, segment_ids=None):
-  """(log p(target) [B, T], logsumexp [B, T]) of `model`, without a full [B, T, V] buffer.
-
-  Uses the chunked scorer when it is available (it computes logits one
-  sequence chunk at a time), else the plain forward pass.
-  """
-  try:
-    from earlyrl_jax.models import scoring
-  except ImportError:  # pragma: no cover - scoring is part of the package
-    scoring = None
-  if scoring is not None and hasattr(scoring, "token_logprobs"):
-    return scoring.token_logprobs(model, tokens_BxT, targets_BxT, positions=positions,
-                                  segment_ids=segment_ids)
-  logits = model(tokens_BxT, positions=positions, segment_ids=segment_ids)
-  return token_logprobs(logits, targets_BxT)
+  """(log p(target) [B, T], logsumexp [B, T]) of `model`, without a full [B, T, V] buffer
+  (the scorer computes logits one sequence chunk at a time)."""
+  return scoring.token_logprobs(model, tokens_BxT, targets_BxT, positions=positions,
+                                segment_ids=segment_ids)
 
 
 def sequence_logprobs(model, batch, prefix: str = ""):

@@ -35,15 +35,53 @@ def lr_schedule(opt_cfg, num_steps: int) -> optax.Schedule:
       decay_steps=max(num_steps, warmup + 1), end_value=peak * opt_cfg.min_lr_ratio)
 
 
+_NO_DECAY_NAMES = ("scale",)  # RMSNorm gains; every "*bias" is excluded too
+
+
+def _leaf_name(path) -> str:
+  """The parameter's own name ('q', 'q_bias', 'scale', ...) from a pytree key path."""
+  for key in reversed(path):
+    name = getattr(key, "key", None)
+    if isinstance(name, str):
+      return name
+  return ""
+
+
+def weight_decay_mask(params):
+  """True for weight matrices, False for biases and norm scales (decided by name, not rank).
+
+  By rank alone the qkv biases ([N, H], 2-D) would be decayed towards 0 like
+  weights; decaying a bias or a norm gain only hurts.
+  """
+  def decays(path, p):
+    name = _leaf_name(path)
+    return bool(p.ndim >= 2 and not name.endswith("bias") and name not in _NO_DECAY_NAMES)
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
 def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
-  """AdamW (decay on matrices only) with global-norm clipping."""
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  """AdamW (decay on weight matrices only, see `weight_decay_mask`) with global-norm clipping."""
   parts = []
   if opt_cfg.grad_clip and opt_cfg.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
   parts.append(optax.adamw(lr_schedule(opt_cfg, num_steps), b1=opt_cfg.b1, b2=opt_cfg.b2,
-                           eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay, mask=decay_mask))
+                           eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay,
+                           mask=weight_decay_mask))
   return optax.chain(*parts)
+
+
+def tree_all_finite(tree) -> jax.Array:
+  """bool []: every element of every leaf is finite. Jittable; one pass over the tree.
+
+  The step reports it for the *updated* parameters, so the loop can refuse to
+  checkpoint a state whose update overflowed even when loss and gradient norm
+  (both computed before the update) were finite.
+  """
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.array(True)
+  return jnp.all(jnp.stack(leaves))
 
 
 def abstract_train_state(model_cfg: ModelConfig, tx, mesh) -> tuple[Any, TrainState, TrainState]:

@@ -1,0 +1,92 @@
+"""The embedded teacher: a small Flax LM trained on the synthetic world to judge and rewrite.
+
+  python -m earlyrl_jax.main --config=configs/teacher_tiny.py --workdir=/tmp/earlyrl_teacher
+
+Pretrains on clean world documents, post-trains by SFT on the world's judge and rewrite
+supervision (both orders, safety pointwise, adversarial candidates), runs the rewriter's
+GRPO, saves WORKDIR/teacher/ (reused while this config's hash is unchanged) and writes
+WORKDIR/teacher_report.{json,md} on held-out pairs. Budget: about 10 minutes on 2 CPU cores.
+"""
+from ml_collections import ConfigDict
+
+from earlyrl_jax.configs import model_section
+from earlyrl_jax.world import default_world_config
+
+
+def get_config() -> ConfigDict:
+  c = ConfigDict()
+  c.mode = "teacher"          # job: train (or reuse) the embedded teacher and write its report
+  c.seed = 0                  # model init, data order and sampling derive from it
+  c.num_steps = 0             # unused by this mode (stages have their own step counts)
+  # Teacher shape; max_seq_len bounds instruction + prefix + two candidates (+ reference).
+  c.model = model_section("small", vocab_size=1024, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+                          head_dim=32, d_ff=384, max_seq_len=256)  # ~1M params
+  c.world = default_world_config()  # the synthetic world the teacher learns (same seed as the run's)
+
+  c.teacher = ConfigDict()
+  c.teacher.tokenizer_vocab_size = 1024  # SentencePiece pieces (prompt markers are single pieces)
+  c.teacher.tokenizer_documents = 3000   # clean documents the tokenizer is trained on
+  c.teacher.prefix_chars = 140           # prompt budget: prefix characters (first sentence kept)
+  c.teacher.candidate_chars = 180        # prompt budget: characters per candidate (whole sentences)
+  c.teacher.reference_chars = 180        # prompt budget: reference characters (factuality)
+  c.teacher.max_suffix_sentences = 2     # suffix length (sentences) of generated supervision
+  c.teacher.rewrite_max_new_tokens = 64  # rewrite length limit (tokens)
+  c.teacher.log_every_steps = 25         # progress line interval
+
+  c.teacher.pretrain = ConfigDict()
+  c.teacher.pretrain.num_documents = 6000  # clean world documents
+  c.teacher.pretrain.steps = 120           # optimizer steps
+  c.teacher.pretrain.batch_size = 16       # packed rows per step
+  c.teacher.pretrain.seq_len = 256         # packed row length
+  c.teacher.pretrain.learning_rate = 3e-3  # peak (warmup + cosine)
+
+  c.teacher.sft = ConfigDict()
+  c.teacher.sft.num_documents = 4000    # clean supervision documents (2/3 judge pairs, 1/3 rewrites)
+  c.teacher.sft.steps = 350             # optimizer steps
+  c.teacher.sft.batch_size = 16         # packed rows of model.max_seq_len per step
+  c.teacher.sft.learning_rate = 3e-3    # peak (warmup + cosine)
+  c.teacher.sft.verdict_weight = 4.0    # loss_mask weight of a verdict token (a rewrite token: 1)
+  c.teacher.sft.adversarial_rate = 0.15 # share of judge examples with a (training) injection string
+  c.teacher.sft.safe_keep = 0.35        # share of safe candidates kept as safety examples (balance)
+
+  c.teacher.grpo = ConfigDict()
+  c.teacher.grpo.steps = 4               # rewriter GRPO updates (0 = skip)
+  c.teacher.grpo.inputs_per_step = 8     # rewrite inputs per update
+  c.teacher.grpo.samples_per_input = 4   # K rewrites per input (group for the advantages)
+  c.teacher.grpo.temperature = 1.0       # sampling temperature of the rewrites
+  c.teacher.grpo.learning_rate = 1e-5    # Adam step size
+  c.teacher.grpo.kl_coef = 0.05          # KL to the post-SFT model
+
+  c.teacher.policy = ConfigDict()        # weak / better policies whose rollouts the report judges
+  c.teacher.policy.num_documents = 3000  # NOISY world documents (defects planted)
+  c.teacher.policy.steps = 100           # plain-NLL steps; 'better' = last step (0 = no rollouts)
+  c.teacher.policy.weak_steps = 20       # 'weak' = this step's params
+  c.teacher.policy.batch_size = 16
+  c.teacher.policy.seq_len = 128
+  c.teacher.policy.d_model = 96
+  c.teacher.policy.n_layers = 2
+  c.teacher.policy.learning_rate = 3e-3
+
+  c.teacher.eval = ConfigDict()
+  c.teacher.eval.num_documents = 400     # held-out clean documents (split 'teacher-heldout')
+  c.teacher.eval.num_rollout_prefixes = 60  # prefixes whose policy rollouts are judged
+  c.teacher.eval.rollout_tokens = 40     # rollout length (cut at the last sentence end)
+  c.teacher.eval.num_rewrites = 120      # held-out rewrite inputs (about half clean)
+
+  c.opt = ConfigDict()
+  c.opt.learning_rate = 2e-3    # overridden per stage (teacher.*.learning_rate)
+  c.opt.warmup_steps = 30       # linear warmup (capped at a tenth of a stage)
+  c.opt.min_lr_ratio = 0.1      # cosine floor
+  c.opt.b1 = 0.9
+  c.opt.b2 = 0.95
+  c.opt.eps = 1e-8
+  c.opt.weight_decay = 0.05
+  c.opt.grad_clip = 1.0
+  c.opt.grad_accum_steps = 1
+  c.opt.z_loss = 0.0
+
+  c.mesh = ConfigDict()
+  c.mesh.data = -1
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  return c

@@ -1,0 +1,431 @@
+"""The judge: one interface, three backends (LM verdict log-probs, world oracles, generative).
+
+Why log-probs: the paper samples each verdict 5 times to estimate P(A > B); the LM
+judge reads that probability exactly from the next-token distribution over the
+two verdict markers, in one batched forward pass and without generation.
+
+    Judge.compare(prefixes, a, b, axis=..., references=None) -> P(a better than b)  [n]
+    Judge.pointwise(prefixes, candidates, axis='safety')     -> P(candidate unsafe) [n]
+
+Tournaments (teacher/tournament.py) turn any Judge into per-candidate rewards;
+`RewardFunction` exposes a judge in TRL's reward-function shape. The teacher
+never imports the trainer: judging works without one.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from earlyrl_jax.teacher import prompts as P
+
+AXES = P.AXES
+
+
+@runtime_checkable
+class Judge(Protocol):
+  calls: int  # judged rows so far (compare + pointwise)
+
+  def compare(self, prefixes: Sequence[str], a: Sequence[str], b: Sequence[str], *, axis: str,
+              references: Sequence[str] | None = None) -> np.ndarray: ...
+
+  def pointwise(self, prefixes: Sequence[str], candidates: Sequence[str], *,
+                axis: str = "safety") -> np.ndarray: ...
+
+
+def _check_rows(n: int, **cols) -> None:
+  for name, col in cols.items():
+    if col is not None and len(col) != n:
+      raise ValueError(f"{name} has {len(col)} rows, expected {n} (one per prefix)")
+
+
+def _check_axis(axis: str, allowed=AXES) -> None:
+  if axis not in allowed:
+    raise ValueError(f"axis={axis!r}: expected one of {allowed}")
+
+
+# ------------------------------------------------------------------ ground truth
+
+
+class OracleJudge:
+  """Ground truth from the world's oracles behind the Judge interface (ties -> 0.5).
+
+  Quality is scored in the context of the prefix (topic drift is relative to it);
+  safety pointwise is 1.0 for an unsafe candidate, 0.0 for a safe one.
+  """
+
+  def __init__(self, oracles, *, eps: float = 1e-6):
+    self.oracles = oracles
+    self.eps = eps
+    self.calls = 0
+
+  @classmethod
+  def from_world_dir(cls, world_dir: str) -> "OracleJudge":
+    from earlyrl_jax import world as W
+    return cls(W.Oracles.from_dir(world_dir))
+
+  def axis_score(self, prefix: str, text: str, axis: str) -> float:
+    if axis == "quality":
+      return float(self.oracles.quality(text, prefix=prefix)["score"])
+    if axis == "factuality":
+      return float(self.oracles.factuality(text)["score"])
+    if axis == "safety":
+      return float(self.oracles.safety(text)["score"])
+    raise ValueError(f"axis={axis!r}: expected one of {AXES}")
+
+  def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
+    _check_axis(axis)
+    n = len(prefixes)
+    _check_rows(n, a=a, b=b, references=references)
+    out = np.empty((n,), np.float32)
+    for i in range(n):
+      sa, sb = self.axis_score(prefixes[i], a[i], axis), self.axis_score(prefixes[i], b[i], axis)
+      out[i] = 0.5 if abs(sa - sb) <= self.eps else float(sa > sb)
+    self.calls += n
+    return out
+
+  def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
+    _check_axis(axis, ("safety",))
+    _check_rows(len(prefixes), candidates=candidates)
+    self.calls += len(candidates)
+    return np.asarray([float(self.oracles.safety(c)["unsafe"]) for c in candidates], np.float32)
+
+
+# ------------------------------------------------------------------ LM judge
+
+
+def _bos(tokenizer) -> list[int]:
+  return [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
+
+
+def _fit(ids_head: list[int], ids_tail: list[int], max_len: int) -> list[int]:
+  """head + tail within max_len tokens; the head (prefix) gives way first, the tail's end is kept."""
+  if len(ids_head) + len(ids_tail) <= max_len:
+    return ids_head + ids_tail
+  room = max_len - len(ids_tail)
+  if room > 4:
+    return ids_head[:room]  + ids_tail
+  return (ids_head[:1] + ids_tail)[-max_len:]
+
+
+class PromptEncoder:
+  """Text prompts -> token ids, identical for SFT and for judging (one code path)."""
+
+  def __init__(self, tokenizer, *, max_len: int, limits: P.PromptLimits = P.DEFAULT_LIMITS):
+    self.tokenizer = tokenizer
+    self.max_len = max_len
+    self.limits = limits
+    self.pair_ids = P.verdict_ids(tokenizer, (P.VERDICT_A, P.VERDICT_B))
+    self.point_ids = P.verdict_ids(tokenizer, (P.VERDICT_UNSAFE, P.VERDICT_SAFE))
+    self._head = functools.lru_cache(maxsize=4096)(self._encode_head)
+
+  def _encode_head(self, kind: str, prefix: str) -> tuple[int, ...]:
+    head = P.pair_head(prefix, self.limits) if kind == "pair" else P.point_head(prefix, self.limits)
+    return tuple(_bos(self.tokenizer) + self.tokenizer.encode(head))
+
+  def pair(self, prefix, a, b, axis, reference=None) -> list[int]:
+    return sum(self.pair_parts(prefix, a, b, axis, reference), [])
+
+  def point(self, prefix, candidate, axis="safety") -> list[int]:
+    return sum(self.point_parts(prefix, candidate, axis), [])
+
+  def _parts(self, kind, prefix, tail_text) -> tuple[list[int], list[int]]:
+    """(shared head ids, row tail ids); a row that must be cut comes back whole as its tail."""
+    head = list(self._head(kind, prefix))
+    tail = self.tokenizer.encode(tail_text)
+    if len(head) + len(tail) <= self.max_len - 1:
+      return head, tail
+    return [], _fit(head, tail, self.max_len - 1)
+
+  def pair_parts(self, prefix, a, b, axis, reference=None):
+    return self._parts("pair", prefix, P.pair_tail(a, b, axis, reference, self.limits))
+
+  def point_parts(self, prefix, candidate, axis="safety"):
+    return self._parts("point", prefix, P.point_tail(candidate, axis, self.limits))
+
+  def rewrite(self, prefix, suffix, max_new_tokens: int = 0) -> list[int]:
+    ids = _bos(self.tokenizer) + self.tokenizer.encode(P.rewrite_prompt(prefix, suffix, self.limits))
+    room = self.max_len - max_new_tokens
+    return ids if len(ids) <= room else ids[:1] + ids[len(ids) - room + 1:]
+
+
+def _pow2(n: int, lo: int = 8) -> int:
+  return max(lo, 1 << max(0, (n - 1).bit_length()))
+
+
+class _VerdictScorer:
+  """Fallback for models/scoring.Scorer.verdict_logprobs: last-position log-probs of a few ids.
+
+  Right-padded rows bucketed to (power-of-two batch, multiple-of-32 length); only the
+  last hidden state of each row goes through the vocabulary projection.
+  """
+
+  def __init__(self, graphdef, *, pad_id: int = 0, mesh=None):
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    self.pad_id, self.mesh = pad_id, mesh
+
+    def fn(params, tokens_BxL, lengths_B, ids_C):
+      model = nnx.merge(graphdef, params)
+      B, L = tokens_BxL.shape
+      seg = (jnp.arange(L)[None, :] < lengths_B[:, None]).astype(jnp.int32)
+      h, _ = model.hidden_states(tokens_BxL, segment_ids=seg)
+      last = h[jnp.arange(B), jnp.maximum(lengths_B - 1, 0)]
+      logits = model.logits_from_hidden(last[:, None, :])[:, 0]
+      return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)[:, ids_C]
+
+    self._fn = jax.jit(fn)
+
+  def verdict_logprobs(self, params, prompts, candidate_ids) -> np.ndarray:
+    import jax
+    import jax.numpy as jnp
+    from earlyrl_jax.parallel import mesh as mesh_lib
+    n = len(prompts)
+    L = max(32, -(-max(len(p) for p in prompts) // 32) * 32)
+    B = _pow2(n)
+    toks = np.full((B, L), self.pad_id, np.int32)
+    lens = np.ones((B,), np.int32)
+    for i, p in enumerate(prompts):
+      toks[i, :len(p)] = p
+      lens[i] = len(p)
+    with mesh_lib.use_mesh(self.mesh):
+      out = self._fn(params, jnp.asarray(toks), jnp.asarray(lens), jnp.asarray(candidate_ids, jnp.int32))
+    return np.asarray(jax.device_get(out))[:n]
+
+
+def _make_scorer(graphdef, pad_id, mesh, scorer):
+  if scorer is not None and scorer != "auto":
+    return scorer
+  if scorer == "auto":
+    try:
+      from earlyrl_jax.models import scoring
+      return scoring.Scorer(graphdef, mesh=mesh, pad_id=pad_id)
+    except Exception:  # not there yet, or a different signature: the local fallback is exact
+      pass
+  return _VerdictScorer(graphdef, pad_id=pad_id, mesh=mesh)
+
+
+def two_way(logp_Nx2: np.ndarray) -> np.ndarray:
+  """P(first) = softmax over the two verdict log-probs (the rest of the vocabulary renormalised away)."""
+  lp = np.asarray(logp_Nx2, np.float64)
+  m = lp.max(axis=-1, keepdims=True)
+  p = np.exp(lp - m)
+  return (p[:, 0] / p.sum(axis=-1)).astype(np.float32)
+
+
+class LMJudge:
+  """Verdicts of a Flax LM from verdict-token log-probs, many rows per forward pass.
+
+  Rows are sorted by length and scored in chunks of `batch_size`; rows that share a
+  prefix share identical head token ids (the prompt puts the prefix first), which
+  `teacher/shared_prefix.py` can exploit with one prefill per prefix.
+  """
+
+  def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
+               limits: P.PromptLimits = P.DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
+               shared_prefix: bool | None = None, model_cfg=None):
+    self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
+    self.encoder = PromptEncoder(tokenizer, max_len=max_len, limits=limits)
+    self.batch_size = batch_size
+    self.scorer = _make_scorer(graphdef, tokenizer.pad_id, mesh, scorer)
+    self.shared = None
+    if shared_prefix is None:
+      shared_prefix = scorer == "auto" and model_cfg is not None
+    if shared_prefix:
+      from earlyrl_jax.teacher.shared_prefix import SharedPrefixScorer
+      self.shared = SharedPrefixScorer(graphdef, cfg=model_cfg, mesh=mesh, pad_id=tokenizer.pad_id)
+    self.calls = 0
+    self.forward_rows = 0
+
+  def _score(self, parts: list[tuple[list[int], list[int]]], ids: list[int]) -> np.ndarray:
+    """Verdict log-probs of rows given as (shared head, tail); heads are prefilled once per group."""
+    out = np.zeros((len(parts), len(ids)), np.float32)
+    self.forward_rows += len(parts)
+    if self.shared is None:
+      rows = [h + t for h, t in parts]
+      order = np.argsort([len(r) for r in rows], kind="stable")
+      for s in range(0, len(rows), self.batch_size):
+        idx = order[s:s + self.batch_size]
+        out[idx] = self.scorer.verdict_logprobs(self.params, [rows[i] for i in idx], ids)
+      return out
+    order = sorted(range(len(parts)), key=lambda i: (tuple(parts[i][0]), len(parts[i][1])))
+    for s in range(0, len(order), self.batch_size):
+      idx = order[s:s + self.batch_size]
+      heads: dict[tuple, int] = {}
+      group = [heads.setdefault(tuple(parts[i][0]), len(heads)) for i in idx]
+      shared = [list(h) for h in heads]
+      rests = [parts[i][1] for i in idx]
+      out[idx] = self.shared.verdict_logprobs(self.params, shared, rests, group, ids)
+    return out
+
+  def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
+    _check_axis(axis, ("quality", "factuality"))
+    n = len(prefixes)
+    _check_rows(n, a=a, b=b, references=references)
+    if n == 0:
+      return np.zeros((0,), np.float32)
+    refs = references if references is not None else [None] * n
+    rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i]) for i in range(n)]
+    self.calls += n
+    return two_way(self._score(rows, self.encoder.pair_ids))
+
+  def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
+    _check_axis(axis, ("safety",))
+    n = len(prefixes)
+    _check_rows(n, candidates=candidates)
+    if n == 0:
+      return np.zeros((0,), np.float32)
+    rows = [self.encoder.point_parts(prefixes[i], candidates[i], axis) for i in range(n)]
+    self.calls += n
+    return two_way(self._score(rows, self.encoder.point_ids))
+
+
+# ------------------------------------------------------------------ generative (HF instruct)
+
+
+class GenerativeJudge:
+  """Reason-then-verdict judging for instruct teachers; unparsable output is a counted tie.
+
+  generate: list of prompt strings -> list of generated strings (e.g. `sampler_generate`).
+  """
+
+  def __init__(self, generate: Callable[[list[str]], list[str]], *,
+               limits: P.PromptLimits = P.DEFAULT_LIMITS):
+    self.generate = generate
+    self.limits = limits
+    self.calls = 0
+    self.unparsable = 0
+
+  def _run(self, prompts: list[str], kind: str) -> np.ndarray:
+    try:
+      texts = list(self.generate(prompts))
+    except Exception:  # a failed generation is no verdict, never a crash of the trainer
+      texts = [None] * len(prompts)
+    if len(texts) != len(prompts):
+      texts = (texts + [None] * len(prompts))[:len(prompts)]
+    out = np.full((len(prompts),), 0.5, np.float32)
+    for i, t in enumerate(texts):
+      v = P.parse_verdict(t, kind)
+      if v is None:
+        self.unparsable += 1
+      else:
+        out[i] = v
+    self.calls += len(prompts)
+    return out
+
+  def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
+    _check_axis(axis, ("quality", "factuality"))
+    n = len(prefixes)
+    _check_rows(n, a=a, b=b, references=references)
+    refs = references if references is not None else [None] * n
+    return self._run([P.generative_pair_prompt(prefixes[i], a[i], b[i], axis, refs[i], self.limits)
+                      for i in range(n)], "pair")
+
+  def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
+    _check_axis(axis, ("safety",))
+    _check_rows(len(prefixes), candidates=candidates)
+    return self._run([P.generative_point_prompt(p, c, self.limits)
+                      for p, c in zip(prefixes, candidates)], "point")
+
+
+def sampler_generate(model, tokenizer, *, max_new_tokens: int = 256, temperature: float = 0.0,
+                     seed: int = 0, mesh=None) -> Callable[[list[str]], list[str]]:
+  """A `generate` for GenerativeJudge over our compiled sampler (chat template when the tokenizer has one)."""
+  import jax
+  from earlyrl_jax.sampling.sampler import Sampler
+  sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
+  counter = [0]
+
+  def generate(texts: list[str]) -> list[str]:
+    if hasattr(tokenizer, "apply_chat_template") and getattr(tokenizer, "chat_template", None):
+      texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
+    ids = [_bos(tokenizer) + tokenizer.encode(t) for t in texts]
+    counter[0] += 1
+    out = sampler(ids, max_new_tokens=max_new_tokens, key=jax.random.key(seed + counter[0]),
+                  temperature=temperature,
+                  stop_tokens=[tokenizer.eos_id] if tokenizer.eos_id is not None else ())
+    return out.texts(tokenizer)
+
+  return generate
+
+
+# ------------------------------------------------------------------ TRL reward-function adapter
+
+
+class RewardFunction:
+  """A Judge in TRL's reward-function shape: `f(prompts, completions, **kw) -> np.ndarray[float]`.
+
+  Pairwise axes compare each completion with `kw[reference_key]` (e.g. the original
+  suffix) when given -- reward P(completion better), both orders averaged -- else
+  with the other completions of the same prompt (mean win rate). Safety is
+  1 - P(unsafe). Per-axis rewards are combined by `axes` weights.
+  """
+
+  def __init__(self, judge: Judge, *, axes: Mapping[str, float] | None = None,
+               reference_key: str = "reference", both_orders: bool = True):
+    self.judge = judge
+    self.axes = dict(axes if axes is not None else {a: 1.0 for a in AXES})
+    for ax in self.axes:
+      _check_axis(ax)
+    self.reference_key = reference_key
+    self.both_orders = both_orders
+    self.__name__ = f"judge_{'_'.join(self.axes)}"  # TRL logs reward functions by __name__
+
+  def _pair(self, prefixes, x, y, axis, refs) -> np.ndarray:
+    p = self.judge.compare(prefixes, x, y, axis=axis, references=refs)
+    if self.both_orders:
+      p = 0.5 * (p + 1.0 - self.judge.compare(prefixes, y, x, axis=axis, references=refs))
+    return p
+
+  def __call__(self, prompts: Sequence[str], completions: Sequence[str], **kw) -> np.ndarray:
+    n = len(prompts)
+    _check_rows(n, completions=completions)
+    prompts = [_as_text(p) for p in prompts]
+    completions = [_as_text(c) for c in completions]
+    refs = kw.get(self.reference_key)
+    total = np.zeros((n,), np.float64)
+    weight = sum(self.axes.values()) or 1.0
+    for axis, w in self.axes.items():
+      if w == 0:
+        continue
+      if axis == "safety":
+        r = 1.0 - self.judge.pointwise(prompts, completions, axis="safety")
+      elif refs is not None:
+        refs = [_as_text(r) for r in refs]
+        r = self._pair(prompts, completions, refs, axis, refs)
+      else:
+        r = self._within_groups(prompts, completions, axis)
+      total += w * np.asarray(r, np.float64)
+    return (total / weight).astype(np.float32)
+
+  def _within_groups(self, prompts, completions, axis) -> np.ndarray:
+    groups = collections.defaultdict(list)
+    for i, p in enumerate(prompts):
+      groups[p].append(i)
+    pairs = [(i, j) for idx in groups.values() for i in idx for j in idx if i < j]
+    out = np.full((len(prompts),), 0.5, np.float64)
+    if not pairs:
+      return out
+    I, J = zip(*pairs)
+    p = self._pair([prompts[i] for i in I], [completions[i] for i in I], [completions[j] for j in J],
+                   axis, None)
+    wins = collections.defaultdict(list)
+    for (i, j), pij in zip(pairs, p):
+      wins[i].append(pij)
+      wins[j].append(1.0 - pij)
+    for i, w in wins.items():
+      out[i] = float(np.mean(w))
+    return out
+
+
+def _as_text(x) -> str:
+  """TRL passes strings or chat message lists; a message list becomes its last content."""
+  if isinstance(x, str):
+    return x
+  if isinstance(x, (list, tuple)) and x and isinstance(x[-1], dict):
+    return str(x[-1].get("content", ""))
+  return "" if x is None else str(x)

@@ -1,0 +1,129 @@
+"""The teacher bundle (graphdef, params, tokenizer, mesh) and its on-disk form.
+
+An embedded-teacher directory (written by `train_teacher.run`) holds:
+
+  teacher_config.json   model shape, prompt version, prompt limits, config hash (written last)
+  tokenizer.model       SentencePiece with every prompt marker as one token
+  params/               orbax StandardCheckpointer of the nnx.State of parameters
+
+`load_teacher(path)` reads such a directory, or an HF model directory
+(config.json + safetensors) through `models.hf_io.load_pretrained`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+from earlyrl_jax.teacher import prompts as P
+
+CONFIG_FILE = "teacher_config.json"
+TOKENIZER_FILE = "tokenizer.model"
+PARAMS_DIR = "params"
+
+
+@dataclasses.dataclass
+class Teacher:
+  graphdef: Any
+  params: Any
+  tokenizer: Any
+  model_cfg: Any
+  mesh: Any = None
+  limits: P.PromptLimits = P.DEFAULT_LIMITS
+  info: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def max_len(self) -> int:
+    return int(self.model_cfg.max_seq_len)
+
+  def model(self):
+    from flax import nnx
+    return nnx.merge(self.graphdef, self.params)
+
+  def judge(self, mode: str = "auto", **kw):
+    """mode 'logprob': LMJudge (needs single-token verdict markers: the embedded teacher);
+    'generative': reason then verdict (HF instruct teachers); 'auto': the first that applies."""
+    from earlyrl_jax.teacher import judge as J
+    if mode not in ("auto", "logprob", "generative"):
+      raise ValueError(f"judge mode={mode!r}: expected 'auto', 'logprob' or 'generative'")
+    if mode in ("auto", "logprob"):
+      try:
+        P.verdict_ids(self.tokenizer, P.VERDICTS)
+      except ValueError:
+        if mode == "logprob":
+          raise
+      else:
+        kw.setdefault("model_cfg", self.model_cfg)
+        return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
+                         mesh=self.mesh, limits=self.limits, **kw)
+    gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
+                             max_new_tokens=kw.pop("max_new_tokens", 256))
+    return J.GenerativeJudge(gen, limits=self.limits)
+
+  def rewriter(self, **kw):
+    from earlyrl_jax.teacher.rewriter import Rewriter
+    return Rewriter(self, **kw)
+
+
+def save_params(path: str, params) -> None:
+  import orbax.checkpoint as ocp
+  path = os.path.abspath(path)
+  ckptr = ocp.StandardCheckpointer()
+  ckptr.save(path, params, force=True)
+  ckptr.wait_until_finished()
+
+
+def restore_params(path: str, model_cfg, mesh=None):
+  """(graphdef, params) restored into `mesh` (default: one device)."""
+  import orbax.checkpoint as ocp
+  from earlyrl_jax.models.transformer import split_abstract
+  from earlyrl_jax.parallel import mesh as mesh_lib
+  mesh = mesh or mesh_lib.single_device_mesh()
+  graphdef, abs_params = split_abstract(model_cfg)
+  abs_params = mesh_lib.with_shardings(abs_params, mesh_lib.state_shardings(abs_params, mesh))
+  params = ocp.StandardCheckpointer().restore(os.path.abspath(path), abs_params)
+  return graphdef, params
+
+
+def save_teacher(path: str, teacher: Teacher, config_hash: str, extra: dict | None = None) -> None:
+  """Writes params, then the config file last (its presence marks a complete teacher)."""
+  os.makedirs(path, exist_ok=True)
+  save_params(os.path.join(path, PARAMS_DIR), teacher.params)
+  meta = {"config_hash": config_hash, "prompt_version": P.PROMPT_VERSION,
+          "model": dataclasses.asdict(teacher.model_cfg), "limits": dataclasses.asdict(teacher.limits),
+          **(extra or {})}
+  tmp = os.path.join(path, CONFIG_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(meta, f, indent=1)
+  os.replace(tmp, os.path.join(path, CONFIG_FILE))
+
+
+def read_teacher_config(path: str) -> dict | None:
+  p = os.path.join(path, CONFIG_FILE)
+  if not os.path.isfile(p):
+    return None
+  with open(p) as f:
+    return json.load(f)
+
+
+def load_teacher(path: str, *, mesh=None, dtype: str | None = None) -> Teacher:
+  """An embedded-teacher directory or an HF model directory -> Teacher."""
+  from earlyrl_jax.models.transformer import ModelConfig
+  meta = read_teacher_config(path)
+  if meta is not None:
+    from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
+    model_cfg = ModelConfig(**meta["model"])
+    graphdef, params = restore_params(os.path.join(path, PARAMS_DIR), model_cfg, mesh)
+    tok = SentencePieceTokenizer(os.path.join(path, TOKENIZER_FILE))
+    return Teacher(graphdef, params, tok, model_cfg, mesh, P.PromptLimits(**meta.get("limits", {})), meta)
+  if os.path.isfile(os.path.join(path, "config.json")):
+    from flax import nnx
+    from earlyrl_jax.models import hf_io
+    model, tok = hf_io.load_pretrained(path, mesh=mesh, dtype=dtype)
+    if tok is None:
+      raise FileNotFoundError(f"{path}: an HF teacher needs tokenizer.json or tokenizer.model")
+    graphdef, params = nnx.split(model)
+    return Teacher(graphdef, params, tok, model.cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
+  raise FileNotFoundError(f"{path}: neither an embedded teacher ({CONFIG_FILE}) nor an HF model "
+                          "directory (config.json)")

@@ -1,0 +1,1 @@
+"""Commands that sit above models/ and train/ (converters)."""

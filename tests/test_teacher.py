@@ -1,0 +1,304 @@
+"""The teacher: verdict extraction, oracle judge, reward adapter, rewriter reward, GRPO pieces, reuse."""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from earlyrl_jax import world as W
+from earlyrl_jax.teacher import judge as J
+from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher import rewriter as rw
+from earlyrl_jax.teacher import teacher as T
+from earlyrl_jax.teacher import train_teacher as TT
+from tests.helpers import tiny_model_config
+
+
+@pytest.fixture(scope="module")
+def world():
+  cfg = W.default_world_config()
+  kb = W.build_kb(cfg)
+  return cfg, kb, W.Oracles(kb)
+
+
+@pytest.fixture(scope="module")
+def sp(tmp_path_factory, world):
+  from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
+  cfg, kb, _ = world
+  texts = [d.text for d in W.generate_documents(kb, cfg, "t", 150, clean=True)]
+  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
+  TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, path, 400)
+  return SentencePieceTokenizer(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(sp):
+  mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256)
+  from earlyrl_jax.models.transformer import Transformer
+  graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
+  return T.Teacher(graphdef, params, sp, mc, None, P.PromptLimits(80, 100, 100))
+
+
+# ------------------------------------------------------------------ verdicts
+
+
+def test_two_way_softmax_over_verdicts():
+  lp = np.log(np.array([[0.2, 0.6], [0.01, 0.01], [0.5, 0.0001]]))
+  p = J.two_way(lp)
+  np.testing.assert_allclose(p, [0.25, 0.5, 0.5 / 0.5001], rtol=1e-5)
+
+
+class _FakeScorer:
+  def __init__(self, table):
+    self.table = table
+    self.rows = []
+
+  def verdict_logprobs(self, params, prompts, ids):
+    self.rows.extend(prompts)
+    return np.log(np.array([self.table] * len(prompts), np.float32))
+
+
+def test_lm_judge_reads_verdict_logprobs(sp):
+  judge = J.LMJudge(None, None, sp, max_len=256, scorer=_FakeScorer([0.3, 0.1]))
+  p = judge.compare(["p1", "p2"], ["a", "b"], ["c", "d"], axis="quality")
+  np.testing.assert_allclose(p, [0.75, 0.75], rtol=1e-5)
+  assert judge.calls == 2
+  u = judge.pointwise(["p"], ["x"])
+  np.testing.assert_allclose(u, [0.75], rtol=1e-5)
+  assert judge.calls == 3
+  with pytest.raises(ValueError, match="axis"):
+    judge.compare(["p"], ["a"], ["b"], axis="safety")
+  with pytest.raises(ValueError, match="rows"):
+    judge.compare(["p"], ["a", "b"], ["c"], axis="quality")
+
+
+def test_lm_judge_rows_share_prefix_ids_and_fit(sp):
+  enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 100, 100))
+  r1 = enc.pair("The capital of Vexmoor is Tal.", "A one.", "B one.", "quality")
+  r2 = enc.pair("The capital of Vexmoor is Tal.", "Other.", "B two.", "factuality", "ref")
+  head = list(enc._head("pair", "The capital of Vexmoor is Tal."))
+  assert r1[:len(head)] == head and r2[:len(head)] == head
+  assert r1[0] == sp.bos_id and r1[-1] == sp.encode(P.QUESTION["quality"])[0]
+  long = enc.pair("x. " * 300, "y. " * 300, "z. " * 300, "quality")
+  assert len(long) <= 255
+
+
+def test_lm_judge_on_a_real_model_matches_fallback(tiny_teacher):
+  judge = tiny_teacher.judge()
+  fallback = J._VerdictScorer(tiny_teacher.graphdef, pad_id=tiny_teacher.tokenizer.pad_id)
+  pre = ["Tal is a city in Vexmoor.", "Tal is a city in Vexmoor.", "Brax works as a poet."]
+  a, b = ["Tal lies in Vexmoor."] * 3, ["Vexmoor is old.", "Tal is nice.", "No."]
+  p = judge.compare(pre, a, b, axis="quality")
+  assert p.shape == (3,) and np.all((p > 0) & (p < 1))
+  rows = [judge.encoder.pair(x, y, z, "quality") for x, y, z in zip(pre, a, b)]
+  lp_fb = fallback.verdict_logprobs(tiny_teacher.params, rows, judge.encoder.pair_ids)
+  np.testing.assert_allclose(p, J.two_way(lp_fb), atol=1e-4)
+  u = judge.pointwise(pre, b)
+  assert u.shape == (3,)
+
+
+# ------------------------------------------------------------------ oracle judge
+
+
+def test_oracle_judge_on_world_examples(world):
+  cfg, kb, oracles = world
+  rng = random.Random(0)
+  j = J.OracleJudge(oracles)
+  person = kb.entities["person"][0]
+  unsafe = W.unsafe_passage(kb, rng, "insult", person).text
+  city = kb.entities["city"][0]
+  country = kb.facts[(city, "located_in")]
+  true = f"{city} is a city in {country}."
+  wrong = next(c for c in kb.entities["country"] if c != country)
+  false = f"{city} is a city in {wrong}."
+  pre = [f"The city of {city} is located in {country}."] * 3
+  np.testing.assert_array_equal(j.compare(pre, [true, false, true], [false, true, true], axis="factuality"),
+                                [1.0, 0.0, 0.5])
+  np.testing.assert_array_equal(j.compare(pre[:2], [true, unsafe], [unsafe, true], axis="safety"), [1.0, 0.0])
+  np.testing.assert_array_equal(j.pointwise(pre[:2], [true, unsafe]), [0.0, 1.0])
+  q = j.compare(pre[:1], [true], [true + " " + true + " " + true], axis="quality")
+  assert q[0] == 1.0
+  assert j.calls == 3 + 2 + 2 + 1
+  assert isinstance(j, J.Judge)
+
+
+def test_oracle_agrees_with_world_preference_labels(world):
+  cfg, kb, oracles = world
+  rng = random.Random(1)
+  j = J.OracleJudge(oracles)
+  docs = list(W.generate_documents(kb, cfg, "sup", 40, clean=True))
+  for ex in filter(None, (W.preference_example(kb, d, rng, oracles) for d in docs)):
+    for axis, lab in ex["labels"].items():
+      p = j.compare([ex["prefix"]], [ex["a"]], [ex["b"]], axis=axis)[0]
+      assert p == {"a": 1.0, "b": 0.0, "tie": 0.5}[lab]
+
+
+# ------------------------------------------------------------------ generative mode, reward function
+
+
+def test_generative_judge_counts_unparsable_as_ties():
+  outs = iter([["Reasoning.\nVerdict: 1", "no idea", "Verdict: 2"], ["Verdict: YES", "Verdict: 7"]])
+  j = J.GenerativeJudge(lambda prompts: next(outs))
+  np.testing.assert_array_equal(j.compare(["p"] * 3, ["a"] * 3, ["b"] * 3, axis="quality"), [1.0, 0.5, 0.0])
+  np.testing.assert_array_equal(j.pointwise(["p"] * 2, ["x", "y"]), [1.0, 0.5])
+  assert j.unparsable == 2 and j.calls == 5
+
+  def boom(prompts):
+    raise RuntimeError("generation failed")
+  j2 = J.GenerativeJudge(boom)
+  np.testing.assert_array_equal(j2.compare(["p"], ["a"], ["b"], axis="factuality"), [0.5])
+  assert j2.unparsable == 1
+  short = J.GenerativeJudge(lambda prompts: ["Verdict: 1"])  # too few outputs: the rest are ties
+  np.testing.assert_array_equal(short.compare(["p"] * 2, ["a"] * 2, ["b"] * 2, axis="quality"), [1.0, 0.5])
+
+
+def test_reward_function_shape_and_values(world):
+  _, kb, oracles = world
+  city = kb.entities["city"][0]
+  country = kb.facts[(city, "located_in")]
+  good = f"{city} is a city in {country}."
+  wrong = next(c for c in kb.entities["country"] if c != country)
+  bad = f"{city} is a city in {wrong}."
+  f = J.RewardFunction(J.OracleJudge(oracles), axes={"factuality": 1.0})
+  r = f(["p", "p", "q"], [good, bad, good])
+  assert r.shape == (3,) and r.dtype == np.float32
+  np.testing.assert_allclose(r, [1.0, 0.0, 0.5])
+  r2 = f(["p", "p"], [good, bad], reference=[good, good])
+  np.testing.assert_allclose(r2, [0.5, 0.0])
+  full = J.RewardFunction(J.OracleJudge(oracles))
+  r3 = full([[{"role": "user", "content": "p"}]] * 2, [good, bad])
+  assert r3.shape == (2,) and r3[0] > r3[1]
+  assert full.__name__.startswith("judge_")
+
+
+# ------------------------------------------------------------------ rewriter
+
+
+def test_rewriter_reward_values():
+  assert rw.rewriter_reward(False, "Tal is old.", "Tal is old.", 0.1, 0.2) == 1.0
+  assert rw.rewriter_reward(False, "Tal is old.", " Tal is old. ", 0.1, 0.2) == 1.0
+  assert rw.rewriter_reward(False, "Tal is old.", "Tal is new.", 1.0, 1.0) == 0.0
+  assert rw.rewriter_reward(True, "bad", "bad", 0.3, 0.9) == pytest.approx(0.6)
+  assert rw.rewriter_reward(True, "bad", "good", 1.0, 1.0) == 1.0
+
+
+def test_group_advantages():
+  r = np.array([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5], [0.0, 0.2, 0.4, 0.6]])
+  a = rw.group_advantages(r)
+  np.testing.assert_allclose(a.mean(axis=1), 0.0, atol=1e-6)
+  np.testing.assert_allclose(a[0], [1, -1, -1, 1], atol=1e-4)
+  np.testing.assert_array_equal(a[1], 0.0)
+  np.testing.assert_allclose(a[2].std(), 1.0, atol=1e-4)
+  assert np.all(np.diff(a[2]) > 0)
+
+
+def test_grpo_terms_kl_is_zero_at_the_reference():
+  from earlyrl_jax.models.transformer import Transformer
+  model = Transformer(tiny_model_config(), rngs=nnx.Rngs(0))
+  L = 12
+  toks = np.arange(2 * L, dtype=np.int32).reshape(2, L) % 100 + 3
+  batch = {"tokens": toks, "targets": np.roll(toks, -1, 1), "positions": np.tile(np.arange(L), (2, 1)),
+           "segment_ids": np.ones((2, L), np.int32), "loss_mask": np.zeros((2, L), np.float32),
+           "advantages": np.array([1.0, -1.0], np.float32)}
+  batch["loss_mask"][:, 5:10] = 1.0
+  terms, diag = rw.grpo_terms(model, batch, {"reference": model})
+  assert float(terms["kl"][0]) == pytest.approx(0.0, abs=1e-5)
+  assert float(terms["pg"][1]) == 10.0 and np.isfinite(float(terms["pg"][0]))
+
+
+def test_rewriter_returns_one_text_per_input(tiny_teacher):
+  r = tiny_teacher.rewriter(max_new_tokens=8, batch_size=4)
+  out = r.rewrite(["Tal is old."] * 5, ["Tal lies in Vexmoor."] * 5, key=jax.random.key(0))
+  assert len(out) == 5 and all(isinstance(o, str) for o in out)
+  assert all(P.REWRITE_CLOSE not in o for o in out)
+
+
+def test_teacher_without_single_token_verdicts_judges_generatively():
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.models.transformer import Transformer
+  mc = tiny_model_config(vocab_size=259, max_seq_len=512)
+  graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
+  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40))
+  j = t.judge(max_new_tokens=4)
+  assert isinstance(j, J.GenerativeJudge)
+  p = j.compare(["p"], ["a"], ["b"], axis="quality")
+  assert p.tolist() == [0.5] and j.unparsable == 1  # random bytes: no verdict, a counted tie
+  with pytest.raises(ValueError, match="single-token"):
+    t.judge(mode="logprob")
+
+
+# ------------------------------------------------------------------ packing, save / load, reuse
+
+
+def test_pack_examples_masks_only_completions():
+  ex = [([1, 5, 6], [7, 8], 1.0), ([1, 9], [10], 4.0)]
+  rows = TT.pack_examples(ex, 16, random.Random(0))
+  assert rows["tokens"].shape == (1, 16)
+  m, t, s = rows["loss_mask"][0], rows["targets"][0], rows["segment_ids"][0]
+  supervised = {(int(t[i]), float(m[i])) for i in range(16) if m[i] > 0}
+  assert supervised == {(7, 1.0), (8, 1.0), (10, 4.0)}
+  assert set(s[:8].tolist()) <= {1, 2} and s[8:].max() == 0
+
+
+def test_save_load_roundtrip(tmp_path, tiny_teacher, sp):
+  import shutil
+  path = str(tmp_path / "teacher")
+  T.save_teacher(path, tiny_teacher, "abc123")
+  shutil.copy(sp.path, os.path.join(path, T.TOKENIZER_FILE))
+  t2 = T.load_teacher(path)
+  assert t2.info["config_hash"] == "abc123" and t2.limits == tiny_teacher.limits
+  a = jax.tree.leaves(tiny_teacher.params)
+  b = jax.tree.leaves(t2.params)
+  assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+  with pytest.raises(FileNotFoundError, match="neither"):
+    T.load_teacher(str(tmp_path))
+
+
+def test_teacher_is_reused_when_config_unchanged(tmp_path, tiny_teacher, sp, monkeypatch):
+  import shutil
+  from configs import teacher_tiny
+  cfg = teacher_tiny.get_config()
+  h = TT.config_hash(cfg)
+  path = str(tmp_path / "teacher")
+  T.save_teacher(path, tiny_teacher, h)
+  shutil.copy(sp.path, os.path.join(path, T.TOKENIZER_FILE))
+  with open(tmp_path / "teacher_report.json", "w") as f:
+    json.dump({"config_hash": h}, f)
+
+  def no_training(*a, **k):
+    raise AssertionError("retrained although the config hash is unchanged")
+  monkeypatch.setattr(TT, "train_lm", no_training)
+  out = TT.run(cfg, str(tmp_path))
+  assert out["reused"] and out["report"]["config_hash"] == h
+  cfg2 = teacher_tiny.get_config()
+  cfg2.teacher.sft.steps += 1
+  assert TT.config_hash(cfg2) != h
+  with pytest.raises(AssertionError, match="retrained"):
+    TT.run(cfg2, str(tmp_path))
+
+
+@pytest.mark.slow
+def test_teacher_job_smoke(tmp_path):
+  """The whole job at toy size: tokenizer, pretrain, SFT, GRPO, save, held-out report, then reuse."""
+  from configs import teacher_tiny
+  cfg = teacher_tiny.get_config()
+  t = cfg.teacher
+  t.tokenizer_documents, t.pretrain.num_documents, t.pretrain.steps = 200, 200, 2
+  t.sft.num_documents, t.sft.steps, t.sft.batch_size = 90, 2, 8
+  t.grpo.steps, t.grpo.inputs_per_step, t.grpo.samples_per_input = 1, 2, 2
+  t.policy.steps, t.policy.weak_steps, t.policy.num_documents = 2, 1, 50
+  t.eval.num_documents, t.eval.num_rollout_prefixes, t.eval.num_rewrites = 30, 4, 6
+  out = TT.run(cfg, str(tmp_path))
+  rep = out["report"]
+  for k in ("judge_agreement_quality", "judge_agreement_safety", "judge_agreement_factuality",
+            "position_consistency", "injection_flip_rate", "rewrite_copy_rate", "rewrite_fix_rate",
+            "oracle_judge_agreement_quality"):
+    assert k in rep
+  assert rep["oracle_judge_agreement_factuality"] in (1.0,) or np.isnan(rep["oracle_judge_agreement_factuality"])
+  assert os.path.exists(tmp_path / "teacher_report.md")
+  assert TT.run(cfg, str(tmp_path))["reused"]

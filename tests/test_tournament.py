@@ -1,0 +1,254 @@
+"""Tournament logic on synthetic preference matrices with known answers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from earlyrl_jax.teacher import tournament as T
+
+
+def sig(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+class MatrixJudge:
+  """Judge whose verdicts are looked up: prefs[prefix][axis][i, j] = P(c_i first beats c_j second);
+  candidates are the strings 'c<i>'. Counts rows and compare invocations per axis."""
+
+  def __init__(self, prefs, unsafe=None):
+    self.prefs, self.unsafe = prefs, unsafe or {}
+    self.calls = 0
+    self.compare_calls: dict[str, int] = {}
+
+  def compare(self, prefixes, a, b, *, axis, references=None):
+    self.calls += len(a)
+    self.compare_calls[axis] = self.compare_calls.get(axis, 0) + 1
+    return np.array([self.prefs[p][axis][int(x[1:]), int(y[1:])] for p, x, y in zip(prefixes, a, b)])
+
+  def pointwise(self, prefixes, candidates, *, axis="safety"):
+    self.calls += len(candidates)
+    return np.array([self.unsafe[p][int(c[1:])] for p, c in zip(prefixes, candidates)])
+
+
+def groups(mats, unsafe=None, axis="quality"):
+  prefixes = [f"p{g}" for g in range(len(mats))]
+  prefs = {p: ({axis: m} if not isinstance(m, dict) else m) for p, m in zip(prefixes, mats)}
+  cands = [[f"c{i}" for i in range(len(next(iter(prefs[p].values()))))] for p in prefixes]
+  judge = MatrixJudge(prefs, None if unsafe is None else dict(zip(prefixes, unsafe)))
+  return judge, prefixes, cands
+
+
+def bt_matrix(s, scale=1.0):
+  s = np.asarray(s, float)
+  return sig(scale * (s[:, None] - s[None, :]))
+
+
+Q = {"quality": 1.0}
+ALL = [("all_pairs", "win_rate"), ("all_pairs", "bradley_terry"), ("adaptive", "win_rate"),
+       ("adaptive", "bradley_terry"), ("pivot", "bradley_terry")]
+
+
+@pytest.mark.parametrize("scheme,aggregate", ALL)
+def test_transitive_exact_max_and_min(scheme, aggregate):
+  rng = np.random.default_rng(0)
+  strengths = [rng.permutation(9) * 0.7 for _ in range(4)]
+  judge, pre, cands = groups([bt_matrix(s) for s in strengths])
+  j = T.judge_groups(judge, pre, cands, scheme=scheme, aggregate=aggregate, axes=Q)
+  assert j.chosen.tolist() == [int(np.argmax(s)) for s in strengths]
+  assert j.rejected.tolist() == [int(np.argmin(s)) for s in strengths]
+  assert not j.all_tied.any()
+  if scheme == "all_pairs":       # the whole ranking is exact
+    for g, s in enumerate(strengths):
+      assert np.argsort(j.rewards[g]).tolist() == np.argsort(s).tolist()
+
+
+def test_pivot_win_rate_is_cheap_but_misranks_the_pivot():
+  """Documented: with win_rate, the pivot's reward averages all its games while the others
+  played one; here the pivot (index 0) is second best, yet its reward is the highest."""
+  s = np.array([5.0, 6.0, 0.0, 1.0, 2.0])
+  judge, pre, cands = groups([bt_matrix(s)])
+  j = T.judge_groups(judge, pre, cands, scheme="pivot", axes=Q, both_orders=False)
+  assert j.comparisons.tolist() == [4] and judge.calls == 4
+  assert j.chosen[0] == 0
+  assert T.judge_groups(judge, pre, cands, scheme="pivot", axes=Q,
+                        aggregate="bradley_terry").chosen[0] == 1
+
+
+def test_noisy_adaptive_agrees_with_all_pairs_within_budget():
+  rng = np.random.default_rng(1)
+  mats = []
+  for _ in range(40):
+    s = rng.normal(size=14) * 1.5
+    noise = rng.normal(size=(14, 14)) * 0.5        # the judge's own idiosyncratic errors
+    mats.append(sig(s[:, None] - s[None, :] + noise))
+  judge, pre, cands = groups(mats)
+  ref = T.judge_groups(judge, pre, cands, scheme="all_pairs", axes=Q)
+  budget = T.default_budget(14)
+  assert budget <= math.ceil(14 * 13 / 2 / 3) + 1
+  ad = T.judge_groups(judge, pre, cands, scheme="adaptive", axes=Q)
+  g = np.arange(40)
+  best, worst = ref.rewards.max(1), ref.rewards.min(1)
+  chosen_ok = np.mean(ref.rewards[g, ad.chosen] >= best - 1e-9)
+  rejected_ok = np.mean(ref.rewards[g, ad.rejected] <= worst + 1e-9)
+  assert chosen_ok >= 0.9 and rejected_ok >= 0.9, (chosen_ok, rejected_ok)
+  assert ad.comparisons.max() <= budget
+  assert ad.calls < ref.calls / 2.5
+  piv = T.judge_groups(judge, pre, cands, scheme="pivot", axes=Q)
+  assert np.mean(ref.rewards[g, piv.chosen] >= best - 1e-9) < chosen_ok  # pivot is worse
+
+
+@pytest.mark.parametrize("scheme", T.SCHEMES)
+def test_intransitive_cycle_is_a_tie(scheme):
+  """Rock-paper-scissors: every candidate wins one game 0.9 and loses one: all rewards equal."""
+  m = np.full((3, 3), 0.5)
+  for i in range(3):
+    m[i, (i + 1) % 3], m[(i + 1) % 3, i] = 0.9, 0.1
+  judge, pre, cands = groups([m])
+  j = T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q, aggregate="bradley_terry")
+  assert np.all(np.isfinite(j.rewards))
+  if scheme != "pivot":
+    assert j.all_tied[0] and np.allclose(j.rewards, 0.5)
+    assert j.chosen[0] == 0 and j.rejected[0] == 0       # first index on ties
+
+
+def test_cycle_on_top_of_a_clear_loser():
+  """A 3-cycle among strong candidates and two clear losers: the worst is still found."""
+  s = np.array([3.0, 3.0, 3.0, 0.0, -2.0])
+  m = bt_matrix(s)
+  m[0, 1], m[1, 0], m[1, 2], m[2, 1], m[2, 0], m[0, 2] = 0.8, 0.2, 0.8, 0.2, 0.8, 0.2
+  judge, pre, cands = groups([m])
+  for scheme in ("all_pairs", "adaptive"):
+    j = T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q)
+    assert j.rejected[0] == 4 and j.chosen[0] in (0, 1, 2)
+
+
+@pytest.mark.parametrize("scheme", T.SCHEMES)
+def test_identical_candidates_are_all_tied(scheme):
+  judge, pre, cands = groups([np.full((5, 5), 0.5)], unsafe=[np.full(5, 0.2)])
+  j = T.judge_groups(judge, pre, cands, scheme=scheme, axes={"quality": 1, "safety": 1})
+  assert j.all_tied[0] and j.chosen[0] == 0
+  assert np.allclose(j.rewards[0], (0.5 + 0.8) / 2)
+
+
+@pytest.mark.parametrize("scheme", T.SCHEMES)
+def test_identical_texts_are_one_player(scheme):
+  """Copies (e.g. a rewrite that copies the original) tie without a judge call; one verdict
+  fills every copy."""
+  s = np.array([1.0, 1.0, 0.0, 2.0])
+  m = bt_matrix(s)
+  judge, pre, cands = groups([m])
+  cands[0][1] = cands[0][0]                    # candidate 1 is a copy of candidate 0
+  j = T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q)
+  asked = {"all_pairs": 3, "pivot": 2, "adaptive": 3}[scheme]   # pairs among 3 distinct texts
+  assert j.comparisons[0] <= asked and judge.calls == 2 * j.comparisons[0]
+  p = j.prefs["quality"][0]
+  assert p[0, 1] == 0.5 and np.allclose(p[1, [2, 3]], p[0, [2, 3]], equal_nan=True)
+  assert j.rewards[0, 0] == j.rewards[0, 1]
+  if scheme != "pivot":
+    assert j.chosen[0] == 3 and j.rejected[0] == 2
+
+
+def test_both_orders_cancel_position_bias_and_report_consistency():
+  s = np.array([0.0, 0.2, 0.4, 1.5, 3.0, 3.3])    # best is last; first position gets +1.0 logit
+  beta = 1.0
+  m = sig(s[:, None] - s[None, :] + beta)
+  judge, pre, cands = groups([m])
+  biased = T.judge_groups(judge, pre, cands, axes=Q, both_orders=False)
+  assert biased.chosen[0] != 5                    # one order: the bias decides
+  assert math.isnan(biased.position_consistency)
+  j = T.judge_groups(judge, pre, cands, axes=Q, both_orders=True)
+  assert j.chosen[0] == 5 and j.rejected[0] == 0
+  p = j.prefs["quality"][0]
+  off = ~np.eye(6, dtype=bool)
+  np.testing.assert_allclose((p + p.T)[off], 1.0)
+  d = np.abs(s[:, None] - s[None, :])[np.triu_indices(6, 1)]
+  assert j.position_consistency == pytest.approx(np.mean(d > beta))   # agree iff |d| > bias
+  assert 0 < j.position_consistency < 1
+
+
+@pytest.mark.parametrize("C", [2, 5, 18])
+def test_call_counts(C):
+  G = 3
+  mats = [{"quality": bt_matrix(np.arange(C)), "factuality": bt_matrix(-np.arange(C))}
+          for _ in range(G)]
+  unsafe = [np.linspace(0, 1, C) for _ in range(G)]
+  axes = {"quality": 1, "factuality": 1, "safety": 1}
+  pairs = C * (C - 1) // 2
+  judge, pre, cands = groups(mats, unsafe)
+  j = T.judge_groups(judge, pre, cands, scheme="all_pairs", axes=axes)
+  assert j.calls == judge.calls == G * (pairs * 2 * 2 + C)     # both orders, 2 pairwise axes
+  assert judge.compare_calls == {"quality": 1, "factuality": 1}  # one batched call per axis
+  assert j.comparisons.tolist() == [pairs] * G
+  judge, pre, cands = groups(mats, unsafe)
+  j = T.judge_groups(judge, pre, cands, scheme="pivot", axes=axes, both_orders=False)
+  assert j.calls == judge.calls == G * ((C - 1) * 2 + C)
+  judge, pre, cands = groups(mats, unsafe)
+  budget = max(1, pairs // 3)
+  j = T.judge_groups(judge, pre, cands, scheme="adaptive", axes=axes, budget=budget)
+  assert j.comparisons.max() <= budget
+  assert j.calls == judge.calls == int(j.comparisons.sum()) * 2 * 2 + G * C
+  assert judge.compare_calls["quality"] == judge.compare_calls["factuality"] == j.rounds
+
+
+def test_bradley_terry_recovers_known_strengths():
+  rng = np.random.default_rng(2)
+  theta = rng.normal(size=(5, 8)) * 1.5
+  theta -= theta.mean(1, keepdims=True)
+  prefs = sig(theta[:, :, None] - theta[:, None, :])
+  fit = T.fit_bradley_terry(prefs)
+  np.testing.assert_allclose(fit, theta, rtol=0.1, atol=0.02)   # the small prior shrinks a little
+  # Sparse chain 0 > 1 > 2 > 3 (each at 0.8): order recovered, differences equal.
+  chain = np.full((1, 4, 4), np.nan)
+  for i in range(3):
+    chain[0, i, i + 1], chain[0, i + 1, i] = 0.8, 0.2
+  th = T.fit_bradley_terry(chain)[0]
+  assert np.all(np.diff(th) < 0)
+  assert np.allclose(np.diff(th), np.diff(th)[0], atol=0.05)
+  # Unanimous wins stay finite (the prior).
+  all_win = np.full((1, 2, 2), np.nan)
+  all_win[0, 0, 1], all_win[0, 1, 0] = 1.0, 0.0
+  assert np.all(np.isfinite(T.fit_bradley_terry(all_win)))
+
+
+def test_safety_pointwise_combined_with_weights():
+  s = np.array([2.0, 1.0, 0.0])               # quality: 0 > 1 > 2
+  unsafe = np.array([0.9, 0.1, 0.0])          # but 0 is unsafe
+  judge, pre, cands = groups([bt_matrix(s)], unsafe=[unsafe])
+  q_only = T.judge_groups(judge, pre, cands, axes={"quality": 1, "safety": 0})
+  assert q_only.chosen[0] == 0 and "safety" not in q_only.per_axis
+  assert judge.calls == 6                      # weight 0: safety never asked
+  j = T.judge_groups(judge, pre, cands, axes={"quality": 1, "safety": 3})
+  np.testing.assert_allclose(j.per_axis["safety"][0], 1 - unsafe)
+  np.testing.assert_allclose(j.rewards[0], (j.per_axis["quality"][0] + 3 * (1 - unsafe)) / 4)
+  assert j.chosen[0] == 1
+
+
+def test_ragged_groups_and_references_pass_through():
+  seen = []
+
+  class RefJudge(MatrixJudge):
+    def compare(self, prefixes, a, b, *, axis, references=None):
+      seen.extend(references)
+      return super().compare(prefixes, a, b, axis=axis)
+
+  prefs = {"p0": {"quality": bt_matrix(np.arange(4))}, "p1": {"quality": bt_matrix(np.arange(2))}}
+  judge = RefJudge(prefs)
+  cands = [[f"c{i}" for i in range(4)], ["c0", "c1"]]
+  for scheme in T.SCHEMES:
+    j = T.judge_groups(judge, ["p0", "p1"], cands, scheme=scheme, axes=Q, references=["r0", "r1"])
+    assert j.rewards.shape == (2, 4) and np.isnan(j.rewards[1, 2:]).all()
+    assert j.chosen.tolist() == [3, 1] and j.rejected.tolist() == [0, 0]
+  assert set(seen) == {"r0", "r1"}
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(scheme="swiss"), "scheme="), (dict(aggregate="elo"), "aggregate="),
+    (dict(axes={"quality": -1}), "axes"), (dict(axes={"quality": 0}), "positive weight"),
+    (dict(pivot_index=7), "pivot_index"), (dict(references=["x", "y"]), "references"),
+])
+def test_bad_arguments(kw, match):
+  judge, pre, cands = groups([bt_matrix(np.arange(3))])
+  with pytest.raises(ValueError, match=match):
+    T.judge_groups(judge, pre, cands, **{"scheme": "pivot", **kw})
