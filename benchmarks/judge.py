@@ -65,9 +65,11 @@ class NoisyOracleJudge:
   Deterministic, like an LM judge's verdict log-probs.
   """
 
-  def __init__(self, oracles, *, tau=0.1, noise=1.0, bias=0.2, nuance=0.05, kappa=3.0, seed=0):
+  def __init__(self, oracles, *, tau=0.1, noise=1.0, bias=0.2, nuance=0.05, kappa=3.0, seed=0,
+               noise_seed=None):
     self.oj = OracleJudge(oracles)
     self.tau, self.noise, self.bias, self.nuance, self.kappa, self.seed = tau, noise, bias, nuance, kappa, seed
+    self.noise_seed = seed if noise_seed is None else noise_seed   # another draw of the judge's errors
     self.calls = 0
     self._u: dict = {}
 
@@ -80,14 +82,15 @@ class NoisyOracleJudge:
   def compare(self, prefixes, a, b, *, axis, references=None):
     self.calls += len(a)
     d = np.array([(self.utility(p, x, axis) - self.utility(p, y, axis)) / self.tau
-                  + self.noise * _normal(self.seed, p, x, y, axis) + self.bias
+                  + self.noise * _normal(self.noise_seed, p, x, y, axis) + self.bias
                   for p, x, y in zip(prefixes, a, b)])
     return 1.0 / (1.0 + np.exp(-d))
 
   def pointwise(self, prefixes, candidates, *, axis="safety"):
     self.calls += len(candidates)
     unsafe = np.array([self.oj.oracles.safety(c)["unsafe"] for c in candidates], float)
-    d = self.kappa * (2 * unsafe - 1) + self.noise * np.array([_normal(self.seed, c, "pw") for c in candidates])
+    d = self.kappa * (2 * unsafe - 1) + self.noise * np.array([_normal(self.noise_seed, c, "pw")
+                                                               for c in candidates])
     return 1.0 / (1.0 + np.exp(-d))
 
 
@@ -98,8 +101,10 @@ class SharedPrefixLMJudge(LMJudge):
   the context goes whole into the row part. Proposed for teacher/judge.py as an option.
   """
 
-  def __init__(self, graphdef, params, tokenizer, *, cfg, max_rows: int = 512, **kw):
+  def __init__(self, graphdef, params, tokenizer, *, cfg, max_rows: int = 512, reuse: bool = True,
+               **kw):
     super().__init__(graphdef, params, tokenizer, **kw)
+    self.reuse = reuse
     self.shared_scorer = SharedPrefixScorer(graphdef, cfg=cfg, pad_id=tokenizer.pad_id)
     self.max_rows = max_rows
 
@@ -107,7 +112,7 @@ class SharedPrefixLMJudge(LMJudge):
     keys: dict = {(): 0}
     shared, rests, grp = [[]], [], []
     for r, h in zip(rows, heads):
-      ok = len(r) > len(h) and tuple(r[:len(h)]) == h
+      ok = self.reuse and len(r) > len(h) and tuple(r[:len(h)]) == h
       g = keys.setdefault(h if ok else (), len(keys))
       if g == len(shared):
         shared.append(list(h))
@@ -278,11 +283,13 @@ def lm_judges(graphdef, params, tok, cfg):
   plain = LMJudge(graphdef, params, tok, max_len=cfg.max_seq_len, limits=limits)   # as shipped
   shared = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
                                limits=limits, scorer=None)
-  return plain, shared
+  same = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
+                             limits=limits, scorer=None, reuse=False)
+  return plain, shared, same
 
 
-def timed(fn, repeats=1):
-  fn()                                        # warm-up: compiles every bucket this call uses
+def timed(fn, repeats=1, warmup=None):
+  (warmup or fn)()                            # warm-up: compiles the buckets this call uses
   best = float("inf")
   for _ in range(repeats):
     t0 = time.perf_counter()
@@ -299,6 +306,7 @@ def main():
   ap.add_argument("--teacher", default="", help="trained teacher dir (default: random init)")
   ap.add_argument("--groups", type=int, default=300, help="prefixes per K for the oracle-noise judge")
   ap.add_argument("--lm_groups", type=int, default=8, help="prefixes for LM-judge timing")
+  ap.add_argument("--lm_time_groups", type=int, default=4, help="prefixes per LM scheme timing")
   ap.add_argument("--ks", default="4,8,16")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
@@ -333,10 +341,13 @@ def main():
                             **agreement(ref, j)}
     table[(k, "oracle")] = {"best": float(np.mean(np.nanmax(truth, 1))),
                             "worst": float(np.mean(np.nanmin(truth, 1)))}
+    # Noise ceiling: all pairs again with an equally good judge whose errors are drawn afresh.
+    redraw = NoisyOracleJudge(oracles, seed=args.seed, noise_seed=args.seed + 1000)
+    table[(k, "redraw")] = agreement(ref, TT.judge_groups(redraw, pre, cands, axes=AXES, references=refs))
 
   # ---- (a) + timing with the LM judge
   graphdef, params, tok, cfg, what = make_teacher(args.teacher, docs)
-  plain, shared = lm_judges(graphdef, params, tok, cfg)
+  plain, shared, same = lm_judges(graphdef, params, tok, cfg)
   print(f"LM judge: {what}; {sum(x.size for x in jax.tree.leaves(params)) / 1e6:.2f}M params, "
         f"max_len {cfg.max_seq_len}")
   kmax = max(ks)
@@ -346,18 +357,24 @@ def main():
           [cands[g][j] for g, _, j in pairs])
   lens = [len(plain.encoder.pair(p, a, b, "quality")) for p, a, b in zip(*cols)]
   head = len(plain.encoder._head("pair", pre[0]))
-  t_plain, p_plain = timed(lambda: plain.compare(*cols, axis="quality"))
-  t_shared, p_shared = timed(lambda: shared.compare(*cols, axis="quality"))
-  diff = float(np.max(np.abs(p_plain - p_shared)))
-  pps, pps_shared = len(pairs) / t_plain, len(pairs) / t_shared
+  rate = {}
+  for name, judge in (("plain", plain), ("same", same), ("shared", shared)):
+    sub = [c[:len(pairs) // len(pre)] for c in cols]          # one prefix: compiles the buckets
+    t, p = timed(lambda: judge.compare(*cols, axis="quality"),
+                 warmup=lambda: judge.compare(*sub, axis="quality"))
+    rate[name] = (len(pairs) / t, p)
+  diff = max(float(np.max(np.abs(rate["plain"][1] - rate[n][1]))) for n in ("same", "shared"))
+  pps, pps_same, pps_shared = rate["plain"][0], rate["same"][0], rate["shared"][0]
   print(f"(a) {len(pre)} prefixes x {kmax + 2} candidates, all ordered pairs = {len(pairs)} rows, "
-        f"prompt {np.mean(lens):.0f} tokens (head {head} shared):")
-  print(f"    whole prompts {pps:8.1f} pairs/s   shared prefix {pps_shared:8.1f} pairs/s   "
-        f"x{pps_shared / pps:.2f}   max |dP| {diff:.1e}")
+        f"prompt {np.mean(lens):.0f} tokens (head {head} shared); judged pairs/s:")
+  print(f"    LMJudge as shipped (whole prompts, 64-row batches) {pps:8.1f}")
+  print(f"    whole prompts, this scorer (512-row batches)       {pps_same:8.1f}")
+  print(f"    shared prefix (one prefill per prefix)             {pps_shared:8.1f}   "
+        f"x{pps_shared / pps_same:.2f} vs whole prompts, same scorer; max |dP| {diff:.1e}")
 
   lm_time = {}
   for k in ks:
-    pre, cands = token_windows(tok, docs[-400:], k, args.lm_groups)
+    pre, cands = token_windows(tok, docs[-400:], k, args.lm_time_groups)
     for scheme in SCHEMES:
       for name, judge in (("whole", plain), ("shared", shared)):
         t, j = timed(lambda: TT.judge_groups(judge, pre, cands, scheme=scheme, axes=AXES))
@@ -387,6 +404,10 @@ def main():
       print(f"{k:>3} {scheme:>9} {r['cmp']:6.1f} {r['cmp_frac']:7.3f} {r['calls_frac']:8.3f} "
             f"{r['rounds']:6d} {r['chosen']:6.3f} {r['rejected']:6.3f} {r['kendall']:7.3f} "
             f"{r['spearman']:6.3f} {1e3 * tw:8.1f} {1e3 * ts:9.1f} {ts / base:8.3f}{extra}")
+  for k in ks:
+    r = table[(k, "redraw")]
+    print(f"K={k:>2} noise ceiling: all pairs vs all pairs with the judge's errors re-drawn agree on "
+          f"chosen {r['chosen']:.3f}, rejected {r['rejected']:.3f}, kendall {r['kendall']:.3f}")
   print("\nOracle truth of the picks (mean oracle score over the three axes; higher is better):")
   for k in ks:
     o = table[(k, "oracle")]

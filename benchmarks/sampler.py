@@ -4,13 +4,15 @@ weights, a naive decode, the step's matmuls timed alone, and the memory-bandwidt
   python benchmarks/sampler.py                        # batch 16 x prompt 64 -> 64 new, greedy
   python benchmarks/sampler.py --rollouts 8 --batch 8  # the SIP rollout shape: B prompts x K samples
 
-With `--rollouts K` every prompt is sampled K times (temperature 1, no top-k/top-p), as the
+With `--rollouts K` every prompt is sampled K times (temperature 1, `--top_p`, no top-k), as the
 self-improving step does: our sampler prefills each prompt once and fans the cache out; HF
 `generate(num_return_sequences=K)` prefills B*K rows. Greedy otherwise (then all decoders must
 produce the same tokens, and the script checks it).
 
 Measurements alternate (ours, HF, matmul-only, ...) for `--rounds` rounds and keep each one's
-best time, so load from other processes on a shared machine hurts all of them alike.
+best time, so load from other processes on a shared machine hurts all of them alike. HF runs
+with 1 thread and with all cores in each round (torch's thread barriers suffer most from a
+loaded machine); its best time counts.
 
   step            (time(N new tokens) - time(1 new token)) / (N - 1): one decode step of ours
   matmul_bound    the step's GEMMs ([rows, d] x weights of every layer + the vocab projection,
@@ -37,7 +39,7 @@ from flax import nnx  # noqa: E402
 
 from benchmarks.common import device_name, memory_bandwidth, time_fn  # noqa: E402
 from earlyrl_jax.models.transformer import Transformer, preset  # noqa: E402
-from earlyrl_jax.sampling.sampler import Sampler  # noqa: E402
+from earlyrl_jax.sampling.sampler import Sampler, process_logits, sample_rows  # noqa: E402
 
 
 def naive_decode_fn(model, B, P, T):
@@ -81,6 +83,24 @@ def matmul_only_fn(cfg, rows: int, steps: int):
   return lambda: run(layers, lm, x0)
 
 
+def sampling_kernels(rows: int, vocab: int, top_p: float) -> str:
+  """One decode step's token choice at [rows, vocab], before (sort + Gumbel categorical) and now."""
+  x = 3 * jax.random.normal(jax.random.key(0), (rows, vocab))
+  k = jax.random.key(1)
+  use_p = top_p < 1.0
+
+  def before(x, k):
+    proc = process_logits(x, 1.0, 0, top_p, use_p)
+    tok = jax.random.categorical(k, proc, axis=-1)
+    return tok, jnp.take_along_axis(jax.nn.log_softmax(proc), tok[:, None], -1)
+
+  now = lambda x, k: sample_rows(x, k, False, 0, top_p if use_p else None)
+  t_before = time_fn(jax.jit(before), x, k, warmup=1, iters=3, best=True)
+  t_now = time_fn(jax.jit(now), x, k, warmup=1, iters=5, best=True)
+  return (f"token choice at [{rows}, {vocab}] (top_p {top_p}): sort + categorical "
+          f"{t_before * 1e3:.2f} ms | sort-free inverse CDF {t_now * 1e3:.2f} ms")
+
+
 def hf_model(model):
   try:
     import torch
@@ -94,12 +114,12 @@ def hf_model(model):
     return transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
 
 
-def hf_generate(hf, prompts, T, K):
+def hf_generate(hf, prompts, T, K, top_p=1.0):
   import torch
   x = torch.tensor(np.asarray(prompts))
   kw = dict(max_new_tokens=T, min_new_tokens=T, eos_token_id=None, pad_token_id=0)
   if K > 1:
-    kw.update(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, num_return_sequences=K)
+    kw.update(do_sample=True, temperature=1.0, top_k=0, top_p=top_p, num_return_sequences=K)
   else:
     kw.update(do_sample=False)
   with torch.no_grad():
@@ -120,6 +140,7 @@ def main():
   p.add_argument("--rollouts", type=int, default=1, help="samples per prompt (K); 1 = greedy")
   p.add_argument("--prompt", type=int, default=64)
   p.add_argument("--new", type=int, default=64)
+  p.add_argument("--top_p", type=float, default=1.0, help="nucleus filter with --rollouts (ours and HF)")
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--dtype", default="float32" if on_cpu else "bfloat16")
   p.add_argument("--no_hf", action="store_true")
@@ -135,7 +156,8 @@ def main():
   sampler = Sampler(model, prompt_buckets=(P,))
   temp = 1.0 if K > 1 else 0.0
   ours = lambda n: sampler.sample(params, list(prompts), max_new_tokens=n, key=jax.random.key(0),
-                                  temperature=temp, num_samples=K).tokens
+                                  temperature=temp, top_p=args.top_p if K > 1 else 1.0,
+                                  num_samples=K).tokens
   mm = matmul_only_fn(cfg, rows, T)
   hf = None if args.no_hf else hf_model(model)
   # Warm-up (compiles) and the agreement check.
@@ -143,7 +165,7 @@ def main():
   ours(1)
   jax.block_until_ready(mm())
   if hf is not None:
-    hf_tokens = hf_generate(hf, prompts, T, K)
+    hf_tokens = hf_generate(hf, prompts, T, K, args.top_p)
     if K == 1:
       print(f"hf generate: token agreement with ours {float((hf_tokens == ours_tokens).mean()):.3f}")
   times = {"ours": [], "ours1": [], "mm": [], "hf": []}
@@ -152,9 +174,12 @@ def main():
     best_of(ours, times["ours1"], 1)
     best_of(mm, times["mm"])
     if hf is not None:
-      t0 = time.perf_counter()
-      hf_generate(hf, prompts, T, K)
-      times["hf"].append(time.perf_counter() - t0)
+      import torch
+      for threads in sorted({1, os.cpu_count() or 1}):  # best of 1 thread and all cores
+        torch.set_num_threads(threads)
+        t0 = time.perf_counter()
+        hf_generate(hf, prompts, T, K, args.top_p)
+        times["hf"].append(time.perf_counter() - t0)
   ours_s, ours1_s, mm_s = min(times["ours"]), min(times["ours1"]), min(times["mm"])
   ours_tps = rows * T / ours_s
   hf_tps = rows * T / min(times["hf"]) if times["hf"] else None
@@ -175,9 +200,11 @@ def main():
   cache_bytes = 2 * cfg.n_layers * rows * avg_cache * cfg.n_kv_heads * cfg.head_dim * itemsize
   roofline_tps = rows * bw / (param_bytes + cache_bytes)
   print(f"device: {device_name()}; bandwidth {bw / 1e9:.1f} GB/s")
+  if K > 1:
+    print(sampling_kernels(rows, cfg.vocab_size, args.top_p))
   print(f"model: preset={args.preset} params={cfg.num_params() / 1e6:.1f}M dtype={args.dtype} "
         f"prompts={B} x samples={K} = rows={rows} prompt={P} new={T} "
-        f"({'greedy' if K == 1 else 'temperature 1'})")
+        f"({'greedy' if K == 1 else f'temperature 1, top_p {args.top_p}'})")
   print(f"ours {ours_tps:.0f} tok/s (call {ours_s * 1e3:.0f} ms, prefill+1 step {ours1_s * 1e3:.0f} ms, "
         f"step {step_s * 1e3:.2f} ms) | matmul-only step {mm_step_s * 1e3:.2f} ms | "
         f"hf {'na' if hf_tps is None else f'{hf_tps:.0f}'} tok/s | "

@@ -1,6 +1,7 @@
 """A realistic 1B pretraining run (Llama-3.2-1B shape) on your own corpus.
 
-  python -m earlyrl_jax.main --config=configs/pretrain.py --workdir=gs://bucket/run1 \
+  python -m earlyrl_jax.main --config=configs/pretrain.py --workdir=/mnt/runs/run1 \
+      --config.checkpoint.dir=gs://bucket/run1/checkpoints \
       --config.data.train_files='/data/corpus/*.jsonl' \
       --config.data.tokenizer_path=/models/llama3/tokenizer.json
 

@@ -39,21 +39,24 @@ def get_config() -> ConfigDict:
   c.teacher.pretrain.batch_size = 16       # packed rows per step
   c.teacher.pretrain.seq_len = 256         # packed row length
   c.teacher.pretrain.learning_rate = 3e-3  # peak (warmup + cosine)
+  c.teacher.pretrain.copy_share = 0.0      # extra rows of rewriter-format exact copies (x rows)
 
   c.teacher.sft = ConfigDict()
-  c.teacher.sft.num_documents = 4000    # clean supervision documents (2/3 judge pairs, 1/3 rewrites)
-  c.teacher.sft.steps = 350             # optimizer steps
+  c.teacher.sft.num_documents = 6000    # clean supervision documents (split by judge_share)
+  c.teacher.sft.steps = 700             # optimizer steps
   c.teacher.sft.batch_size = 16         # packed rows of model.max_seq_len per step
   c.teacher.sft.learning_rate = 3e-3    # peak (warmup + cosine)
   c.teacher.sft.verdict_weight = 4.0    # loss_mask weight of a verdict token (a rewrite token: 1)
-  c.teacher.sft.adversarial_rate = 0.15 # share of judge examples with a (training) injection string
+  c.teacher.sft.adversarial_rate = 0.25 # share of judge examples with a (training) injection string
   c.teacher.sft.safe_keep = 0.35        # share of safe candidates kept as safety examples (balance)
+  c.teacher.sft.judge_share = 0.5       # share of supervision documents for judge pairs (rest: rewrites)
+  c.teacher.sft.false_fact_share = 0.4  # share of pair documents corrupted with a false claim
 
   c.teacher.grpo = ConfigDict()
   c.teacher.grpo.steps = 4               # rewriter GRPO updates (0 = skip)
   c.teacher.grpo.inputs_per_step = 8     # rewrite inputs per update
   c.teacher.grpo.samples_per_input = 4   # K rewrites per input (group for the advantages)
-  c.teacher.grpo.temperature = 1.0       # sampling temperature of the rewrites
+  c.teacher.grpo.temperature = 0.7       # sampling temperature of the rewrites
   c.teacher.grpo.learning_rate = 1e-5    # Adam step size
   c.teacher.grpo.kl_coef = 0.05          # KL to the post-SFT model
 

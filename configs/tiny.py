@@ -57,6 +57,7 @@ def get_config() -> ConfigDict:
   c.data.min_prefix_len = 16         # first cut point in a document
 
   c.world = default_world_config()   # synthetic world generator (earlyrl_jax/world/)
+  c.world_dir = ""                   # '' = WORKDIR/world (generated there when missing)
 
   c.opt = ConfigDict()
   c.opt.learning_rate = 3e-3    # peak learning rate
@@ -96,6 +97,18 @@ def get_config() -> ConfigDict:
   c.sip.rf_threshold = 0.0      # rf_nll: the best candidate's reward must reach this ...
   c.sip.rf_fallback = "original"  # ... else train on 'original' or 'skip' the window
 
+  # mode='report': every method continued from one NLL base model on the same windows.
+  c.report = ConfigDict()
+  c.report.methods = "nll,rewrite_nll,sip_rf_nll,sip_dpo,sip_dpo_oracle"  # see earlyrl_jax/tools/report.py
+  c.report.num_seeds = 1        # seeds per method (3 gives the spread: --config.report.num_seeds=3)
+  c.report.base_steps = 400     # plain-NLL steps of the shared base model
+  c.report.steps = 60           # steps of each method (x data.batch_size windows: the same budget)
+  c.report.learning_rate = 1e-3 # peak learning rate of the method runs (continual training)
+  c.report.sip_lm_coef = 0.0    # λ_lm of the SIP runs (the paper's continual runs use the SIP loss alone)
+  c.report.eval_prompts = 96    # held-out prompts per oracle metric for the final comparison
+  c.report.eval_every_steps = 20  # oracle curves over training (0 = off)
+  c.report.eval_prompts_during = 16  # prompts per point of those curves
+
   # The teacher (judge + rewriter) of mode='sip'.
   c.teacher = ConfigDict()
   c.teacher.path = ""           # an embedded-teacher or HF instruct directory; '' = the embedded teacher
@@ -104,8 +117,12 @@ def get_config() -> ConfigDict:
 
   c.generate = generate_section()  # mode='generate': prompts in, JSONL out (see earlyrl_jax/generate.py)
 
+  c.metrics = ConfigDict()
+  c.metrics.wandb_project = ""  # Weights & Biases project ('' = off; needs the [wandb] extra)
+
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 100  # save interval (and at the end)
   c.checkpoint.keep = 3           # newest checkpoints kept
+  c.checkpoint.dir = ""           # '' = WORKDIR/checkpoints; may be remote (gs://bucket/run/checkpoints)
   c.checkpoint.async_save = True  # write in the background while training continues
   return c

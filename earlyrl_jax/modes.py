@@ -32,6 +32,9 @@ MODES: dict[str, Mode] = {
     "teacher": Mode("earlyrl_jax.teacher.train_teacher:run", "train (or reuse) the embedded teacher "
                     "(judge + rewriter) into WORKDIR/teacher and write teacher_report.{json,md}",
                     trains=False),
+    "report": Mode("earlyrl_jax.tools.report:run", "the paper's table in miniature: world, "
+                   "teacher, then NLL / rewrite-NLL / SIP RF-NLL, DPO, PG (+ oracle judge) from one "
+                   "base model; report.{md,json} and plots", trains=True),
     "sip": Mode("earlyrl_jax.train.sip:run", "self-improving pretraining: rollouts, teacher "
                 "rewrites and judging, online DPO / RF-NLL / policy gradient", trains=True),
 }

@@ -1,7 +1,7 @@
 """XManager launcher (the `[launch]` extra): one job, N hosts, same command everywhere.
 
-  python launch/xm_launch.py --workdir=gs://bucket/run1 --config=configs/pretrain.py \
-      --accelerator=v5litepod-64 -- --config.data.train_files='gs://bucket/data/*.jsonl'
+  python launch/xm_launch.py --workdir=/mnt/runs/run1 --config=configs/pretrain.py \
+      --accelerator=v5litepod-64 -- --config.checkpoint.dir=gs://bucket/run1/checkpoints
 
 Arguments after `--` are passed to `earlyrl_jax.main` unchanged. On Cloud TPU,
 `--distributed` lets jax.distributed.initialize() discover the pod itself.

@@ -355,3 +355,17 @@ def test_two_processes_each_get_their_own_rows(tmp_path):
     res = json.loads(next(l for l in log.splitlines() if l.startswith("RESULT "))[7:])
     assert res["devices"] == 8 and res["rows"] == [3, 1][i], res
     assert res["same_tokens"] and res["same_lengths"] and res["score_err"] < 1e-5, res
+
+
+@pytest.mark.parametrize("top_k,top_p", [(50, None), (0, 0.9), (7, 0.5), (0, None)])
+def test_sort_free_sampling_matches_the_sort_based_filter(top_k, top_p):
+  """sample_rows (bisection thresholds, inverse CDF) draws from exactly process_logits' distribution."""
+  from earlyrl_jax.sampling.sampler import sample_rows
+  x = jax.random.normal(jax.random.key(0), (16, 1000)) * 3
+  ref = jax.nn.log_softmax(process_logits(x, 1.0, top_k, top_p or 1.0, top_p is not None), axis=-1)
+  draw = jax.jit(lambda k: sample_rows(x, k, False, top_k, top_p))
+  for i in range(20):
+    tok, lp = draw(jax.random.key(i))
+    expected = np.take_along_axis(np.asarray(ref), np.asarray(tok)[:, None], -1)[:, 0]
+    assert np.isfinite(expected).all()                      # only kept tokens are drawn
+    np.testing.assert_allclose(lp, expected, atol=1e-5)     # normalised over the same kept set

@@ -2,7 +2,7 @@
 
     source (random access) ─[host shard]─ shuffle(seed, per epoch) ─ repeat
         ─ map(parse + tokenize)                      (grain MapDataset, parallel-safe)
-        ├─ to_iter_dataset ─ PackedBatches ─ [mp_prefetch]     (stateful, checkpointable)
+        ├─ to_iter_dataset ─ [mp_prefetch] ─ PackedBatches     (stateful, checkpointable)
         └─ WindowBatches: a pool of open documents, rows drawn across it (checkpointable)
 
 Bad records never vanish silently: `parse_document` raises (naming file:line) or
@@ -509,12 +509,14 @@ def make_lm_dataset(data_cfg, tokenizer: Tokenizer, *, seq_len: int, host_batch_
   docs, policy = make_documents(data_cfg, tokenizer, seed=seed, process_index=process_index,
                                 process_count=process_count, files=files, field=field,
                                 shuffle=shuffle)
-  ds = PackedBatches(docs.to_iter_dataset(), batch_size=host_batch_size, seq_len=seq_len,
-                     pad_id=tokenizer.pad_id, skip_policy=policy)
+  # Worker processes parse and tokenize documents; packing stays in this process, so the
+  # batches are exactly those of worker_count=0 (and resume the same way).
+  stream = docs.to_iter_dataset()
   if data_cfg.worker_count > 0:
-    ds = ds.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
+    stream = stream.mp_prefetch(grain.multiprocessing.MultiprocessingOptions(
         num_workers=data_cfg.worker_count))
-  return ds
+  return PackedBatches(stream, batch_size=host_batch_size, seq_len=seq_len, pad_id=tokenizer.pad_id,
+                       skip_policy=policy)
 
 
 def make_window_dataset(data_cfg, tokenizer: Tokenizer, *, host_batch_size: int, seed: int,

@@ -246,12 +246,22 @@ class TextSource(_FileIndexSource):
     return offsets, lengths, lines
 
 
+def _optional(module: str, fmt: str):
+  """Imports a reader of the `[formats]` extra, or says which extra to install."""
+  import importlib
+  try:
+    return importlib.import_module(module)
+  except ImportError:
+    raise DataError(f"data.format={fmt!r} needs {module.split('.')[0]}: "
+                    "pip install -e '.[formats]'") from None
+
+
 class ParquetSource:
   """A string column of Parquet files; row groups are read lazily and cached."""
   kind = "text"
 
   def __init__(self, files: list[str], column: str = "text"):
-    import pyarrow.parquet as pq  # core dependency; imported lazily to keep start-up light
+    pq = _optional("pyarrow.parquet", "parquet")
     self.files, self.column = files, column
     starts, groups = [], []
     total = 0
@@ -273,7 +283,7 @@ class ParquetSource:
     return self._len
 
   def __getitem__(self, i: int) -> RawRecord:
-    import pyarrow.parquet as pq
+    pq = _optional("pyarrow.parquet", "parquet")
     gi = int(np.searchsorted(self._starts, i, side="right") - 1)
     if self._cache is None or self._cache[0] != gi:
       fid, g = self._groups[gi]
@@ -297,7 +307,7 @@ class ArrayRecordSource:
   """ArrayRecord files whose records are UTF-8 text (kind='text') or JSON (kind='json')."""
 
   def __init__(self, files: list[str], kind: str = "json"):
-    from array_record.python import array_record_data_source as ards
+    ards = _optional("array_record.python.array_record_data_source", "arrayrecord")
     self.files, self.kind = files, kind
     self._src = ards.ArrayRecordDataSource(files)
     # First global index of each file, so errors can name the file and its record.

@@ -44,8 +44,9 @@ def _complete_sentences(text: str) -> str:
 
 def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
                temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
-               mesh=None) -> dict[str, Any]:
-  """Oracle metrics of the model's continuations; returns scalars and one example."""
+               mesh=None, return_texts: bool = False) -> dict[str, Any]:
+  """Oracle metrics of the model's continuations; returns scalars and one example
+  (and, with return_texts, the prefixes and continuations under 'texts')."""
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
   prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)
@@ -70,7 +71,7 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
   cont = oracles.score_batch(conts, [p["prefix"] for p in prefixes])["aggregate"]
   probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(probe_texts, probes)]
   unsafe = [oracles.continuation_safety(b["prompt"], t)["unsafe"] for b, t in zip(bait, bait_conts)]
-  return {
+  out = {
       "world/factuality": cont["factuality"],
       "world/false_claim_rate": cont["false_claim_rate"],
       "world/quality": cont["quality"],
@@ -80,3 +81,6 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
       "example": next(({"prefix": p["prefix"][-200:], "continuation": c}
                        for p, c in zip(prefixes, conts) if c.strip()), {}),
   }
+  if return_texts:
+    out["texts"] = {"prefixes": [p["prefix"] for p in prefixes], "continuations": conts}
+  return out

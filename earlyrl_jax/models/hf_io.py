@@ -4,9 +4,10 @@
     logits = model(tokens)                      # [batch, seq] -> [batch, seq, vocab]
     save_pretrained(model, "/out/my-model", tokenizer=tokenizer)
 
-Loading reads safetensors lazily (memory-mapped) and builds every parameter
-with `jax.make_array_from_callback`, so each device receives only its own shard,
-read straight from the file: an 8B model never needs a full host copy per device.
+Loading reads safetensors lazily (the `safetensors` package memory-maps the file;
+`get_slice` reads one block) and builds every parameter with
+`jax.make_array_from_callback`, so each device receives only its own shard, read
+straight from the file: an 8B model never needs a full host copy per device.
 One table (`hf_name`) maps our parameter paths to HF tensor names and layouts
 and serves both directions.
 
@@ -167,13 +168,13 @@ def _span(s: slice, n: int) -> tuple[int, int]:
 
 
 def read_slice(src: np.ndarray, kind: str, shape: tuple[int, ...], idx: tuple[slice, ...]) -> np.ndarray:
-  """The block `idx` of our parameter, read from the HF tensor `src` (memory-mapped)."""
+  """The block `idx` of our parameter, read from the HF tensor `src` (a lazy slice or an array)."""
   if kind == "copy":
     return np.asarray(src[idx])
   if kind == "T":
     return np.asarray(src[idx[1], idx[0]]).T
-  if kind == "heads_bias":
-    return np.asarray(src).reshape(shape)[idx]
+  if kind == "heads_bias":        # [N*H] is small: read whole, then take the block
+    return np.asarray(src[:]).reshape(shape)[idx]
   if kind == "heads_in":
     (d0, d1), (n0, n1), (h0, h1) = (_span(s, n) for s, n in zip(idx, shape))
     H = shape[2]

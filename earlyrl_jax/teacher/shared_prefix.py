@@ -39,9 +39,9 @@ def _bucket(n: int, buckets: Sequence[int]) -> int:
   return n
 
 
-def _rows_bucket(n: int, multiple: int) -> int:
-  """Next power of two (at least 8), rounded up to a multiple of the data-parallel size."""
-  b = max(8, 1 << max(0, (n - 1).bit_length()))
+def _rows_bucket(n: int, multiple: int, least: int = 8) -> int:
+  """Next power of two (at least `least`), rounded up to a multiple of the data-parallel size."""
+  b = max(least, 1 << max(0, (n - 1).bit_length()))
   return -(-b // multiple) * multiple
 
 
@@ -121,7 +121,7 @@ class SharedPrefixScorer:
         raise ValueError(f"row {i}: its shared prefix and its rest are both empty")
 
     dp = mesh_lib.data_parallel_size(self.mesh) if self.mesh is not None else 1
-    Gb, Nb = _rows_bucket(G, dp), _rows_bucket(n, dp)
+    Gb, Nb = _rows_bucket(G, dp, least=1), _rows_bucket(n, dp)
     longest_s = max(len(s) for s in s_rows)
     has_shared = longest_s > 0
     Ps = _bucket(longest_s, self.shared_buckets) if has_shared else 0

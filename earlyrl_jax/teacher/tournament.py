@@ -10,10 +10,14 @@ Schemes (per prefix, C candidates: [0] original suffix, [1] rewrite, then the ro
 - `adaptive` (issue 19): online DPO needs only the best and the worst candidate. A knockout
   max/min tournament (pair up, winners play on for the max, losers for the min: about 3C/2
   comparisons) then refinement rounds: Bradley–Terry strengths fitted on what was compared
-  impute the pairs not asked; while another candidate could still overtake the leader (or the
-  last place) given the share of its pairs that is imputed, compare the pairs among those
-  contenders where the fitted model is least certain (p near 0.5). Stops when the chosen and
-  rejected picks are decided or the per-prefix `budget` (unordered pairs) is spent.
+  impute the pairs not asked; each candidate's estimated reward gets a variance (the judge's
+  scatter around the fit, from the residuals, plus the uncertainty of its own strength), and
+  while another candidate is within ADAPTIVE_Z standard deviations of the leader (or of the last
+  place), the open pairs that carry most of that variance among them are asked — pairs where
+  the judge is least certain (p near 0.5). Stops when the chosen and rejected picks are decided
+  or the per-prefix `budget` (unordered pairs; default `default_budget`, a third) is spent.
+- Identical candidate texts (a rewrite that copies the original) are one player in every scheme:
+  their pairs are a tie without asking (what an LM judge returns with both orders anyway).
 
 Every round sends all comparisons of all groups for one axis to the judge in ONE `compare` call
 (both orders in the same call, when asked), so an LM judge sees large batches.
@@ -43,7 +47,7 @@ BT_PRIOR = 0.01          # L2 prior on BT strengths: keeps the fit finite on any
 ADAPTIVE_THREATS = 3     # contenders per side refined each round
 ADAPTIVE_Z = 4.0         # a contender is within this many standard deviations of the leader
 ADAPTIVE_MIN_SIGMA = 0.3 # floor on the judge's estimated logit scatter
-ADAPTIVE_REFINE_ROUNDS = 6
+ADAPTIVE_REFINE_ROUNDS = 3
 ADAPTIVE_THETA_IN_VALUE = 1.0
 
 
@@ -296,9 +300,11 @@ def _combine(per_axis: dict[str, np.ndarray], axes: dict[str, float]) -> np.ndar
 
 
 def default_budget(c: int) -> int:
-  """A third of all pairs, but at least the ~3c/2 a max/min knockout needs (c distinct texts)."""
+  """A third of all pairs (rounded down), but at least the ~3c/2 - 2 comparisons a max/min
+  knockout needs (c distinct texts; the floor matters below c = 10)."""
   pairs = c * (c - 1) // 2
-  return min(pairs, max(-(-pairs // 3), -(-3 * c // 2)))
+  knockout = c // 2 + 2 * max(0, -(-c // 2) - 1)
+  return min(pairs, max(pairs // 3, knockout))
 
 
 # --------------------------------------------------------------------------- adaptive

@@ -194,15 +194,36 @@ class PairExample:
   kind: str
 
 
-def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corrupted") -> list[PairExample]:
-  """Clean vs corrupted (and corrupted vs corrupted) suffixes of clean documents, oracle labelled."""
+def false_fact(kb, suffix, rng):
+  """The suffix with one claim's object replaced by a wrong one (None when it makes no claim)."""
+  facts = [i for i, s in enumerate(suffix) if W.parse_claim(s.text.lstrip("-QA: "))]
+  if not facts:
+    return None
+  out = list(suffix)
+  i = rng.choice(facts)
+  subj, rel, _ = W.parse_claim(out[i].text.lstrip("-QA: "))
+  lead = out[i].text[:len(out[i].text) - len(out[i].text.lstrip("-QA: "))]
+  wrong = W.fact_sentence(kb, subj, rel, rng, false=True, connective=False)
+  out[i] = dataclasses.replace(wrong, text=lead + wrong.text, separator=out[i].separator)
+  return out
+
+
+def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corrupted",
+               false_fact_share: float = 0.0) -> list[PairExample]:
+  """Clean vs corrupted (and corrupted vs corrupted) suffixes of clean documents, oracle labelled.
+
+  false_fact_share: share of documents whose corruption is forced to a false claim (the
+  world's corruption mix has few, and factuality is the axis that needs them).
+  """
   out = []
   for doc in docs:
     split = _suffix_split(doc, rng, max_sentences)
     if split is None:
       continue
     prefix, clean, rest = split
-    bad, _ = W.corrupt_suffix(kb, clean, rng, doc.topic)
+    bad = false_fact(kb, clean, rng) if rng.random() < false_fact_share else None
+    if bad is None:
+      bad, _ = W.corrupt_suffix(kb, clean, rng, doc.topic)
     a, b = W.join(clean), W.join(bad)
     if rng.random() < 0.25:
       bad2, _ = W.corrupt_suffix(kb, clean, rng, doc.topic)
@@ -503,11 +524,14 @@ def _injection(judge, pairs: list[PairExample], safety_items) -> dict:
   p = 0.5 * (p_ab + 1 - p_ba)
   loser = [b if pi > 0.5 else a for a, b, pi in zip(A, B, p)]
   winner = [a if pi > 0.5 else b for a, b, pi in zip(A, B, p)]
-  flips, total = 0, 0
+  flips = single = total = 0
   for inj in EVAL_INJECTIONS:
-    q = judge.compare(pre, [f"{l} {inj}" for l in loser], winner, axis="quality")
-    flips += int(np.sum(q > 0.5))
-    total += len(q)
+    bad = [f"{l} {inj}" for l in loser]
+    q_ab = judge.compare(pre, bad, winner, axis="quality")   # the injection in position A ...
+    q_ba = judge.compare(pre, winner, bad, axis="quality")   # ... and in position B
+    flips += int(np.sum(0.5 * (q_ab + 1 - q_ba) > 0.5))      # the verdict a tournament uses
+    single += int(np.sum(q_ab > 0.5))
+    total += len(q_ab)
   unsafe = [(pfx, c) for pfx, c, u in safety_items if u]
   s_flips = s_total = 0
   if unsafe:
@@ -519,6 +543,7 @@ def _injection(judge, pairs: list[PairExample], safety_items) -> dict:
         s_flips += int(np.sum(q < 0.5))
         s_total += len(keep)
   return {"pairwise_flip_rate": flips / max(1, total), "pairwise_n": total,
+          "pairwise_single_order_win_rate": single / max(1, total),
           "safety_flip_rate": s_flips / max(1, s_total), "safety_n": s_total,
           "injection_flip_rate": (flips + s_flips) / max(1, total + s_total)}
 
@@ -553,7 +578,8 @@ def build_heldout(cfg, kb, oracles, tokenizer, mesh, policies) -> dict:
   rng = random.Random(cfg.seed + 11)
   docs = _clean_docs(kb, cfg.world, "teacher-heldout", e.num_documents)
   half = len(docs) // 2
-  corrupted = make_pairs(kb, oracles, docs[:half], rng, max_sentences=cfg.teacher.max_suffix_sentences)
+  corrupted = make_pairs(kb, oracles, docs[:half], rng, max_sentences=cfg.teacher.max_suffix_sentences,
+                         false_fact_share=cfg.teacher.sft.false_fact_share)
   policy_pairs: list[PairExample] = []
   safety = []
   for pe in corrupted:
@@ -675,7 +701,9 @@ def _markdown(res: dict) -> str:
                  f"{s['agreement']:.3f} | unsafe recall {s.get('unsafe_recall', float('nan')):.3f} | "
                  f"safe recall {s.get('safe_recall', float('nan')):.3f} | {s.get('judge_ties', 0)} |")
   lines += ["", f"Injection (held-out strings, appended to the judged loser): pairwise flips "
-            f"{res['pairwise_flip_rate']:.3f} of {res['pairwise_n']}, safety flips "
+            f"{res['pairwise_flip_rate']:.3f} of {res['pairwise_n']} (both orders averaged, as "
+            f"tournaments judge; injected candidate placed first only: it wins "
+            f"{res['pairwise_single_order_win_rate']:.3f}), safety flips "
             f"{res['safety_flip_rate']:.3f} of {res['safety_n']}.", "",
             f"Rewriter: copy {res.get('rewrite_copy_rate', float('nan')):.3f} of "
             f"{res.get('rewrite_n_clean')} clean suffixes, fix {res.get('rewrite_fix_rate', float('nan')):.3f} "
@@ -740,6 +768,16 @@ def run(cfg, workdir: str) -> dict:
   t0 = time.time()
   graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)))
   rows = lm_rows(tokenizer, [d.text for d in pre_docs], tc.pretrain.seq_len)
+  if tc.pretrain.copy_share > 0:   # rewriter-format exact copies: induction (copying) learnt early
+    n_copy = int(tc.pretrain.copy_share * rows["tokens"].shape[0])
+    copies = make_rewrites(kb, pre_docs, random.Random(cfg.seed + 5), max_sentences=tc.max_suffix_sentences,
+                           clean_share=1.0, max_chars=tc.candidate_chars)
+    enc0 = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
+    ex = [(enc0.rewrite(r["prefix"], r["suffix"], tc.rewrite_max_new_tokens),
+           tokenizer.encode(P.rewrite_target(r["target"], limits))[:tc.rewrite_max_new_tokens], 1.0)
+          for r in copies]
+    crow = pack_examples(ex, tc.pretrain.seq_len, random.Random(cfg.seed + 6))
+    rows = {k: np.concatenate([v, crow[k][:n_copy]]) for k, v in rows.items()}
   params = train_lm(cfg, "pretrain", graphdef, params, model_cfg, mesh, rows, steps=tc.pretrain.steps,
                     lr=tc.pretrain.learning_rate, batch_size=tc.pretrain.batch_size, seed=cfg.seed,
                     log_every=tc.log_every_steps)
@@ -748,8 +786,9 @@ def run(cfg, workdir: str) -> dict:
   # 3. SFT on judge + rewrite supervision
   t0 = time.time()
   enc = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
-  half = len(sup_docs) * 2 // 3
-  pairs = make_pairs(kb, oracles, sup_docs[:half], rng, max_sentences=tc.max_suffix_sentences)
+  half = int(len(sup_docs) * tc.sft.judge_share)
+  pairs = make_pairs(kb, oracles, sup_docs[:half], rng, max_sentences=tc.max_suffix_sentences,
+                     false_fact_share=tc.sft.false_fact_share)
   rewrites = make_rewrites(kb, sup_docs[half:], rng, max_sentences=tc.max_suffix_sentences,
                            max_chars=tc.candidate_chars)
   examples, counts = sft_examples(enc, oracles, pairs, rewrites, tc, rng)

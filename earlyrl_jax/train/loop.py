@@ -83,13 +83,23 @@ class Run:
   ckpt: Checkpointer
 
 
+def checkpoint_dir(cfg, workdir: str) -> str:
+  """`checkpoint.dir` (local or remote, e.g. gs://bucket/run) or WORKDIR/checkpoints."""
+  return cfg.checkpoint.get("dir") or os.path.join(workdir, "checkpoints")
+
+
+def world_dir_of(cfg, workdir: str) -> str:
+  """Where the synthetic world lives: `world_dir`, or WORKDIR/world (shared by sub-runs)."""
+  return cfg.get("world_dir") or os.path.join(workdir, "world")
+
+
 def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
   """(train globs, eval globs) for `data.corpus`; generates the synthetic world if needed."""
   d = cfg.data
   if d.corpus == "files":
     return d.train_files, d.eval_files
   from earlyrl_jax import world
-  world_dir = os.path.join(workdir, "world")
+  world_dir = world_dir_of(cfg, workdir)
   if is_main() and not os.path.exists(os.path.join(world_dir, world.MANIFEST)):
     t0 = time.time()
     manifest = world.write_world(cfg.world, world_dir)
@@ -119,7 +129,7 @@ def setup(cfg, workdir: str) -> Run:
   tx = state_lib.make_optimizer(cfg.opt, cfg.num_steps)
   schedule = state_lib.lr_schedule(cfg.opt, cfg.num_steps)
   graphdef, abs_state, shardings = state_lib.abstract_train_state(model_cfg, tx, mesh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.checkpoint.keep,
+  ckpt = Checkpointer(checkpoint_dir(cfg, workdir), keep=cfg.checkpoint.keep,
                       every_steps=cfg.checkpoint.every_steps, async_save=cfg.checkpoint.async_save)
   return Run(cfg, workdir, mesh, train_files, eval_files, tokenizer, model_cfg, tx, schedule,
              graphdef, abs_state, shardings, ckpt)
@@ -188,6 +198,8 @@ class _Preemption:
     self._old = None
 
   def __enter__(self):
+    if jax.process_count() > 1:  # JAX's preemption service owns SIGTERM (its C++ handler)
+      return self
     try:
       self._old = signal.signal(signal.SIGTERM, self._handle)
     except ValueError:  # not the main thread (e.g. some notebook runners)
@@ -258,7 +270,9 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
   log(f"compiled train step in {time.time() - t0:.1f}s{_memory_summary(compiled)}")
 
   logger = metrics_lib.MetricsLogger(run.workdir, is_main=is_main(), num_steps=cfg.num_steps,
-                                     every_steps=cfg.log_every_steps)
+                                     every_steps=cfg.log_every_steps,
+                                     wandb_project=cfg.metrics.wandb_project if "metrics" in cfg else "",
+                                     wandb_config=cfg.to_dict())
   progress = metrics_lib.Progress(cfg.num_steps, start)
   pending = None  # (step, device metrics, host stats) awaiting the finite check
   last: dict[str, float] = {}
@@ -298,7 +312,10 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
         pending = (step + 1, dev_metrics, stats)
         logger.tick(step + 1)
         done = step + 1 == cfg.num_steps
-        stop = preempt.requested or _reached_preemption(ckpt, step + 1)
+        # One host: the SIGTERM flag. Several: every process asks orbax's preemption sync at
+        # every step, so all of them stop and save at the same step.
+        stop = (preempt.requested if jax.process_count() == 1
+                else ckpt.reached_preemption(step + 1))
         if (step + 1) % cfg.checkpoint.every_steps == 0 or done or stop:
           settle(pending)
           pending = None
@@ -334,12 +351,6 @@ def params_from(cfg) -> str:
   """`init.params_from` when the config has an `init` section ('' = from scratch)."""
   init = cfg.get("init")
   return init.params_from if init is not None else ""
-
-
-def _reached_preemption(ckpt: Checkpointer, step: int) -> bool:
-  """Multi-host: every process agrees on the step at which to stop (orbax's preemption sync)."""
-  fn = getattr(ckpt, "reached_preemption", None)
-  return bool(fn(step)) if fn is not None else False
 
 
 def _memory_summary(compiled) -> str:
@@ -421,7 +432,7 @@ def world_eval_at_end(run: Run) -> Callable | None:
     from earlyrl_jax.eval.evaluate import world_eval
     t0 = time.time()
     res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
-                     os.path.join(run.workdir, "world"), num_prompts=cfg.eval_world_prompts,
+                     world_dir_of(cfg, run.workdir), num_prompts=cfg.eval_world_prompts,
                      key=jax.random.key(cfg.seed), mesh=run.mesh)
     example = res.pop("example")
     logger.write(cfg.num_steps, res)
@@ -446,7 +457,7 @@ def world_eval_during(run: Run) -> Callable | None:
       from flax import nnx
       from earlyrl_jax.eval.evaluate import world_eval
       res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
-                       os.path.join(run.workdir, "world"), num_prompts=n,
+                       world_dir_of(cfg, run.workdir), num_prompts=n,
                        key=jax.random.key(cfg.seed), mesh=run.mesh)
       res.pop("example")
       out.update(res)
@@ -469,7 +480,7 @@ def load_params(workdir: str, mesh=None, step: int | None = None):
   mesh = mesh or mesh_lib.single_device_mesh()
   tx = state_lib.make_optimizer(cfg.opt, cfg.num_steps)
   graphdef, abs_state, _ = state_lib.abstract_train_state(model_cfg, tx, mesh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+  ckpt = Checkpointer(checkpoint_dir(cfg, workdir))
   try:
     state, _ = ckpt.restore(abs_state, step=step)
   finally:

@@ -47,7 +47,7 @@ class Objective:
   @property
   def needs_reference(self) -> bool:
     """DPO always compares with the reference; PG only when its KL term is on."""
-    return self.recipe == "dpo" or (self.recipe == "pg" and self.kl_coef > 0)
+    return bool(self.coef) and (self.recipe == "dpo" or (self.recipe == "pg" and self.kl_coef > 0))
 
   @property
   def coefs(self) -> dict[str, float]:
@@ -61,6 +61,8 @@ class Objective:
     diags: losses.Terms = {}
     if self.lm_coef:
       terms.update({"nll": losses.lm_terms(model, batch, prefix="lm_")[0]["nll"]})
+    if not self.coef:  # the recipe's term is off (e.g. a plain-NLL baseline): skip its passes
+      return terms, diags
     if self.recipe == "dpo":
       self._dpo(model, batch, frozen["reference"], terms, diags)
     elif self.recipe == "rf_nll":

@@ -257,8 +257,7 @@ def build_judge(cfg, run: loop.Run, teacher):
     return None
   if cfg.sip.judge == "oracle":
     from earlyrl_jax.teacher.judge import OracleJudge
-    return OracleJudge.from_world_dir(os.path.join(run.workdir, "world")
-                                      if not cfg.get("world_dir") else cfg.world_dir)
+    return OracleJudge.from_world_dir(loop.world_dir_of(cfg, run.workdir))
   return teacher.judge()
 
 

@@ -29,6 +29,7 @@ from flax import nnx
 
 from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.train import losses
+from earlyrl_jax.train import state as state_lib
 from earlyrl_jax.train.state import TrainState
 
 LossFn = Callable[..., tuple[losses.Terms, losses.Terms]]
@@ -69,12 +70,6 @@ def combine(terms: losses.Terms, coefs: Mapping[str, float], denoms=None):
     if coefs[name]:
       total = total + coefs[name] * s / _safe(d if denoms is None else denoms[name])
   return total
-
-
-def tree_all_finite(tree) -> jax.Array:
-  """True iff every leaf of `tree` is finite (checked on the *updated* params)."""
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, mesh, state_shardings,
@@ -140,9 +135,10 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, mesh, 
     metrics["loss"] = combine({k: (sums[k], denoms[k]) for k in sums}, coefs)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
-    metrics["params_finite"] = tree_all_finite(params).astype(jnp.float32)
+    metrics["params_finite"] = state_lib.tree_all_finite(params).astype(jnp.float32)
     metrics["learning_rate"] = schedule(state.step)
-    metrics["tokens"] = denoms.get("nll", jnp.zeros((), jnp.float32))
+    # Tokens trained on: the LM term's count, else the first term's (candidate tokens).
+    metrics["tokens"] = denoms["nll"] if "nll" in denoms else next(iter(denoms.values()))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 

@@ -1,0 +1,287 @@
+"""`mode='report'`: the paper's comparison in miniature, with ground truth.
+
+    world ─▶ embedded teacher (trained once, reused) ─▶ base model (plain NLL)
+        ─▶ the same budget of windows, continued from the base by each method:
+             nll           standard next-token loss on the windows
+             rewrite_nll   NLL on the teacher's rewrites, no judge (offline-rewriting baseline,
+                           the paper's "SFT on rewrites")
+             sip_rf_nll    SIP, reward-filtered NLL on the judged best candidate
+             sip_dpo       SIP, online DPO best vs worst (the paper's strongest recipe)
+             sip_pg        SIP, group-normalised policy gradient
+             sip_dpo_oracle  SIP DPO with the world's oracles as judge (an upper bound)
+        ─▶ oracle evaluation of every final model on held-out world prompts, the
+           teacher judge's quality win rate against `nll`, seeds and spread
+        ─▶ WORKDIR/report.json, report.md, plots (oracle scores and candidate win
+           shares over training)
+
+Every run lives in WORKDIR/runs/<method>-s<seed>/ and is resumed or reused when the
+report is started again, so an interrupted report continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from earlyrl_jax.train import loop, sip
+
+# method -> sip-section overrides (on top of the config's `sip` section).
+METHODS: dict[str, dict[str, Any]] = {
+    "nll": dict(recipe="rf_nll", judge="none", rewrite="none", num_rollouts=0, lm_coef=1.0, coef=0.0),
+    "rewrite_nll": dict(recipe="rf_nll", judge="none", rewrite="online", num_rollouts=0,
+                        lm_coef=0.0, coef=1.0),
+    "sip_rf_nll": dict(recipe="rf_nll", judge="teacher", rewrite="online"),
+    "sip_dpo": dict(recipe="dpo", judge="teacher", rewrite="online"),
+    "sip_pg": dict(recipe="pg", judge="teacher", rewrite="online"),
+    "sip_dpo_oracle": dict(recipe="dpo", judge="oracle", rewrite="online"),
+}
+ORACLE_METRICS = ("factuality", "safety", "quality")
+
+
+def _set(cfg, dotted: str, value) -> None:
+  node = cfg
+  *path, last = dotted.split(".")
+  for p in path:
+    node = node[p]
+  node[last] = value
+
+
+def run_config(cfg, workdir: str, name: str, seed: int, *, base_dir: str, tokenizer_path: str):
+  """The config of one sub-run: the report's config with the method's overrides."""
+  r = cfg.report
+  sub = copy.deepcopy(cfg)
+  sub.unlock()
+  sub.seed = seed
+  sub.world_dir = loop.world_dir_of(cfg, workdir)
+  sub.data.tokenizer_path = tokenizer_path
+  sub.teacher.workdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+  sub.eval_world_prompts = 0  # the report evaluates every final model itself, alike
+  if name == "base":
+    sub.mode = "pretrain"
+    sub.num_steps = r.base_steps
+    sub.eval_every_steps = 0
+    return sub
+  sub.mode = "sip"
+  sub.num_steps = r.steps
+  sub.init.params_from = base_dir
+  sub.opt.learning_rate = r.learning_rate
+  sub.opt.warmup_steps = min(sub.opt.warmup_steps, r.steps // 10)
+  sub.eval_every_steps = r.eval_every_steps
+  sub.eval_world_prompts_during = r.eval_prompts_during
+  sub.log_every_steps = max(1, min(sub.log_every_steps, r.steps // 20))
+  sub.checkpoint.every_steps = r.steps
+  sub.sip.lm_coef = r.sip_lm_coef
+  for k, v in METHODS[name].items():
+    sub.sip[k] = v
+  return sub
+
+
+def _metrics(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _curve(lines: list[dict], key: str) -> tuple[list[int], list[float]]:
+  pts = [(l["step"], l[key]) for l in lines if isinstance(l.get(key), (int, float))]
+  return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def win_share_trend(lines: list[dict], key: str = "sip/win_share_rollout") -> dict[str, float] | None:
+  """Mean rollout win share over the first and the last fifth of the logged steps."""
+  _, ys = _curve(lines, key)
+  if len(ys) < 5:
+    return None
+  n = max(1, len(ys) // 5)
+  return {"first_fifth": float(np.mean(ys[:n])), "last_fifth": float(np.mean(ys[-n:]))}
+
+
+def evaluate_model(cfg, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
+  """Oracle scores of a run's final model on held-out world prompts (+ its continuations)."""
+  from flax import nnx
+  from earlyrl_jax.eval.evaluate import world_eval
+  graphdef, params, _ = loop.load_params(run_dir, mesh)
+  res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, os.path.dirname(
+      os.path.dirname(run_dir))), num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh,
+      return_texts=True)
+  res.pop("example")
+  return res
+
+
+def win_rate(judge, prefixes: list[str], ours: list[str], theirs: list[str]) -> float:
+  """Mean P(ours better than theirs) on quality, both orders averaged (position bias cancels)."""
+  if judge is None or not prefixes:
+    return float("nan")
+  p_ab = judge.compare(prefixes, ours, theirs, axis="quality")
+  p_ba = judge.compare(prefixes, theirs, ours, axis="quality")
+  return float(np.mean((np.asarray(p_ab) + 1.0 - np.asarray(p_ba)) / 2.0))
+
+
+def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+  """Mean and spread (std over seeds, 0 for one seed) of every reported metric."""
+  out = {}
+  for method, runs in per_seed.items():
+    row = {}
+    for k in runs[0]:
+      vals = [r[k] for r in runs if isinstance(r.get(k), (int, float))]
+      if vals:
+        row[k] = float(np.mean(vals))
+        row[f"{k}_spread"] = float(np.std(vals)) if len(vals) > 1 else 0.0
+    row["seeds"] = len(runs)
+    out[method] = row
+  return out
+
+
+def _markdown(summary: dict, trends: dict, cfg, elapsed: float) -> str:
+  r = cfg.report
+  lines = ["# Self-improving pretraining in miniature (synthetic world, oracle-scored)", "",
+           f"Base: {r.base_steps} NLL steps; then {r.steps} steps x {cfg.data.batch_size} windows per "
+           f"method (the same windows), K={cfg.sip.num_rollouts} rollouts, judge scheme "
+           f"`{cfg.sip.judge_scheme}`; {r.eval_prompts} held-out prompts per metric; "
+           f"{r.num_seeds} seed(s). Total {elapsed / 60:.1f} min.", "",
+           "| method | factuality | safety | quality | win rate vs nll | false claims | unsafe on bait |",
+           "|---|---|---|---|---|---|---|"]
+
+  def cell(row, k):
+    v = row.get(k, float("nan"))
+    s = row.get(f"{k}_spread", 0.0)
+    return f"{v:.3f}" + (f" ± {s:.3f}" if s else "")
+  for m, row in summary.items():
+    lines.append(f"| {m} | " + " | ".join(cell(row, k) for k in (
+        "factuality", "safety", "quality", "win_rate_vs_nll", "false_claim_rate", "unsafe_rate_on_bait")) + " |")
+  lines += ["", "factuality = 1 − false claims / recognised claims in continuations of held-out "
+            "prefixes; safety = 1 − unsafe continuations of bait prompts; quality = oracle quality "
+            "of the continuations; win rate = the teacher judge's P(method's continuation better "
+            "than nll's), both orders averaged. ± is the standard deviation over seeds.", ""]
+  if trends:
+    lines += ["Rollout win share (first vs last fifth of the logged steps):", ""]
+    for m, t in trends.items():
+      lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f}")
+  return "\n".join(lines) + "\n"
+
+
+def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
+  """PNG plots of oracle scores and candidate win shares over training (matplotlib, if present)."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    loop.log("report: matplotlib is not installed; skipping plots (pip install matplotlib)")
+    return []
+  written = []
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+  for ax, key in zip(axes, ("world/factuality", "world/unsafe_rate_on_bait", "world/quality")):
+    for m, lines in curves.items():
+      xs, ys = _curve(lines, key)
+      if xs:
+        ax.plot(xs, ys, marker="o", label=m)
+    ax.set_title(key.split("/")[1])
+    ax.set_xlabel("step")
+  axes[0].legend(fontsize=7)
+  fig.tight_layout()
+  path = os.path.join(workdir, "oracle_scores.png")
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  written.append(path)
+  sip_runs = {m: l for m, l in curves.items() if any("sip/win_share_rollout" in x for x in l)}
+  if sip_runs:
+    fig, axes = plt.subplots(1, len(sip_runs), figsize=(4.2 * len(sip_runs), 3.4), squeeze=False)
+    for ax, (m, lines) in zip(axes[0], sip_runs.items()):
+      for src in ("original", "rewrite", "rollout"):
+        xs, ys = _curve(lines, f"sip/win_share_{src}")
+        if xs:
+          ax.plot(xs, ys, label=src)
+      ax.set_title(m)
+      ax.set_ylim(0, 1)
+      ax.set_xlabel("step")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(workdir, "win_share.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+def run(cfg, workdir: str) -> dict[str, Any]:
+  """Runs (or resumes) every method and writes the report."""
+  t_start = time.time()
+  r = cfg.report
+  methods = [m.strip() for m in r.methods.split(",") if m.strip()]
+  unknown = [m for m in methods if m not in METHODS]
+  if unknown:
+    from earlyrl_jax.configs import ConfigError
+    raise ConfigError(f"report.methods: {unknown} unknown (known: {', '.join(METHODS)})")
+  if "nll" not in methods:
+    methods.insert(0, "nll")
+  os.makedirs(workdir, exist_ok=True)
+  base = loop.setup(cfg, workdir)  # world, tokenizer, validation
+  base.ckpt.close()
+  tokenizer_path = os.path.join(workdir, "tokenizer.model")
+  mesh = base.mesh
+  needs_teacher = any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
+                      for m in methods)
+  teacher = sip.load_teacher_for(cfg, workdir, mesh) if needs_teacher else None
+  judge = teacher.judge() if teacher is not None else None
+  total = len(methods) * r.num_seeds
+  per_seed: dict[str, list[dict]] = {m: [] for m in methods}
+  curves: dict[str, list[dict]] = {}
+  trends = {}
+  done = 0
+  for seed in range(r.num_seeds):
+    base_dir = os.path.join(workdir, "runs", f"base-s{seed}")
+    loop.log(f"report: base model, seed {seed} ({r.base_steps} NLL steps)")
+    loop.train(run_config(cfg, workdir, "base", seed, base_dir=base_dir,
+                          tokenizer_path=tokenizer_path), base_dir)
+    texts = {}
+    for m in methods:
+      done += 1
+      run_dir = os.path.join(workdir, "runs", f"{m}-s{seed}")
+      t0 = time.time()
+      loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
+      sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
+      sip.run(sub, run_dir)
+      res = evaluate_model(cfg, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
+      texts[m] = res.pop("texts")
+      row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
+             "quality": res["world/quality"], "false_claim_rate": res["world/false_claim_rate"],
+             "unsafe_rate_on_bait": res["world/unsafe_rate_on_bait"],
+             "probe_accuracy": res["world/probe_accuracy"],
+             "low_quality_rate": res["world/low_quality_rate"], "minutes": (time.time() - t0) / 60}
+      per_seed[m].append(row)
+      lines = _metrics(os.path.join(run_dir, "metrics.jsonl"))
+      if seed == 0:
+        curves[m] = lines
+        trend = win_share_trend(lines)
+        if trend is not None:
+          trends[m] = trend
+      loop.log(f"report: {m} seed {seed}: factuality {row['factuality']:.3f}, safety "
+               f"{row['safety']:.3f}, quality {row['quality']:.3f} ({row['minutes']:.1f} min)")
+    for m in methods:
+      per_seed[m][-1]["win_rate_vs_nll"] = (
+          0.5 if m == "nll" else win_rate(judge, texts["nll"]["prefixes"], texts[m]["continuations"],
+                                           texts["nll"]["continuations"]))
+  summary = summarise(per_seed)
+  elapsed = time.time() - t_start
+  report = {"methods": summary, "per_seed": per_seed, "rollout_win_share": trends,
+            "config": {"base_steps": r.base_steps, "steps": r.steps, "windows_per_step": cfg.data.batch_size,
+                       "num_rollouts": cfg.sip.num_rollouts, "judge_scheme": cfg.sip.judge_scheme,
+                       "eval_prompts": r.eval_prompts, "num_seeds": r.num_seeds},
+            "minutes": elapsed / 60}
+  if loop.is_main():
+    with open(os.path.join(workdir, "report.json"), "w") as f:
+      json.dump(report, f, indent=1)
+    with open(os.path.join(workdir, "report.md"), "w") as f:
+      f.write(_markdown(summary, trends, cfg, elapsed))
+    report["plots"] = _plots(workdir, curves)
+    loop.log(open(os.path.join(workdir, "report.md")).read())
+    loop.log(f"report: wrote {workdir}/report.md, report.json" +
+             "".join(f", {os.path.basename(p)}" for p in report["plots"]))
+  return report

@@ -1,0 +1,52 @@
+"""The report's pieces: method configs, seed spread, win-share trend, judge win rate."""
+import numpy as np
+import pytest
+
+from earlyrl_jax.tools import report
+
+
+def _cfg():
+  from tests.test_train import tiny_cfg
+  return tiny_cfg(mode="report")
+
+
+def test_every_method_continues_from_the_base_on_the_same_budget():
+  cfg = _cfg()
+  subs = {m: report.run_config(cfg, "/w", m, 0, base_dir="/w/runs/base-s0", tokenizer_path="/w/tok")
+          for m in report.METHODS}
+  for m, sub in subs.items():
+    assert sub.mode == "sip" and sub.init.params_from == "/w/runs/base-s0"
+    assert sub.num_steps == cfg.report.steps and sub.data.batch_size == cfg.data.batch_size
+    assert sub.world_dir == "/w/world" and sub.data.tokenizer_path == "/w/tok"
+  assert subs["nll"].sip.coef == 0 and subs["nll"].sip.lm_coef == 1.0
+  assert subs["rewrite_nll"].sip.judge == "none" and subs["rewrite_nll"].sip.rewrite == "online"
+  assert subs["sip_dpo"].sip.recipe == "dpo" and subs["sip_dpo"].sip.judge == "teacher"
+  assert subs["sip_dpo_oracle"].sip.judge == "oracle"
+  base = report.run_config(cfg, "/w", "base", 1, base_dir="", tokenizer_path="/w/tok")
+  assert base.mode == "pretrain" and base.num_steps == cfg.report.base_steps and base.seed == 1
+
+
+def test_summary_gives_mean_and_spread_over_seeds():
+  s = report.summarise({"a": [{"safety": 0.5}, {"safety": 0.7}], "b": [{"safety": 0.9}]})
+  assert s["a"]["safety"] == pytest.approx(0.6) and s["a"]["safety_spread"] == pytest.approx(0.1)
+  assert s["b"]["safety_spread"] == 0.0 and s["a"]["seeds"] == 2
+
+
+def test_win_share_trend_compares_first_and_last_fifth():
+  lines = [{"step": i, "sip/win_share_rollout": i / 9} for i in range(10)]
+  t = report.win_share_trend(lines)
+  assert t["first_fifth"] < t["last_fifth"]
+  assert report.win_share_trend(lines[:3]) is None
+
+
+class _LengthJudge:
+  """Prefers the longer candidate, with a position bias toward A."""
+
+  def compare(self, prefixes, a, b, *, axis, references=None):
+    return np.array([0.9 if len(x) > len(y) else 0.3 for x, y in zip(a, b)])
+
+
+def test_win_rate_averages_both_orders():
+  wr = report.win_rate(_LengthJudge(), ["p", "p"], ["long text", "long text"], ["s", "s"])
+  assert wr == pytest.approx((0.9 + 1 - 0.3) / 2)
+  assert np.isnan(report.win_rate(None, ["p"], ["a"], ["b"]))
