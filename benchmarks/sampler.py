@@ -208,7 +208,8 @@ def main():
   print(f"ours {ours_tps:.0f} tok/s (call {ours_s * 1e3:.0f} ms, prefill+1 step {ours1_s * 1e3:.0f} ms, "
         f"step {step_s * 1e3:.2f} ms) | matmul-only step {mm_step_s * 1e3:.2f} ms | "
         f"hf {'na' if hf_tps is None else f'{hf_tps:.0f}'} tok/s | "
-        f"naive {'na' if naive_tps is None else f'{naive_tps:.0f}'} tok/s | roofline {roofline_tps:.0f} tok/s")
+        f"naive {'na' if naive_tps is None else f'{naive_tps:.0f}'} tok/s | "
+        f"roofline {roofline_tps:.0f} tok/s")
   vs_hf = "na" if hf_tps is None else f"{ours_tps / hf_tps:.2f}"
   print(f"sampler: rows={rows} tokens_per_s={ours_tps:.0f} vs_hf={vs_hf} "
         f"roofline_frac={ours_tps / roofline_tps:.3f} matmul_bound_frac={mm_step_s / step_s:.2f}")

@@ -201,3 +201,43 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
   data_iter = os.path.join(workdir, "checkpoints", str(steps[0]), "data_iter")
   assert sorted(f for f in os.listdir(data_iter) if f.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]  # both hosts saved their data position
+
+
+@pytest.mark.slow
+def test_two_process_sip_and_restore_on_one(tmp_path):
+  """SIP across two hosts: each samples rollouts for its own windows, judges them, and both
+  join one update; only host 0 reports; the checkpoint both wrote restores in one process."""
+  port = _free_port()
+  workdir = str(tmp_path / "run")
+  procs = []
+  for pid in range(2):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
+               EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
+         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.mode=sip",
+         "--config.num_steps=3", "--config.eval_world_prompts=0", "--config.log_every_steps=1",
+         "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
+         "--config.sip.judge=oracle", "--config.sip.rewrite=none", "--config.sip.num_rollouts=2",
+         "--config.data.tokenizer=byte", "--config.model.vocab_size=384", "--config.data.batch_size=4",
+         "--config.data.prefix_len=32", "--config.data.suffix_len=24",
+         "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
+         "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
+         "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  logs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+  assert "step 3/3" in logs[0] and "step 3/3" not in logs[1]
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == [1, 2, 3]
+  assert all("sip/win_share_rollout" in r and "rewards/margin" in r for r in records)
+  out = subprocess.run(
+      [sys.executable, "-c", "import sys, jax; from earlyrl_jax.train import loop; "
+       "g, p, c = loop.load_params(sys.argv[1]); "
+       "print('restored', sum(x.size for x in jax.tree.leaves(p)), c.num_params())", workdir],
+      cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120)
+  assert out.returncode == 0, out.stderr
+  _, n, expected = out.stdout.split()[-3:]
+  assert n == expected

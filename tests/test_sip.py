@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from ml_collections import ConfigDict
 
 from earlyrl_jax.parallel import mesh as mesh_lib

@@ -15,6 +15,8 @@ Design (after the Tunix / Gemma samplers):
   table `[rows, S, W]` (right-aligned, -1 = wildcard) compared inside the compiled
   step with a rolling window of each row's last W generated tokens.
 - Only sampled tokens and their log-probs are kept: no [B, T, V] logits buffer.
+- Token choice never sorts the vocabulary (`sample_rows`: top-k / top-p cuts by
+  bisection, inverse-CDF draw): on XLA:CPU a sort per step cost more than the model.
 - Rows are padded to a multiple of the data-parallel size and sharded over
   ('data', 'fsdp'); padding rows start done, so they never hold `early_stop` back.
 - Multi-host: each process passes its own prompts and gets back its own rows; the

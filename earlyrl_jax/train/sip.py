@@ -31,10 +31,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from flax import nnx
-
 from earlyrl_jax.data import pipeline
-from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.models.transformer import abstract_model
 from earlyrl_jax.sampling.sampler import Sampler
 from earlyrl_jax.train import loop
 from earlyrl_jax.train.objectives import ROW_FIELDS, Objective
@@ -84,11 +82,8 @@ class SIPProducer:
     self.objective, self.judge, self.rewriter = objective, judge, rewriter
     self.window_iter = window_iter
     self.tok = run.tokenizer
-    # The sampler is built once (compiled programs cached); params are passed per call.
-    with jax.set_mesh(run.mesh):
-      template = nnx.merge(run.graphdef, jax.tree.map(
-          lambda s: np.zeros(s.shape, s.dtype), run.abs_state.params))
-    self.sampler = Sampler(template, mesh=run.mesh, pad_id=self.tok.pad_id)
+    # Built once on the abstract model (compiled programs cached); params are passed per call.
+    self.sampler = Sampler(abstract_model(run.model_cfg), mesh=run.mesh, pad_id=self.tok.pad_id)
     self.K = int(self.s.num_rollouts)
     self.with_rewrite = self.s.rewrite != "none"
     self.C = 1 + int(self.with_rewrite) + self.K
