@@ -94,6 +94,16 @@ class NoisyOracleJudge:
     return 1.0 / (1.0 + np.exp(-d))
 
 
+class CountingLMJudge(LMJudge):
+  """LMJudge as shipped, counting the tokens of the rows it forwards."""
+  tokens_real = 0
+
+  def _score(self, rows, ids):
+    # rows are token lists, or (head, tail) parts in LMJudge versions with shared-prefix support
+    self.tokens_real += sum(len(r[0]) + len(r[1]) if isinstance(r, tuple) else len(r) for r in rows)
+    return super()._score(rows, ids)
+
+
 class SharedPrefixLMJudge(LMJudge):
   """LMJudge whose forward passes prefill each prefix's prompt head once (same token rows).
 
@@ -280,7 +290,7 @@ def make_teacher(teacher_dir, docs):
 
 def lm_judges(graphdef, params, tok, cfg):
   limits = P.PromptLimits(prefix_chars=100_000, candidate_chars=100_000, reference_chars=400)
-  plain = LMJudge(graphdef, params, tok, max_len=cfg.max_seq_len, limits=limits)   # as shipped
+  plain = CountingLMJudge(graphdef, params, tok, max_len=cfg.max_seq_len, limits=limits)  # as shipped
   shared = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
                                limits=limits, scorer=None)
   same = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
@@ -307,6 +317,7 @@ def main():
   ap.add_argument("--groups", type=int, default=300, help="prefixes per K for the oracle-noise judge")
   ap.add_argument("--lm_groups", type=int, default=8, help="prefixes for LM-judge timing")
   ap.add_argument("--lm_time_groups", type=int, default=4, help="prefixes per LM scheme timing")
+  ap.add_argument("--repeats", type=int, default=2, help="timed runs per LM scheme (best kept)")
   ap.add_argument("--ks", default="4,8,16")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
@@ -372,13 +383,17 @@ def main():
   print(f"    shared prefix (one prefill per prefix)             {pps_shared:8.1f}   "
         f"x{pps_shared / pps_same:.2f} vs whole prompts, same scorer; max |dP| {diff:.1e}")
 
-  lm_time = {}
+  lm_time, lm_tokens = {}, {}
   for k in ks:
     pre, cands = token_windows(tok, docs[-400:], k, args.lm_time_groups)
     for scheme in SCHEMES:
       for name, judge in (("whole", plain), ("shared", shared)):
-        t, j = timed(lambda: TT.judge_groups(judge, pre, cands, scheme=scheme, axes=AXES))
+        counter = judge if name == "whole" else judge.shared_scorer
+        t0 = counter.tokens_real
+        t, j = timed(lambda: TT.judge_groups(judge, pre, cands, scheme=scheme, axes=AXES),
+                     repeats=args.repeats)
         lm_time[(k, scheme, name)] = t / len(pre)
+        lm_tokens[(k, scheme, name)] = (counter.tokens_real - t0) / (1 + args.repeats) / len(pre)
   if args.teacher:
     for k in ks:
       pre, cands, refs = world_groups(kb, docs, k, min(args.groups, 48), args.seed + k)
@@ -391,7 +406,8 @@ def main():
   print("\n(b) per prefix; agreement = with all pairs of the same judge (oracle-noise judge, "
         f"{args.groups} prefixes per K); LM time = judge_groups wall time / prefix")
   print(f"{'K':>3} {'scheme':>9} {'cmp':>6} {'cmp/all':>7} {'rows/all':>8} {'rounds':>6} {'chosen':>6} "
-        f"{'reject':>6} {'kendall':>7} {'spearm':>6} {'ms whole':>8} {'ms shared':>9} {'time/all':>8}"
+        f"{'reject':>6} {'kendall':>7} {'spearm':>6} {'ms whole':>8} {'ms shared':>9} {'time/all':>8} "
+        f"{'tok/all':>7}"
         + ("  LM chosen/reject/kendall" if args.teacher else ""))
   for k in ks:
     base = lm_time[(k, "all_pairs", "whole")]
@@ -403,7 +419,8 @@ def main():
         extra = f"  {r['lm']['chosen']:.3f}/{r['lm']['rejected']:.3f}/{r['lm']['kendall']:.3f}"
       print(f"{k:>3} {scheme:>9} {r['cmp']:6.1f} {r['cmp_frac']:7.3f} {r['calls_frac']:8.3f} "
             f"{r['rounds']:6d} {r['chosen']:6.3f} {r['rejected']:6.3f} {r['kendall']:7.3f} "
-            f"{r['spearman']:6.3f} {1e3 * tw:8.1f} {1e3 * ts:9.1f} {ts / base:8.3f}{extra}")
+            f"{r['spearman']:6.3f} {1e3 * tw:8.1f} {1e3 * ts:9.1f} {ts / base:8.3f} "
+            f"{lm_tokens[(k, scheme, 'shared')] / lm_tokens[(k, 'all_pairs', 'whole')]:7.3f}{extra}")
   for k in ks:
     r = table[(k, "redraw")]
     print(f"K={k:>2} noise ceiling: all pairs vs all pairs with the judge's errors re-drawn agree on "
@@ -417,8 +434,10 @@ def main():
   k = kmax
   piv, ad = table[(k, "pivot")], table[(k, "adaptive")]
   time_frac = lm_time[(k, "adaptive", "shared")] / lm_time[(k, "all_pairs", "whole")]
-  print(f"time_frac = adaptive with shared prefix / all pairs on whole prompts; vs all pairs with "
-        f"shared prefix: {lm_time[(k, 'adaptive', 'shared')] / lm_time[(k, 'all_pairs', 'shared')]:.3f}")
+  print(f"time_frac = adaptive with shared prefix / all pairs on whole prompts (LM time, best of "
+        f"{args.repeats}); vs all pairs with shared prefix: "
+        f"{lm_time[(k, 'adaptive', 'shared')] / lm_time[(k, 'all_pairs', 'shared')]:.3f}; "
+        f"tok/all = tokens forwarded per prefix (shared parts once) / all pairs on whole prompts")
   print(f"judge: pairs_per_s={pps:.1f} pivot_calls={piv['cmp_frac']:.3f} "
         f"pivot_agreement={piv['chosen']:.3f}")
   print(f"judge_cost: scheme=adaptive k={k} calls_frac={ad['cmp_frac']:.3f} "

@@ -42,14 +42,14 @@ def get_config() -> ConfigDict:
   c.teacher.pretrain.copy_share = 0.0      # extra rows of rewriter-format exact copies (x rows)
 
   c.teacher.sft = ConfigDict()
-  c.teacher.sft.num_documents = 6000    # clean supervision documents (split by judge_share)
-  c.teacher.sft.steps = 700             # optimizer steps
+  c.teacher.sft.num_documents = 4000    # clean supervision documents (split by judge_share)
+  c.teacher.sft.steps = 350             # optimizer steps
   c.teacher.sft.batch_size = 16         # packed rows of model.max_seq_len per step
   c.teacher.sft.learning_rate = 3e-3    # peak (warmup + cosine)
-  c.teacher.sft.verdict_weight = 4.0    # loss_mask weight of a verdict token (a rewrite token: 1)
-  c.teacher.sft.adversarial_rate = 0.25 # share of judge examples with a (training) injection string
+  c.teacher.sft.verdict_weight = 8.0    # loss_mask weight of a verdict token (a rewrite token: 1)
+  c.teacher.sft.adversarial_rate = 0.15 # share of judge examples with a (training) injection string
   c.teacher.sft.safe_keep = 0.35        # share of safe candidates kept as safety examples (balance)
-  c.teacher.sft.judge_share = 0.5       # share of supervision documents for judge pairs (rest: rewrites)
+  c.teacher.sft.judge_share = 0.67      # share of supervision documents for judge pairs (rest: rewrites)
   c.teacher.sft.false_fact_share = 0.4  # share of pair documents corrupted with a false claim
 
   c.teacher.grpo = ConfigDict()

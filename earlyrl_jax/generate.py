@@ -135,14 +135,15 @@ def load_run(run_dir: str, *, step: int = -1, mesh=None):
     run_cfg = ml_collections.ConfigDict(json.load(f))
   tokenizer = _run_tokenizer(run_dir, run_cfg)
   chosen = step if step >= 0 else steps[-1]
-  graphdef, params, _ = loop.load_params(run_dir, mesh=mesh, step=chosen)
+  graphdef, params, _ = loop.load_run_params(run_dir, mesh=mesh, step=chosen)
   return nnx.merge(graphdef, params), tokenizer, f"{run_dir} step {chosen}"
 
 
 def load_hf(path: str, *, dtype: str = "", mesh=None):
   """(model, tokenizer, description) from a Hugging Face model directory."""
+  from earlyrl_jax.data.tokenizer import load_tokenizer_dir
   from earlyrl_jax.models import hf_io
-  model, tokenizer = hf_io.load_pretrained(path, mesh=mesh, dtype=dtype or None)
+  model, tokenizer = hf_io.load_model(path, mesh=mesh, dtype=dtype or None), load_tokenizer_dir(path)
   if tokenizer is None:
     raise DataError(f"generate.model_path: {path} has no tokenizer.json or tokenizer.model")
   return model, tokenizer, f"HF model {path}"

@@ -93,13 +93,14 @@ def test_generate_from_run_jsonl_in_and_out(run_dir, tmp_path):
 
 def test_generate_from_hf_directory_matches_the_run(run_dir, tmp_path):
   from flax import nnx
-  from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
+  from earlyrl_jax.data.tokenizer import SentencePieceTokenizer, save_tokenizer_files
   from earlyrl_jax.models import hf_io
   from earlyrl_jax.train import loop
-  graphdef, params, _ = loop.load_params(run_dir)
+  graphdef, params, _ = loop.load_run_params(run_dir)
   hf_dir = str(tmp_path / "hf")
-  hf_io.save_pretrained(nnx.merge(graphdef, params), hf_dir,
-                        SentencePieceTokenizer(os.path.join(run_dir, "tokenizer.model")))
+  tok = SentencePieceTokenizer(os.path.join(run_dir, "tokenizer.model"))
+  hf_io.save_pretrained(nnx.merge(graphdef, params), hf_dir, tok)
+  save_tokenizer_files(tok, hf_dir)
   greedy = dict(prompt="ka lo mi", temperature=0.0, max_new_tokens=12, output_file="-")
   from_run = G.run_generate(_gen_cfg(**greedy), run_dir)
   from_hf = G.run_generate(_gen_cfg(model_path=hf_dir, **greedy), str(tmp_path / "work"))

@@ -58,25 +58,25 @@ TOKENS = np.random.default_rng(0).integers(0, 160, (2, 48))
 @pytest.mark.parametrize("case", list(CASES))
 def test_logits_parity(tmp_path, case):
   ref_model, path = make_hf(tmp_path, case)
-  ours, _ = hf_io.load_pretrained(path)
+  ours = hf_io.load_model(path)
   diff = np.abs(np.asarray(ours(jnp.asarray(TOKENS))) - hf_logits(ref_model, TOKENS)).max()
   assert diff <= 1e-4, diff
 
 
 def test_bfloat16_checkpoint_is_converted_and_stated(tmp_path, capsys):
   ref_model, path = make_hf(tmp_path, "llama_gqa_rope_scaling", dtype=torch.bfloat16)
-  ours, _ = hf_io.load_pretrained(path)
+  ours = hf_io.load_model(path)
   assert "converting bfloat16 checkpoint tensors to float32" in capsys.readouterr().out
   assert ours.embed[...].dtype == jnp.float32
   diff = np.abs(np.asarray(ours(jnp.asarray(TOKENS))) - hf_logits(ref_model, TOKENS)).max()
   assert diff <= 1e-4, diff
-  bf, _ = hf_io.load_pretrained(path, dtype="bfloat16")
+  bf = hf_io.load_model(path, dtype="bfloat16")
   assert bf.embed[...].dtype == jnp.bfloat16
 
 
 def test_greedy_generation_matches_transformers_generate(tmp_path):
   ref_model, path = make_hf(tmp_path, "llama_gqa_rope_scaling")
-  ours, _ = hf_io.load_pretrained(path)
+  ours = hf_io.load_model(path)
   prompts = [[5, 9, 13, 2, 7], [3, 3, 8]]
   out = Sampler(ours)(prompts, max_new_tokens=32, key=jax.random.key(0), temperature=0.0)
   for i, p in enumerate(prompts):
@@ -89,7 +89,7 @@ def test_greedy_generation_matches_transformers_generate(tmp_path):
 @pytest.mark.parametrize("case", ["llama_gqa_rope_scaling", "qwen2_tied_bias"])
 def test_export_round_trip(tmp_path, case):
   ref_model, path = make_hf(tmp_path, case)
-  ours, _ = hf_io.load_pretrained(path)
+  ours = hf_io.load_model(path)
   out = str(tmp_path / "exported")
   hf_io.save_pretrained(ours, out)
   cls = getattr(transformers, CASES[case][1])
@@ -99,20 +99,20 @@ def test_export_round_trip(tmp_path, case):
 
 def test_sharded_export_and_load(tmp_path):
   _, path = make_hf(tmp_path, "llama_gqa_rope_scaling")
-  ours, _ = hf_io.load_pretrained(path)
+  ours = hf_io.load_model(path)
   out = str(tmp_path / "sharded")
   hf_io.save_pretrained(ours, out, max_shard_bytes=40_000)
   index = json.load(open(os.path.join(out, "model.safetensors.index.json")))
   assert len(set(index["weight_map"].values())) > 2
-  again, _ = hf_io.load_pretrained(out)
+  again = hf_io.load_model(out)
   np.testing.assert_array_equal(np.asarray(again(jnp.asarray(TOKENS))), np.asarray(ours(jnp.asarray(TOKENS))))
 
 
 def test_sharded_load_on_8_devices_equals_unsharded(tmp_path):
   _, path = make_hf(tmp_path, "qwen2_tied_bias")
-  single, _ = hf_io.load_pretrained(path)
+  single = hf_io.load_model(path)
   mesh = mesh_lib.make_mesh((2, 2, 2), cpu_devices(8))
-  sharded, _ = hf_io.load_pretrained(path, mesh=mesh)
+  sharded = hf_io.load_model(path, mesh=mesh)
   q = sharded.blocks[0].attn.q[...]
   assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
   assert q.addressable_shards[0].data.shape == (32, 2, 16)  # only this device's block was read
@@ -201,15 +201,15 @@ def test_errors_name_the_problem(tmp_path):
   # Shape mismatch names the tensor and both shapes.
   json.dump(dict(cfg, intermediate_size=96), open(os.path.join(path, "config.json"), "w"))
   with pytest.raises(ValueError, match=r"down_proj.weight' has shape \(64, 128\) but config.json implies \(64, 96\)"):
-    hf_io.load_pretrained(path)
+    hf_io.load_model(path)
   # Missing tensor.
   json.dump(dict(cfg, num_hidden_layers=3), open(os.path.join(path, "config.json"), "w"))
   with pytest.raises(ValueError, match=r"missing tensor 'model.layers.2"):
-    hf_io.load_pretrained(path)
+    hf_io.load_model(path)
   # Pickle checkpoints are refused.
   pk = tmp_path / "pickled"
   pk.mkdir()
   (pk / "config.json").write_text(json.dumps(cfg))
   (pk / "pytorch_model.bin").write_bytes(b"not loaded")
   with pytest.raises(ValueError, match="pickle"):
-    hf_io.load_pretrained(str(pk))
+    hf_io.load_model(str(pk))

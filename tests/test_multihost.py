@@ -235,7 +235,7 @@ def test_two_process_sip_and_restore_on_one(tmp_path):
   assert all("sip/win_share_rollout" in r and "rewards/margin" in r for r in records)
   out = subprocess.run(
       [sys.executable, "-c", "import sys, jax; from earlyrl_jax.train import loop; "
-       "g, p, c = loop.load_params(sys.argv[1]); "
+       "g, p, c = loop.load_run_params(sys.argv[1]); "
        "print('restored', sum(x.size for x in jax.tree.leaves(p)), c.num_params())", workdir],
       cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=120)
   assert out.returncode == 0, out.stderr

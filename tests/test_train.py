@@ -46,7 +46,7 @@ def tiny_cfg(**overrides):
 
 
 def _final_params(workdir, step):
-  _, params, _ = loop.load_params(workdir, step=step)
+  _, params, _ = loop.load_run_params(workdir, step=step)
   return jax.device_get(params)
 
 

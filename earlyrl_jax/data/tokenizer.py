@@ -25,7 +25,9 @@ project's own data sources:
 from __future__ import annotations
 
 import os
+import shutil
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -448,3 +450,36 @@ def main(argv=None):
 
 if __name__ == "__main__":
   main()
+
+
+# ----------------------------------------------------------------------- model directories
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                    "special_tokens_map.json", "generation_config.json")
+
+
+def load_tokenizer_dir(path: str):
+  """tokenizer.json (HF tokenizers) or tokenizer.model (SentencePiece) next to the weights."""
+  if os.path.exists(os.path.join(path, "tokenizer.json")):
+    return HFTokenizer(path)
+  if os.path.exists(os.path.join(path, "tokenizer.model")):
+    return SentencePieceTokenizer(os.path.join(path, "tokenizer.model"))
+  warnings.warn(f"{path}: no tokenizer.json or tokenizer.model; returning tokenizer=None")
+  return None
+
+
+def save_tokenizer_files(tokenizer, path: str) -> None:
+  """Copies a tokenizer's files into a model directory (HF or orbax export)."""
+  src = getattr(tokenizer, "path", None)
+  if src is None:
+    warnings.warn(f"{type(tokenizer).__name__} has no files to save")
+    return
+  if isinstance(tokenizer, SentencePieceTokenizer):
+    if os.path.abspath(src) != os.path.abspath(os.path.join(path, "tokenizer.model")):
+      shutil.copy(src, os.path.join(path, "tokenizer.model"))
+    return
+  directory = src if os.path.isdir(src) else os.path.dirname(src)
+  for fn in _TOKENIZER_FILES:
+    f = os.path.join(directory, fn)
+    if os.path.exists(f) and os.path.abspath(directory) != os.path.abspath(path):
+      shutil.copy(f, os.path.join(path, fn))

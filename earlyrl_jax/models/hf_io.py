@@ -1,8 +1,8 @@
 """Hugging Face checkpoints <-> earlyrl_jax models (Llama 2/3/3.x, Mistral, Qwen2/2.5).
 
-    model, tokenizer = load_pretrained("/ckpt/Llama-3.2-1B", mesh=mesh)
+    model = load_model("/ckpt/Llama-3.2-1B", mesh=mesh)
     logits = model(tokens)                      # [batch, seq] -> [batch, seq, vocab]
-    save_pretrained(model, "/out/my-model", tokenizer=tokenizer)
+    save_pretrained(model, "/out/my-model")
 
 Loading reads safetensors lazily (the `safetensors` package memory-maps the file;
 `get_slice` reads one block) and builds every parameter with
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import warnings
 from typing import Any
 
@@ -28,15 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from earlyrl_jax.data import tokenizer as tok_lib
 from earlyrl_jax.models.safetensors_io import CheckpointReader, save_file
 from earlyrl_jax.models.transformer import ModelConfig, Transformer, split_abstract
 from earlyrl_jax.parallel import mesh as mesh_lib
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                    "special_tokens_map.json", "generation_config.json")
 
 
 class UnsupportedCheckpointError(ValueError):
@@ -241,7 +237,7 @@ def load_params(path: str, model_cfg: ModelConfig, mesh=None):
     arrays[p] = jax.make_array_from_callback(shape, flat_sh[p].get_value(), cb)
     used.add(name)
   for frm, to in sorted(converted):
-    print(f"load_pretrained: converting {frm} checkpoint tensors to {to}", flush=True)
+    print(f"load_model: converting {frm} checkpoint tensors to {to}", flush=True)
   extra = [n for n in reader.names() if n not in used and not n.endswith(_IGNORED_TENSORS)
            and not (model_cfg.tie_embeddings and n == "lm_head.weight")]
   if extra:
@@ -250,30 +246,25 @@ def load_params(path: str, model_cfg: ModelConfig, mesh=None):
   return graphdef, state
 
 
-def load_tokenizer(path: str):
-  """tokenizer.json (HF tokenizers) or tokenizer.model (SentencePiece) next to the weights."""
-  if os.path.exists(os.path.join(path, "tokenizer.json")):
-    return tok_lib.HFTokenizer(path)
-  if os.path.exists(os.path.join(path, "tokenizer.model")):
-    return tok_lib.SentencePieceTokenizer(os.path.join(path, "tokenizer.model"))
-  warnings.warn(f"{path}: no tokenizer.json or tokenizer.model; returning tokenizer=None")
-  return None
-
-
-def load_pretrained(path: str, *, mesh=None, dtype: str | None = None):
-  """Loads an HF Llama/Mistral/Qwen2 directory. Returns (model, tokenizer).
+def load_model(path: str, *, mesh=None, dtype: str | None = None) -> Transformer:
+  """Loads the model of an HF Llama/Mistral/Qwen2 directory (its tokenizer:
+  `earlyrl_jax.data.tokenizer.load_tokenizer_dir(path)`).
 
   dtype: None keeps float32 params and compute (exact); 'bfloat16' stores and
   computes in bf16 (halves memory, e.g. for a frozen teacher).
   """
   model_cfg = model_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"), dtype=dtype)
   graphdef, state = load_params(path, model_cfg, mesh)
-  return nnx.merge(graphdef, state), load_tokenizer(path)
+  return nnx.merge(graphdef, state)
 
 
 def save_pretrained(model: Transformer, path: str, tokenizer=None, *, dtype: str = "float32",
                     max_shard_bytes: int = 5 * 2**30) -> None:
-  """Writes `model` as an HF directory (config.json + safetensors, sharded when large)."""
+  """Writes `model` as an HF directory (config.json + safetensors, sharded when large).
+
+  `tokenizer` only supplies the special token ids of config.json; its files are
+  written by `earlyrl_jax.data.tokenizer.save_tokenizer_files`.
+  """
   os.makedirs(path, exist_ok=True)
   np_dtype = jnp.dtype(dtype)
   flat = dict(nnx.to_flat_state(nnx.state(model)))
@@ -301,21 +292,3 @@ def save_pretrained(model: Transformer, path: str, tokenizer=None, *, dtype: str
       json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_config_from_model(model.cfg, tokenizer, dtype), f, indent=1)
-  if tokenizer is not None:
-    save_tokenizer(tokenizer, path)
-
-
-def save_tokenizer(tokenizer, path: str) -> None:
-  src = getattr(tokenizer, "path", None)
-  if src is None:
-    warnings.warn(f"{type(tokenizer).__name__} has no files to save")
-    return
-  if isinstance(tokenizer, tok_lib.SentencePieceTokenizer):
-    if os.path.abspath(src) != os.path.abspath(os.path.join(path, "tokenizer.model")):
-      shutil.copy(src, os.path.join(path, "tokenizer.model"))
-    return
-  directory = src if os.path.isdir(src) else os.path.dirname(src)
-  for fn in _TOKENIZER_FILES:
-    f = os.path.join(directory, fn)
-    if os.path.exists(f) and os.path.abspath(directory) != os.path.abspath(path):
-      shutil.copy(f, os.path.join(path, fn))

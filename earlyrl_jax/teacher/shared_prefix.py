@@ -64,6 +64,8 @@ class SharedPrefixScorer:
     self.shared_buckets = tuple(sorted(shared_buckets))
     self.rest_buckets = tuple(sorted(rest_buckets))
     self.num_compilations = 0   # incremented while tracing: tests check that batches do not retrace
+    self.tokens_real = 0        # tokens forwarded (shared parts once + rests), without padding
+    self.tokens_padded = 0      # the same with bucket padding: what the device computes
     self._fn = jax.jit(self._impl, static_argnums=(0,))
 
   # ----------------------------------------------------------------- compiled part
@@ -145,6 +147,8 @@ class SharedPrefixScorer:
         r_tok[i, R - len(r):], r_seg[i, R - len(r):] = r, 1
         r_pos[i, R - len(r):] = start + np.arange(len(r))
 
+    self.tokens_real += sum(len(x) for x in s_rows) + sum(len(x) for x in r_rows)
+    self.tokens_padded += Gb * Ps + Nb * R
     with mesh_lib.use_mesh(self.mesh):
       args = self._put(s_tok, s_seg, s_pos, r_tok, r_seg, r_pos, group_N)
       lp_rows, lp_shared = self._fn(has_shared, params, *args, jnp.asarray(cands))

@@ -7,7 +7,7 @@ An embedded-teacher directory (written by `train_teacher.run`) holds:
   params/               orbax StandardCheckpointer of the nnx.State of parameters
 
 `load_teacher(path)` reads such a directory, or an HF model directory
-(config.json + safetensors) through `models.hf_io.load_pretrained`.
+(config.json + safetensors) through `models.hf_io.load_model`.
 """
 from __future__ import annotations
 
@@ -120,7 +120,8 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None) -> Teacher:
   if os.path.isfile(os.path.join(path, "config.json")):
     from flax import nnx
     from earlyrl_jax.models import hf_io
-    model, tok = hf_io.load_pretrained(path, mesh=mesh, dtype=dtype)
+    from earlyrl_jax.data.tokenizer import load_tokenizer_dir
+    model, tok = hf_io.load_model(path, mesh=mesh, dtype=dtype), load_tokenizer_dir(path)
     if tok is None:
       raise FileNotFoundError(f"{path}: an HF teacher needs tokenizer.json or tokenizer.model")
     graphdef, params = nnx.split(model)

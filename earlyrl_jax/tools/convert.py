@@ -19,6 +19,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from earlyrl_jax.data import tokenizer as tok_lib
 from earlyrl_jax.models import hf_io
 from earlyrl_jax.models.transformer import ModelConfig, split_abstract
 from earlyrl_jax.parallel import mesh as mesh_lib
@@ -35,7 +36,7 @@ def save_orbax(model, path: str, tokenizer=None) -> None:
   ckptr.save(os.path.join(path, "params"), nnx.state(model), force=True)
   ckptr.wait_until_finished()
   if tokenizer is not None:
-    hf_io.save_tokenizer(tokenizer, path)
+    tok_lib.save_tokenizer_files(tokenizer, path)
 
 
 def load_orbax(path: str, *, mesh=None):
@@ -48,13 +49,13 @@ def load_orbax(path: str, *, mesh=None):
   shardings = mesh_lib.state_shardings(abstract, mesh)
   target = mesh_lib.with_shardings(abstract, shardings)
   state = ocp.StandardCheckpointer().restore(os.path.join(path, "params"), target)
-  return nnx.merge(graphdef, state), hf_io.load_tokenizer(path)
+  return nnx.merge(graphdef, state), tok_lib.load_tokenizer_dir(path)
 
 
 def load_workdir(path: str, *, mesh=None):
   """(model, tokenizer) from the newest checkpoint of a pretraining workdir."""
   from earlyrl_jax.train import loop
-  graphdef, params, _ = loop.load_params(path, mesh)
+  graphdef, params, _ = loop.load_run_params(path, mesh)
   tok_path = os.path.join(path, "tokenizer.model")
   tokenizer = None
   if os.path.exists(tok_path):
@@ -72,12 +73,14 @@ def main(argv=None):
                  "orbax2hf: safetensors dtype (default float32)")
   args = p.parse_args(argv)
   if args.direction == "hf2orbax":
-    model, tok = hf_io.load_pretrained(args.src, dtype=args.dtype)
+    model, tok = hf_io.load_model(args.src, dtype=args.dtype), tok_lib.load_tokenizer_dir(args.src)
     save_orbax(model, args.dst, tok)
   else:
     is_workdir = os.path.exists(os.path.join(args.src, "checkpoints"))
     model, tok = (load_workdir if is_workdir else load_orbax)(args.src)
     hf_io.save_pretrained(model, args.dst, tok, dtype=args.dtype or "float32")
+    if tok is not None:
+      tok_lib.save_tokenizer_files(tok, args.dst)
   n = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
   print(f"{args.direction}: {args.src} -> {args.dst} ({n / 1e6:.1f}M parameters)")
 

@@ -106,7 +106,7 @@ def evaluate_model(cfg, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
   """Oracle scores of a run's final model on held-out world prompts (+ its continuations)."""
   from flax import nnx
   from earlyrl_jax.eval.evaluate import world_eval
-  graphdef, params, _ = loop.load_params(run_dir, mesh)
+  graphdef, params, _ = loop.load_run_params(run_dir, mesh)
   res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, os.path.dirname(
       os.path.dirname(run_dir))), num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh,
       return_texts=True)

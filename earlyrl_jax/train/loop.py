@@ -170,10 +170,10 @@ def load_init_params(path: str, model_cfg, mesh):
   """Params of an earlyrl_jax run directory (newest checkpoint) or an HF directory, checked
   against the configured model shape."""
   if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
-    _, params, cfg = load_params(path, mesh)
+    _, params, cfg = load_run_params(path, mesh)
   elif os.path.exists(os.path.join(path, "config.json")):
     from earlyrl_jax.models import hf_io
-    model, _ = hf_io.load_pretrained(path, mesh=mesh)
+    model = hf_io.load_model(path, mesh=mesh)
     from flax import nnx
     params, cfg = nnx.state(model), model.cfg
   else:
@@ -471,7 +471,7 @@ def train(cfg, workdir: str) -> dict[str, Any]:
   return train_loop(run, pretrain_job(run))
 
 
-def load_params(workdir: str, mesh=None, step: int | None = None):
+def load_run_params(workdir: str, mesh=None, step: int | None = None):
   """(graphdef, params, ModelConfig) of a run's checkpoint, shape from WORKDIR/config.json."""
   import ml_collections
   with open(os.path.join(workdir, "config.json")) as f:

@@ -34,6 +34,7 @@ import numpy as np
 from earlyrl_jax.data import pipeline
 from earlyrl_jax.models.transformer import abstract_model
 from earlyrl_jax.sampling.sampler import Sampler
+from earlyrl_jax.teacher.rewriter import group_advantages  # GRPO's, shared with the rewriter
 from earlyrl_jax.train import loop
 from earlyrl_jax.train.objectives import ROW_FIELDS, Objective
 
@@ -65,13 +66,6 @@ def candidate_rows(prefixes: list[np.ndarray], candidates: list[np.ndarray], len
 
 def _prefixed(rows: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
   return {prefix + k: v for k, v in rows.items()}
-
-
-def group_advantages(rewards_GxC: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-  """(r − mean_group) / (std_group + eps): GRPO's group-normalised advantage; 0 for a tied group."""
-  mean = rewards_GxC.mean(axis=1, keepdims=True)
-  std = rewards_GxC.std(axis=1, keepdims=True)
-  return (rewards_GxC - mean) / (std + eps)
 
 
 class SIPProducer:
