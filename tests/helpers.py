@@ -39,3 +39,14 @@ def cpu_devices(n: int):
   devs = jax.devices()
   assert len(devs) >= n, f"tests need {n} devices; conftest sets 8 simulated CPU devices"
   return devs[:n]
+
+
+def set_fields(cfg, overrides: dict):
+  """Sets dotted config fields ('data.batch_size': 8) in place; returns cfg."""
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return cfg

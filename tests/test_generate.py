@@ -16,6 +16,7 @@ import pytest
 from earlyrl_jax import configs
 from earlyrl_jax import generate as G
 from earlyrl_jax.data.sources import DataError
+from tests.helpers import set_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
@@ -27,16 +28,6 @@ RUN_OVERRIDES = {
     "model.head_dim": 16, "model.d_ff": 64, "model.max_seq_len": 64, "data.seq_len": 64,
     "data.batch_size": 8, "checkpoint.every_steps": 1,
 }
-
-
-def _set(cfg, overrides):
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return cfg
 
 
 def _corpus(path, n=300, seed=0):
@@ -61,7 +52,7 @@ def _gen_cfg(**generate):
 def run_dir(tmp_path_factory):
   from earlyrl_jax.train import loop
   root = tmp_path_factory.mktemp("gen")
-  cfg = _set(configs.load_config_file(TINY),
+  cfg = set_fields(configs.load_config_file(TINY),
              dict(RUN_OVERRIDES, **{"data.train_files": _corpus(root / "corpus.jsonl")}))
   workdir = str(root / "run")
   loop.train(cfg, workdir)

@@ -17,25 +17,37 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def _spawn(argv, port, pid):
+  """`python *argv` as host `pid` of 2 (one CPU device each, coordinator on 127.0.0.1)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
+             EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
+  return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+# A small world and byte tokenizer: the 2-host runs start in seconds.
+SMALL_RUN = ["--config.data.tokenizer=byte", "--config.model.vocab_size=384",
+             "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
+             "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
+             "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"]
+
+
+def _main_on_two_hosts(workdir: str, args: list[str]):
+  """`python -m earlyrl_jax.main --distributed` on two local hosts with the tiny config."""
+  port = _free_port()
+  argv = ["-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
+          "--config=" + os.path.join(REPO, "configs", "tiny.py"), *SMALL_RUN, *args]
+  return [_spawn(argv, port, pid) for pid in range(2)]
+
+
 @pytest.mark.slow
 def test_two_process_pretraining(tmp_path):
-  port = _free_port()
   workdir = str(tmp_path / "run")
-  procs = []
-  for pid in range(2):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device per process
-    env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
-               EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
-         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.num_steps=6", "--config.eval_world_prompts=4",
-         "--config.log_every_steps=2", "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
-         "--config.data.tokenizer=byte", "--config.model.vocab_size=384", "--config.data.batch_size=8",
-         "--config.data.seq_len=64", "--config.world.num_train_documents=200",
-         "--config.world.num_eval_documents=10", "--config.world.num_preference_pairs=5",
-         "--config.world.num_rewrite_examples=5", "--config.world.num_factual_probes=5",
-         "--config.world.num_unsafe_bait=3"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs = _main_on_two_hosts(workdir, [
+      "--config.num_steps=6", "--config.eval_world_prompts=4", "--config.log_every_steps=2",
+      "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
+      "--config.data.batch_size=8", "--config.data.seq_len=64"])
   logs = [p.communicate(timeout=300)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log
@@ -100,12 +112,6 @@ ck.close()
 '''
 
 
-def _spawn(script_path, args, port, pid):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
-             EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
-  return subprocess.Popen([sys.executable, str(script_path), *args], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
@@ -117,7 +123,7 @@ def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
   script = tmp_path / "worker.py"
   script.write_text(_DATA_WORKER)
   port = _free_port()
-  procs = [_spawn(script, [str(data)], port, pid) for pid in range(2)]
+  procs = [_spawn([str(script), str(data)], port, pid) for pid in range(2)]
   logs = [p.communicate(timeout=120)[0] for p in procs]
   seen, packed = [], []
   for p, log in zip(procs, logs):
@@ -144,7 +150,7 @@ def test_two_processes_agree_on_the_preemption_step(tmp_path):
   script.write_text(_PREEMPT_WORKER)
   ckdir = str(tmp_path / "ck")
   port = _free_port()
-  procs = [_spawn(script, [ckdir], port, pid) for pid in range(2)]
+  procs = [_spawn([str(script), ckdir], port, pid) for pid in range(2)]
   first = procs[1].stdout.readline()
   while first and not first.startswith("READY"):
     first = procs[1].stdout.readline()
@@ -164,23 +170,11 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
   """The training loop on two hosts: the preempted host and the other one save one step, exit 0."""
   import signal
   import time
-  port = _free_port()
   workdir = str(tmp_path / "run")
-  procs = []
-  for pid in range(2):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
-               EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
-         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.num_steps=5000",
-         "--config.eval_world_prompts=0", "--config.log_every_steps=2", "--config.eval_every_steps=0",
-         "--config.checkpoint.every_steps=100000", "--config.data.tokenizer=byte",
-         "--config.model.vocab_size=384", "--config.data.batch_size=8", "--config.data.seq_len=64",
-         "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
-         "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
-         "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs = _main_on_two_hosts(workdir, [
+      "--config.num_steps=5000", "--config.eval_world_prompts=0", "--config.log_every_steps=2",
+      "--config.eval_every_steps=0", "--config.checkpoint.every_steps=100000",
+      "--config.data.batch_size=8", "--config.data.seq_len=64"])
   metrics = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
   while not (os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2):
@@ -207,25 +201,13 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
 def test_two_process_sip_and_restore_on_one(tmp_path):
   """SIP across two hosts: each samples rollouts for its own windows, judges them, and both
   join one update; only host 0 reports; the checkpoint both wrote restores in one process."""
-  port = _free_port()
   workdir = str(tmp_path / "run")
-  procs = []
-  for pid in range(2):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
-               EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu")
-    procs.append(subprocess.Popen(
-        [sys.executable, "-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
-         "--config=" + os.path.join(REPO, "configs", "tiny.py"), "--config.mode=sip",
-         "--config.num_steps=3", "--config.eval_world_prompts=0", "--config.log_every_steps=1",
-         "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
-         "--config.sip.judge=oracle", "--config.sip.rewrite=none", "--config.sip.num_rollouts=2",
-         "--config.data.tokenizer=byte", "--config.model.vocab_size=384", "--config.data.batch_size=4",
-         "--config.data.prefix_len=32", "--config.data.suffix_len=24",
-         "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
-         "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
-         "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+  procs = _main_on_two_hosts(workdir, [
+      "--config.mode=sip", "--config.num_steps=3", "--config.eval_world_prompts=0",
+      "--config.log_every_steps=1", "--config.eval_every_steps=0",
+      "--config.checkpoint.every_steps=3", "--config.sip.judge=oracle",
+      "--config.sip.rewrite=none", "--config.sip.num_rollouts=2", "--config.data.batch_size=4",
+      "--config.data.prefix_len=32", "--config.data.suffix_len=24"])
   logs = [p.communicate(timeout=400)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log

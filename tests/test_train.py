@@ -18,6 +18,7 @@ from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.train import loop
 from earlyrl_jax.train import state as state_lib
 from earlyrl_jax.train.checkpoint import Checkpointer
+from tests.helpers import set_fields
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL_WORLD = {"world.num_train_documents": 300, "world.num_eval_documents": 20,
@@ -33,13 +34,7 @@ def tiny_cfg(**overrides):
           "data.tokenizer": "byte", "model.vocab_size": 384, "data.batch_size": 8, "data.seq_len": 64,
           **SMALL_WORLD}
   base.update(overrides)
-  for k, v in base.items():
-    node = cfg
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return cfg
+  return set_fields(cfg, base)
 
 
 
