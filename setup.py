@@ -22,6 +22,8 @@ CORE = [
     # tensorflow-cpu (~270 MB, not published for every platform) and are not used.
     "tensorboardX>=2.6",
     "clu>=0.0.12",
+    "protobuf",            # SentencePiece continuation encoding edits the model proto
+    "matplotlib",          # mode='report' plots (oracle scores, candidate win shares)
 ]
 
 EXTRAS = {

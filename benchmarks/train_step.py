@@ -52,7 +52,7 @@ def main():
   batch = {"tokens": tokens, "targets": np.roll(tokens, -1, 1), "segment_ids": np.ones((B, L), np.int32),
            "positions": np.tile(np.arange(L, dtype=np.int32), (B, 1)), "loss_mask": np.ones((B, L), np.float32)}
   step = steps_lib.make_train_step(graphdef, tx, state_lib.lr_schedule(opt, 1000), mesh, shardings,
-                                   steps_lib.spec_of(batch))
+                                   steps_lib.spec_of(batch), coefs={"nll": 1.0, "z_loss": 1e-4})
   with jax.set_mesh(mesh):
     gbatch = mesh_lib.shard_batch(batch, mesh)
     holder = [state]

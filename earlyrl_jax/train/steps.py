@@ -85,7 +85,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule, mesh, 
   'params_finite' (1.0 iff the updated params are all finite), 'learning_rate', 'tokens'
   (the denominator of the 'nll' term when there is one).
   """
-  coefs = dict(coefs if coefs is not None else {"nll": 1.0})
+  coefs = dict(coefs if coefs is not None else {"nll": 1.0, "z_loss": 0.0})
   frozen_graphdefs = dict(frozen_graphdefs or {})
   frozen_shardings = dict(frozen_shardings or {})
   if set(frozen_graphdefs) != set(frozen_shardings):
