@@ -224,7 +224,7 @@ def check_finite(step: int, scalars: dict[str, float], ckpt: Checkpointer, cfg=N
     ckpt.wait()
     last = ckpt.latest_step()
     where = f"step {last} in {ckpt.directory}" if last is not None else "none written yet"
-    hint = configs.nonfinite_hint(cfg) if cfg is not None and hasattr(configs, "nonfinite_hint") else (
+    hint = configs.nonfinite_hint(cfg) if cfg is not None else (
         "lower opt.learning_rate or inspect the data near this step")
     raise NonFiniteLossError(
         f"non-finite values at step {step}: {bad}; training stopped, last good checkpoint: "
