@@ -131,18 +131,15 @@ class SIPProducer:
       ids += [r[:self.cand_len] for r in roll_ids[g * self.K:(g + 1) * self.K]]
       cand_text.append(texts)
       cand_ids.append(ids)
-    calls0 = getattr(self.judge, "calls", 0)
     j = self._judge(prefix_text, suffix_text, cand_text)
     t3 = time.monotonic()
 
     batch = self._rows(prefixes, originals, cand_ids, j)
     stats.update(self._stats(j, G))
-    stats.update({"sip/judge_calls": float(getattr(self.judge, "calls", calls0) - calls0),
+    stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
                   "time/rollout": t1 - t0, "time/rewrite": t2 - t1, "time/judge": t3 - t2,
                   "time/update": update_time, "time/produce": time.monotonic() - t_start})
     self._t_last = time.monotonic()
-    self.last_example = {"prefix": prefix_text[0], "candidates": cand_text[0],
-                         "rewards": j.rewards[0].tolist()}
     return batch, stats
 
   def _judge(self, prefix_text, suffix_text, cand_text):
