@@ -102,14 +102,13 @@ def win_share_trend(lines: list[dict], key: str = "sip/win_share_rollout") -> di
   return {"first_fifth": float(np.mean(ys[:n])), "last_fifth": float(np.mean(ys[-n:]))}
 
 
-def evaluate_model(cfg, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
+def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
   """Oracle scores of a run's final model on held-out world prompts (+ its continuations)."""
   from flax import nnx
   from earlyrl_jax.eval.evaluate import world_eval
   graphdef, params, _ = loop.load_run_params(run_dir, mesh)
-  res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, os.path.dirname(
-      os.path.dirname(run_dir))), num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh,
-      return_texts=True)
+  res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, workdir),
+                   num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh, return_texts=True)
   res.pop("example")
   return res
 
@@ -248,7 +247,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
       sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
       sip.run(sub, run_dir)
-      res = evaluate_model(cfg, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
+      res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
       texts[m] = res.pop("texts")
       row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
              "quality": res["world/quality"], "false_claim_rate": res["world/false_claim_rate"],
