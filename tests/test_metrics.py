@@ -118,6 +118,15 @@ def test_progress_reports_rates_and_eta():
   assert "step 10/100" in line and "loss 3.2500" in line and "ETA 0:01:30" in line
 
 
+def test_progress_prints_what_the_job_shows():
+  out = io.StringIO()
+  p = M.Progress(num_steps=10, start_step=0, stream=out)
+  p.report(5, {"sip/win_share_rollout": 0.25, "data/skipped_malformed": 3.0, "loss": 1.5})
+  line = out.getvalue()
+  assert line.index("loss 1.5000") < line.index("sip/win_share_rollout 0.2500")
+  assert "data/skipped_malformed 3 " in line  # skip counts on the console (issue 16)
+
+
 def test_parameter_overview_is_tf_free():
   from tests.helpers import tiny_model
   from flax import nnx

@@ -43,14 +43,6 @@ METHODS: dict[str, dict[str, Any]] = {
 ORACLE_METRICS = ("factuality", "safety", "quality")
 
 
-def _set(cfg, dotted: str, value) -> None:
-  node = cfg
-  *path, last = dotted.split(".")
-  for p in path:
-    node = node[p]
-  node[last] = value
-
-
 def run_config(cfg, workdir: str, name: str, seed: int, *, base_dir: str, tokenizer_path: str):
   """The config of one sub-run: the report's config with the method's overrides."""
   r = cfg.report

@@ -294,7 +294,6 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
         out.update(progress.report(step, {**extra, **skips}))
       logger.write(step, out)
 
-  step = start
   try:
     with _Preemption() as preempt, jax.set_mesh(mesh):
       for step in range(start, cfg.num_steps):

@@ -43,7 +43,7 @@ def model_token_logprobs(model, tokens_BxT, targets_BxT, *, positions=None, segm
 
 
 def sequence_logprobs(model, batch, prefix: str = ""):
-  """Σ_t log π(target_t) over loss_mask per row, and the token count per row ([R] each).
+  """(Σ_t log π(target_t) over loss_mask [R], token count [R], per-token log π [R, T]).
 
   Reads `{prefix}tokens`, `{prefix}targets`, `{prefix}positions`,
   `{prefix}segment_ids`, `{prefix}loss_mask` from the batch.

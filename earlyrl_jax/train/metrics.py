@@ -212,9 +212,10 @@ class Progress:
     remaining = (self.num_steps - step) / overall if overall > 0 else float("nan")
     eta = str(datetime.timedelta(seconds=int(remaining))) if math.isfinite(remaining) else "?"
     parts = [f"step {step}/{self.num_steps}"]
-    for k in ("loss", "eval/loss"):
-      if k in scalars:
-        parts.append(f"{k} {_scalar(scalars[k]):.4f}")
+    # Loss first, then whatever else the job shows (SIP win shares, data skip counts).
+    for k in sorted(scalars, key=lambda k: (k not in ("loss", "eval/loss"), k)):
+      v = _scalar(scalars[k])
+      parts.append(f"{k} {int(v)}" if k.startswith("data/") else f"{k} {v:.4f}")  # counts
     parts += [f"{tokens_per_s:,.0f} tok/s", f"{steps_per_s:.2f} steps/s", f"ETA {eta}"]
     print(" | ".join(parts), file=self.stream, flush=True)
     self._t_last, self._s_last, self._tok = now, step, 0.0
