@@ -97,14 +97,8 @@ class Rewriter:
     m = max_new_tokens or self.max_new_tokens
     ids = [self.encoder.rewrite(p, s, m) for p, s in zip(prefixes, suffixes)]
     out = self.sampler.sample(params, ids, max_new_tokens=m, key=key, temperature=temperature,
-                              stop_tokens=self.stop_tokens(), num_samples=num_samples) \
-        if hasattr(self.sampler, "sample") else self._call(params, ids, m, key, temperature, num_samples)
+                              stop_tokens=self.stop_tokens(), num_samples=num_samples)
     return ids, out
-
-  def _call(self, params, ids, m, key, temperature, num_samples):
-    self.sampler.update_params(params)
-    return self.sampler(ids, max_new_tokens=m, key=key, temperature=temperature,
-                        stop_tokens=self.stop_tokens(), num_samples=num_samples)
 
   def decode(self, out) -> list[str]:
     texts = []
