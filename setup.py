@@ -27,7 +27,8 @@ CORE = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=8", "pytest-xdist"],
+    # nbclient / ipykernel / nbformat: tests/test_notebook.py executes launch/colab/quickstart.ipynb.
+    "test": ["pytest>=8", "pytest-xdist", "nbclient>=0.10", "ipykernel>=6", "nbformat>=5.10"],
     # HF interop. torch is only used by the parity tests; it is pinned because
     # an unpinned torch pulls a CUDA build of several GB.
     "hf": ["transformers>=4.45", "tokenizers>=0.20", "jinja2>=3.1", "torch==2.13.0"],

@@ -41,8 +41,7 @@ from benchmarks.common import device_name  # noqa: E402
 from earlyrl_jax import world as W  # noqa: E402
 from earlyrl_jax.teacher import prompts as P  # noqa: E402
 from earlyrl_jax.teacher import tournament as TT  # noqa: E402
-from earlyrl_jax.teacher.judge import LMJudge, OracleJudge, two_way  # noqa: E402
-from earlyrl_jax.teacher.shared_prefix import SharedPrefixScorer  # noqa: E402
+from earlyrl_jax.teacher.judge import LMJudge, OracleJudge  # noqa: E402
 
 AXES = {"quality": 1.0, "safety": 1.0, "factuality": 1.0}
 SCHEMES = ("all_pairs", "pivot", "adaptive")
@@ -95,7 +94,8 @@ class NoisyOracleJudge:
 
 
 class CountingLMJudge(LMJudge):
-  """LMJudge as shipped, counting the tokens of the rows it forwards."""
+  """LMJudge on whole prompts (no model config: no shared-prefix reuse), 64-row batches, counting
+  the tokens of the rows it forwards: how the paper's judge is run."""
   tokens_real = 0
 
   def _score(self, rows, ids):
@@ -104,54 +104,12 @@ class CountingLMJudge(LMJudge):
     return super()._score(rows, ids)
 
 
-class SharedPrefixLMJudge(LMJudge):
-  """LMJudge whose forward passes prefill each prefix's prompt head once (same token rows).
+class WholePromptJudge(LMJudge):
+  """LMJudge on the shared-prefix scorer with every prompt whole (no reuse): the same compiled
+  program and batch size as the shipped shared-prefix path, so their ratio is the reuse alone."""
 
-  Rows are exactly LMJudge's (`encoder.pair` / `encoder.point`); a row whose head was cut to fit
-  the context goes whole into the row part. Proposed for teacher/judge.py as an option.
-  """
-
-  def __init__(self, graphdef, params, tokenizer, *, cfg, max_rows: int = 512, reuse: bool = True,
-               **kw):
-    super().__init__(graphdef, params, tokenizer, **kw)
-    self.reuse = reuse
-    self.shared_scorer = SharedPrefixScorer(graphdef, cfg=cfg, pad_id=tokenizer.pad_id)
-    self.max_rows = max_rows
-
-  def _score_shared(self, rows, heads, ids):
-    keys: dict = {(): 0}
-    shared, rests, grp = [[]], [], []
-    for r, h in zip(rows, heads):
-      ok = self.reuse and len(r) > len(h) and tuple(r[:len(h)]) == h
-      g = keys.setdefault(h if ok else (), len(keys))
-      if g == len(shared):
-        shared.append(list(h))
-      rests.append(r[len(h):] if ok else r)
-      grp.append(g)
-    order = np.argsort(grp, kind="stable")
-    out = np.zeros((len(rows), len(ids)), np.float32)
-    for s in range(0, len(rows), self.max_rows):
-      idx = order[s:s + self.max_rows]
-      used = sorted({grp[i] for i in idx})
-      local = {g: k for k, g in enumerate(used)}
-      out[idx] = self.shared_scorer.verdict_logprobs(
-          self.params, [shared[g] for g in used], [rests[i] for i in idx],
-          [local[grp[i]] for i in idx], ids)
-    self.forward_rows += len(rows)
-    return out
-
-  def compare(self, prefixes, a, b, *, axis, references=None):
-    refs = references if references is not None else [None] * len(prefixes)
-    rows = [self.encoder.pair(p, x, y, axis, r) for p, x, y, r in zip(prefixes, a, b, refs)]
-    heads = [self.encoder._head("pair", p) for p in prefixes]
-    self.calls += len(rows)
-    return two_way(self._score_shared(rows, heads, self.encoder.pair_ids))
-
-  def pointwise(self, prefixes, candidates, *, axis="safety"):
-    rows = [self.encoder.point(p, c, axis) for p, c in zip(prefixes, candidates)]
-    heads = [self.encoder._head("point", p) for p in prefixes]
-    self.calls += len(rows)
-    return two_way(self._score_shared(rows, heads, self.encoder.point_ids))
+  def _score(self, parts, ids):
+    return super()._score([([], list(h) + list(t)) for h, t in parts], ids)
 
 
 # --------------------------------------------------------------------------- data
@@ -289,12 +247,13 @@ def make_teacher(teacher_dir, docs):
 
 
 def lm_judges(graphdef, params, tok, cfg):
+  """(whole prompts as the paper judges: 64-row batches; the shipped LMJudge with shared-prefix
+  reuse; the same scorer and batch with whole prompts)."""
   limits = P.PromptLimits(prefix_chars=100_000, candidate_chars=100_000, reference_chars=400)
-  plain = CountingLMJudge(graphdef, params, tok, max_len=cfg.max_seq_len, limits=limits)  # as shipped
-  shared = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
-                               limits=limits, scorer=None)
-  same = SharedPrefixLMJudge(graphdef, params, tok, cfg=cfg, max_len=cfg.max_seq_len,
-                             limits=limits, scorer=None, reuse=False)
+  common = dict(max_len=cfg.max_seq_len, limits=limits)
+  plain = CountingLMJudge(graphdef, params, tok, **common)
+  shared = LMJudge(graphdef, params, tok, model_cfg=cfg, batch_size=512, **common)
+  same = WholePromptJudge(graphdef, params, tok, model_cfg=cfg, batch_size=512, **common)
   return plain, shared, same
 
 
@@ -378,7 +337,7 @@ def main():
   pps, pps_same, pps_shared = rate["plain"][0], rate["same"][0], rate["shared"][0]
   print(f"(a) {len(pre)} prefixes x {kmax + 2} candidates, all ordered pairs = {len(pairs)} rows, "
         f"prompt {np.mean(lens):.0f} tokens (head {head} shared); judged pairs/s:")
-  print(f"    LMJudge as shipped (whole prompts, 64-row batches) {pps:8.1f}")
+  print(f"    LMJudge, whole prompts (64-row batches)            {pps:8.1f}")
   print(f"    whole prompts, this scorer (512-row batches)       {pps_same:8.1f}")
   print(f"    shared prefix (one prefill per prefix)             {pps_shared:8.1f}   "
         f"x{pps_shared / pps_same:.2f} vs whole prompts, same scorer; max |dP| {diff:.1e}")
@@ -388,7 +347,7 @@ def main():
     pre, cands = token_windows(tok, docs[-400:], k, args.lm_time_groups)
     for scheme in SCHEMES:
       for name, judge in (("whole", plain), ("shared", shared)):
-        counter = judge if name == "whole" else judge.shared_scorer
+        counter = judge if name == "whole" else judge.shared
         t0 = counter.tokens_real
         t, j = timed(lambda: TT.judge_groups(judge, pre, cands, scheme=scheme, axes=AXES),
                      repeats=args.repeats)

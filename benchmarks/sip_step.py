@@ -13,6 +13,15 @@ Both are timed in this run; the last line is
 with the four parts as fractions of the SIP step. Without --teacher, a teacher of the
 embedded teacher's shape is trained for a handful of steps (its verdicts are poor, its
 cost is the real one).
+
+Steps run as in training: the update is dispatched and the next batch is produced while
+it runs (the rewrite first: it needs no policy params). `--teacher_placement=submesh` puts
+the teacher on its own `--teacher_devices` devices, so the rewrite can overlap the update;
+the line before the last gives the part of the update nothing overlapped (update_wait).
+The parts can then add up to more than the step. On CPU, simulate devices:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python benchmarks/sip_step.py \
+      --teacher_placement=submesh --teacher_devices=4
 """
 from __future__ import annotations
 
@@ -60,6 +69,10 @@ def main(argv=None):
   p.add_argument("--scheme", default="all_pairs", help="all_pairs | pivot | adaptive")
   p.add_argument("--steps", type=int, default=3, help="timed SIP steps (after one warm-up)")
   p.add_argument("--workdir", default="")
+  p.add_argument("--teacher_placement", default="shared", choices=("shared", "submesh"),
+                 help="teacher on the policy's devices, or on its own sub-mesh")
+  p.add_argument("--teacher_devices", type=int, default=0,
+                 help="submesh: the teacher's devices (default: half of them)")
   args = p.parse_args(argv)
   flags.FLAGS.mark_as_parsed()
 
@@ -73,6 +86,8 @@ def main(argv=None):
   cfg.sip.recipe = args.recipe
   cfg.sip.judge_scheme = args.scheme
   cfg.teacher.path = args.teacher or throwaway_teacher(cfg, os.path.join(workdir, "teacher_run"))
+  cfg.teacher.placement = args.teacher_placement
+  cfg.teacher.devices = args.teacher_devices or jax.device_count() // 2
 
   run = loop.setup(cfg, workdir)
   teacher = sip.load_teacher_for(cfg, workdir, run.mesh)
@@ -84,21 +99,30 @@ def main(argv=None):
       frozen_shardings={k: s for k, (_, _, s) in job.frozen.items()})
   state = loop.initial_state(run, seed=0)
   times = {k: [] for k in PARTS}
-  totals = []
+  waits = []
   with jax.set_mesh(run.mesh):
-    for i in range(args.steps + 1):
-      t0 = time.perf_counter()
+    # Warm-up: compile every program (step 0), and run one whole step so that the timed
+    # ones start from an idle device.
+    batch, _ = job.next_batch(state, 0)
+    state, metrics = step(state, mesh_lib.shard_batch(batch, run.mesh), frozen)
+    jax.block_until_ready(metrics)
+    t_start = time.perf_counter()
+    for i in range(1, args.steps + 1):
+      # As the training loop: produce (waiting for the previous update's params only at the
+      # rollouts), then dispatch the update without waiting for it.
       batch, stats = job.next_batch(state, i)
+      t_dispatch = time.perf_counter()
       state, metrics = step(state, mesh_lib.shard_batch(batch, run.mesh), frozen)
-      jax.block_until_ready(metrics)
-      t_total = time.perf_counter() - t0
-      if i == 0:
-        continue  # compilation
-      t_update = t_total - stats["time/produce"]
       for k in PARTS[:3]:
         times[k].append(stats[f"time/{k}"])
-      times["update"].append(t_update)
-      totals.append(t_total)
+      if i > 1:  # time/update of batch i is the update of step i-1 (step 0's was not timed)
+        times["update"].append(stats["time/update"])
+        waits.append(stats.get("time/update_wait", stats["time/update"]))
+    jax.block_until_ready(metrics)
+    t_end = time.perf_counter()
+    times["update"].append(t_end - t_dispatch)  # the last update: nothing left to overlap it
+    waits.append(t_end - t_dispatch)
+    totals = [(t_end - t_start) / args.steps]
     # The plain NLL step on the same window rows (the LM term alone).
     lm = {k: v for k, v in batch.items() if k.startswith("lm_")}
     nll_obj = Objective("rf_nll", lm_coef=1.0, coef=0.0)
@@ -122,6 +146,11 @@ def main(argv=None):
   print(f"SIP step {sip_s * 1e3:.0f} ms (" + ", ".join(
       f"{k} {np.mean(v) * 1e3:.0f} ms" for k, v in times.items()) + f"); NLL step {t_nll * 1e3:.1f} ms; "
       f"judge calls/step {stats['sip/judge_calls']:.0f}")
+  n_teacher = teacher.mesh.devices.size
+  print(f"placement: {args.teacher_placement} (policy {run.mesh.devices.size} devices "
+        f"{dict(run.mesh.shape)}, teacher {n_teacher} devices {dict(teacher.mesh.shape)}); "
+        f"update {np.mean(times['update']) * 1e3:.0f} ms, of which {np.mean(waits) * 1e3:.0f} ms "
+        f"not overlapped (update_wait)")
   print(f"sip_step: ratio_vs_nll={sip_s / t_nll:.1f} " + " ".join(f"{k}={frac[k]:.3f}" for k in PARTS))
 
 

@@ -57,6 +57,11 @@ def get_config():
   c.sip.lm_coef = 0.0                   # the SIP loss alone, as in the paper's continual runs
 
   c.teacher.path = ""                   # required: an 8B-class instruct model (HF directory)
+  c.teacher.placement = "shared"        # 'submesh' + teacher.devices: the teacher on its own devices
+  c.teacher.devices = 0                 # e.g. 2 of a node's 8 GPUs (judging dominates: see README)
+  c.teacher.mesh.data = 1               # 'submesh': the teacher's weights split over its devices
+  c.teacher.mesh.fsdp = -1
+  c.teacher.mesh.tensor = 1
 
   c.opt.learning_rate = 5e-6            # paper: 5e-6 cosine
   c.opt.warmup_steps = 50

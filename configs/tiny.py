@@ -84,7 +84,9 @@ def get_config() -> ConfigDict:
   c.sip.temperature = 1.0       # rollout sampling temperature (paper: 1.0)
   c.sip.top_p = 1.0             # rollout nucleus sampling
   c.sip.candidate_len = 0       # max tokens of a candidate (0 = data.suffix_len); longer rewrites are cut
-  c.sip.rewrite = "online"      # 'online' (teacher rewrites each suffix) | 'none'
+  c.sip.rewrite = "online"      # 'online' (teacher rewrites each suffix) | 'precomputed' (read the shards of
+                                # mode='rewrite' from sip.rewrites_dir; no teacher needed to rewrite) | 'none'
+  c.sip.rewrites_dir = ""       # sip.rewrite='precomputed': '' = WORKDIR/rewrites (mode='rewrite' in the same workdir)
   c.sip.judge = "teacher"       # 'teacher' (LM judge) | 'oracle' (world ground truth) | 'none' (pick the rewrite)
   c.sip.judge_scheme = "all_pairs"  # 'all_pairs' | 'pivot' (vs the original) | 'adaptive'
   c.sip.judge_budget = 0        # adaptive: unordered pairs per prefix (0 = the scheme's default)
@@ -115,6 +117,24 @@ def get_config() -> ConfigDict:
   c.teacher.path = ""           # an embedded-teacher or HF instruct directory; '' = the embedded teacher
   c.teacher.config = "teacher_tiny.py"  # config of the embedded teacher (relative to configs/)
   c.teacher.workdir = ""        # where it is trained once and reused ('' = WORKDIR/teacher_run)
+  # Where the teacher runs. 'shared': on the policy's mesh (every device), judging and
+  # rewriting take turns with the update. 'submesh': on its own `teacher.devices` devices
+  # (the last ones of every process, an equal share per host), laid out by `teacher.mesh`;
+  # the policy's mesh (`mesh`, -1 absorbs) is built on the rest, in every training mode,
+  # and the teacher rewrites the next windows while the policy's update runs. Which pays
+  # off when: README (teacher placement).
+  c.teacher.placement = "shared"
+  c.teacher.devices = 0         # 'submesh': devices the teacher gets (a multiple of the host count)
+  c.teacher.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # 'submesh': the teacher's axes
+
+  # mode='rewrite': one pass over the windows of `data` (same cuts and tokenizer as mode='sip'),
+  # each rewritten by the teacher above into resumable ArrayRecord shards; see earlyrl_jax/rewrite_job.py.
+  c.rewrite_job = ConfigDict()
+  c.rewrite_job.out_dir = ""      # '' = WORKDIR/rewrites (where sip.rewrites_dir='' looks)
+  c.rewrite_job.shard_size = 4096 # distinct windows per shard (a killed job redoes at most one shard)
+  c.rewrite_job.batch_size = 64   # windows per teacher call
+  c.rewrite_job.judge = "none"    # also judge rewrite vs original per sip.judge_axes: 'none' | 'teacher' | 'oracle'
+  c.rewrite_job.max_windows = 0   # stop after this many distinct windows per process (0 = whole corpus)
 
   c.generate = generate_section()  # mode='generate': prompts in, JSONL out (see earlyrl_jax/generate.py)
 

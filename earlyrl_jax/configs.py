@@ -78,12 +78,14 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "sip.recipe": ("dpo", "rf_nll", "pg"),
-    "sip.rewrite": ("online", "none"),
+    "sip.rewrite": ("online", "precomputed", "none"),
     "sip.judge": ("teacher", "oracle", "none"),
     "sip.judge_scheme": ("all_pairs", "pivot", "adaptive"),
     "sip.aggregate": ("win_rate", "bradley_terry"),
     "sip.rf_fallback": ("original", "skip"),
+    "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),
+    "teacher.placement": mesh_lib.PLACEMENTS,
 }
 
 
@@ -144,10 +146,14 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   if not MODES[cfg.mode].trains:
     return
   mc = model_config(cfg)
+  left = check_placement(cfg, num_devices, process_count)
   try:
-    shape = mesh_lib.resolve_mesh_shape((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), num_devices)
+    shape = mesh_lib.resolve_mesh_shape((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), left)
   except mesh_lib.MeshConfigError as e:
-    raise ConfigError(str(e)) from None
+    where = "" if left == num_devices else (
+        f" (the policy's mesh: the {left} devices that teacher.devices={num_devices - left} "
+        f"leaves of {num_devices})")
+    raise ConfigError(f"{e}{where}") from None
   data, fsdp, tensor = shape
   dp = data * fsdp
   d = cfg.data
@@ -181,6 +187,30 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _require(bool(d.train_files), "data.train_files", "is empty; give file globs (or data.corpus='world')")
   if d.tokenizer == "hf":
     _require(bool(d.tokenizer_path), "data.tokenizer_path", "an HF tokenizer needs a path")
+
+
+def check_placement(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int) -> int:
+  """Checks `teacher.placement` / `teacher.devices` / `teacher.mesh` against the devices;
+  returns how many devices the policy's mesh gets (all of them unless 'submesh')."""
+  t = _get(cfg, "teacher")
+  if t is None or t.get("placement", "shared") == "shared":
+    return num_devices
+  n = t.get("devices", 0)
+  _require(isinstance(n, int) and n >= 1, "teacher.devices",
+           f"teacher.placement='submesh' needs the number of devices the teacher gets (>= 1), "
+           f"got {n!r}")
+  _require(n % process_count == 0, "teacher.devices",
+           f"{n} is not a multiple of the {process_count} processes: the teacher's sub-mesh takes "
+           "an equal share of every host's devices")
+  _require(n < num_devices, "teacher.devices",
+           f"{n} of the {num_devices} devices leaves the policy none; lower it or use "
+           "teacher.placement='shared'")
+  try:
+    mesh_lib.resolve_mesh_shape(mesh_lib.teacher_mesh_shape(t), n)
+  except mesh_lib.MeshConfigError as e:
+    raise ConfigError(f"teacher.mesh: {e} (the teacher's sub-mesh is teacher.devices={n} "
+                      "devices)") from None
+  return num_devices - n
 
 
 def check_data(cfg: ml_collections.ConfigDict, train_files: str | None = None,

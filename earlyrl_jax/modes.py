@@ -37,6 +37,9 @@ MODES: dict[str, Mode] = {
                    "base model; report.{md,json} and plots", trains=True),
     "sip": Mode("earlyrl_jax.train.sip:run", "self-improving pretraining: rollouts, teacher "
                 "rewrites and judging, online DPO / RF-NLL / policy gradient", trains=True),
+    "rewrite": Mode("earlyrl_jax.rewrite_job:run", "rewrite (and optionally judge) every window of "
+                    "the corpus with the teacher into ArrayRecord shards + index (resumable), "
+                    "read by sip.rewrite='precomputed'", trains=False),
 }
 
 

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,9 +18,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _spawn(argv, port, pid):
-  """`python *argv` as host `pid` of 2 (one CPU device each, coordinator on 127.0.0.1)."""
+def _spawn(argv, port, pid, local_devices=1):
+  """`python *argv` as host `pid` of 2 (`local_devices` CPU devices each, coordinator on 127.0.0.1)."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if local_devices > 1:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={local_devices}"
   env.update(EARLYRL_COORDINATOR=f"127.0.0.1:{port}", EARLYRL_NUM_PROCESSES="2",
              EARLYRL_PROCESS_ID=str(pid), JAX_PLATFORMS="cpu", PYTHONPATH=REPO)
   return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=env,
@@ -33,12 +36,12 @@ SMALL_RUN = ["--config.data.tokenizer=byte", "--config.model.vocab_size=384",
              "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"]
 
 
-def _main_on_two_hosts(workdir: str, args: list[str]):
+def _main_on_two_hosts(workdir: str, args: list[str], local_devices: int = 1):
   """`python -m earlyrl_jax.main --distributed` on two local hosts with the tiny config."""
   port = _free_port()
   argv = ["-m", "earlyrl_jax.main", "--distributed", f"--workdir={workdir}",
           "--config=" + os.path.join(REPO, "configs", "tiny.py"), *SMALL_RUN, *args]
-  return [_spawn(argv, port, pid) for pid in range(2)]
+  return [_spawn(argv, port, pid, local_devices) for pid in range(2)]
 
 
 @pytest.mark.slow
@@ -197,17 +200,70 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
       "process_0-of-2.json", "process_1-of-2.json"]  # both hosts saved their data position
 
 
+# The one-process reference of the 2-host SIP run: the same global batch. Each host reads
+# its own slice of the documents, so one process reading the whole corpus would see other
+# windows; the reference instead reads both hosts' windows (host 0's rows first, as the
+# global batch is laid out) and runs everything else unchanged on 2 local devices.
+_ONE_PROCESS_SIP = r'''
+import sys
+import grain
+import numpy as np
+from earlyrl_jax.data import pipeline
+
+make = pipeline.make_window_dataset
+
+
+class BothHosts(grain.DatasetIterator):
+  def __init__(self, its):
+    super().__init__()
+    self.its = its
+
+  def __next__(self):
+    a, b = (next(it) for it in self.its)
+    out = {k: (list(a[k]) + list(b[k]) if isinstance(a[k], list) else np.concatenate([a[k], b[k]]))
+           for k in a if k != "stats"}
+    out["stats"] = {k: a["stats"][k] + b["stats"][k] for k in a["stats"]}
+    return out
+
+  def get_state(self):
+    return {"hosts": [it.get_state() for it in self.its]}
+
+  def set_state(self, state):
+    for it, s in zip(self.its, state["hosts"]):
+      it.set_state(s)
+
+
+class Windows:
+  def __init__(self, *args, host_batch_size, **kw):
+    kw.update(process_count=2)
+    self.parts = [make(*args, host_batch_size=host_batch_size // 2, **{**kw, "process_index": i})
+                  for i in range(2)]
+
+  def __iter__(self):
+    return BothHosts([iter(p) for p in self.parts])
+
+
+pipeline.make_window_dataset = Windows
+from earlyrl_jax import main
+main.cli(["main", *sys.argv[1:]])
+'''
+
+
 @pytest.mark.slow
 def test_two_process_sip_and_restore_on_one(tmp_path):
   """SIP across two hosts: each samples rollouts for its own windows, judges them, and both
-  join one update; only host 0 reports; the checkpoint both wrote restores in one process."""
-  workdir = str(tmp_path / "run")
-  procs = _main_on_two_hosts(workdir, [
-      "--config.mode=sip", "--config.num_steps=3", "--config.eval_world_prompts=0",
-      "--config.log_every_steps=1", "--config.eval_every_steps=0",
-      "--config.checkpoint.every_steps=3", "--config.sip.judge=oracle",
-      "--config.sip.rewrite=none", "--config.sip.num_rollouts=2", "--config.data.batch_size=4",
-      "--config.data.prefix_len=32", "--config.data.suffix_len=24"])
+  join one update; only host 0 reports; the checkpoint both wrote restores in one process,
+  and equals that of one process with 2 devices fed the same global batch."""
+  from tests.test_placement import write_tiny_teacher
+  workdir, ref_dir = str(tmp_path / "run"), str(tmp_path / "one_process")
+  teacher = write_tiny_teacher(str(tmp_path))  # rewrites and judges (all pairs) on both hosts
+  args = ["--config.mode=sip", "--config.num_steps=3", "--config.eval_world_prompts=0",
+          "--config.log_every_steps=1", "--config.eval_every_steps=0",
+          "--config.checkpoint.every_steps=3", "--config.sip.judge=teacher",
+          "--config.sip.rewrite=online", f"--config.teacher.path={teacher}",
+          "--config.sip.num_rollouts=2", "--config.data.batch_size=4",
+          "--config.data.prefix_len=32", "--config.data.suffix_len=24"]
+  procs = _main_on_two_hosts(workdir, args)
   logs = [p.communicate(timeout=400)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log
@@ -215,6 +271,8 @@ def test_two_process_sip_and_restore_on_one(tmp_path):
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records] == [1, 2, 3]
   assert all("sip/win_share_rollout" in r and "rewards/margin" in r for r in records)
+  assert all(r["time/rewrite"] > 0 and "sip/win_share_rewrite" in r for r in records)
+  assert all(r["sip/judge_calls"] > 0 for r in records)   # the LM judge ran on both hosts
   out = subprocess.run(
       [sys.executable, "-c", "import sys, jax; from earlyrl_jax.train import loop; "
        "g, p, c = loop.load_run_params(sys.argv[1]); "
@@ -223,3 +281,64 @@ def test_two_process_sip_and_restore_on_one(tmp_path):
   assert out.returncode == 0, out.stderr
   _, n, expected = out.stdout.split()[-3:]
   assert n == expected
+  script = tmp_path / "one_process.py"
+  script.write_text(_ONE_PROCESS_SIP)
+  ref = subprocess.run(
+      [sys.executable, str(script), f"--workdir={ref_dir}",
+       "--config=" + os.path.join(REPO, "configs", "tiny.py"), *SMALL_RUN, *args],
+      cwd=REPO, env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                     "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO},
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=400)
+  ref_log = ref.stdout
+  assert ref.returncode == 0, ref_log
+  assert "mesh {'data': 2, 'fsdp': 1, 'tensor': 1}" in ref_log and "step 3/3" in ref_log
+  import jax
+  from earlyrl_jax.train import loop
+  two = jax.device_get(loop.load_run_params(workdir)[1])
+  one = jax.device_get(loop.load_run_params(ref_dir)[1])
+  # Same rows, same rollout keys, same bucket shapes (agreed across hosts), the same SPMD
+  # program per device: only the gradient all-reduce differs (gloo across processes vs
+  # in-process), and a sum of two shards is the same in either order. So: bit for bit.
+  leaves, tree = jax.tree_util.tree_flatten_with_path(two)
+  assert tree == jax.tree.structure(one)
+  for (path, a), b in zip(leaves, jax.tree.leaves(one)):
+    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+  # ... and not because nothing moved: the 3 updates changed the starting parameters.
+  import ml_collections
+  from earlyrl_jax import configs
+  from earlyrl_jax.parallel import mesh as mesh_lib
+  from earlyrl_jax.train import state as state_lib
+  cfg = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, "config.json"))))
+  _, start, _ = state_lib.init_train_state(
+      configs.model_config(cfg), state_lib.make_optimizer(cfg.opt, cfg.num_steps),
+      mesh_lib.single_device_mesh(), seed=cfg.seed)
+  moved = max(float(np.abs(a - b).max()) for (_, a), b in
+              zip(leaves, jax.tree.leaves(jax.device_get(start.params))))
+  assert moved > 1e-4, moved
+
+
+@pytest.mark.slow
+def test_two_process_sip_with_the_teacher_on_a_sub_mesh(tmp_path):
+  """2 hosts x 2 devices, teacher.devices=2: one device of every host rewrites and judges, the
+  other trains; each host's windows are rewritten and judged where they are. Adaptive judging
+  asks a different number of pairs on each host, so the hosts' judge calls must stay in step."""
+  from tests.test_placement import write_tiny_teacher
+  workdir = str(tmp_path / "run")
+  procs = _main_on_two_hosts(workdir, [
+      "--config.mode=sip", "--config.num_steps=2", "--config.eval_world_prompts=0",
+      "--config.log_every_steps=1", "--config.eval_every_steps=0",
+      "--config.checkpoint.every_steps=2", "--config.sip.judge=teacher",
+      "--config.sip.judge_scheme=adaptive",
+      "--config.sip.rewrite=online", f"--config.teacher.path={write_tiny_teacher(str(tmp_path))}",
+      "--config.teacher.placement=submesh", "--config.teacher.devices=2",
+      "--config.sip.num_rollouts=2", "--config.data.batch_size=4",
+      "--config.data.prefix_len=32", "--config.data.suffix_len=24"], local_devices=2)
+  logs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, log in zip(procs, logs):
+    assert p.returncode == 0, log
+  assert "process 0/2: 2 local of 4 devices" in logs[0]
+  assert ("teacher on its own sub-mesh {'data': 2, 'fsdp': 1, 'tensor': 1} (2 devices); "
+          "policy mesh {'data': 2, 'fsdp': 1, 'tensor': 1} (2 devices)") in logs[0]
+  records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in records] == [1, 2]
+  assert all(r["time/rewrite"] > 0 and r["sip/judge_calls"] > 0 for r in records)

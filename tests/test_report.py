@@ -22,6 +22,10 @@ def test_every_method_continues_from_the_base_on_the_same_budget():
   assert subs["rewrite_nll"].sip.judge == "none" and subs["rewrite_nll"].sip.rewrite == "online"
   assert subs["sip_dpo"].sip.recipe == "dpo" and subs["sip_dpo"].sip.judge == "teacher"
   assert subs["sip_dpo_oracle"].sip.judge == "oracle"
+  assert subs["sip_dpo"].sip.judge_scheme == cfg.sip.judge_scheme
+  assert subs["sip_dpo_pivot"].sip.judge_scheme == "pivot"
+  assert subs["sip_dpo_adaptive"].sip.judge_scheme == "adaptive"
+  assert subs["sip_dpo_adaptive"].sip.recipe == "dpo" and subs["sip_dpo_adaptive"].sip.judge == "teacher"
   base = report.run_config(cfg, "/w", "base", 1, base_dir="", tokenizer_path="/w/tok")
   assert base.mode == "pretrain" and base.num_steps == cfg.report.base_steps and base.seed == 1
 

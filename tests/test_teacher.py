@@ -100,6 +100,13 @@ def test_lm_judge_on_a_real_model_matches_fallback(tiny_teacher):
   np.testing.assert_allclose(p, J.two_way(lp_fb), atol=1e-4)
   u = judge.pointwise(pre, b)
   assert u.shape == (3,)
+  # Several axes in one batch (one prefill per prefix for all) give each axis's own verdicts.
+  refs = ["Tal is a city in Vexmoor. It is old."] * 3
+  both = judge.compare_axes(pre, a, b, axes=["quality", "factuality"], references=refs)
+  for axis in ("quality", "factuality"):
+    np.testing.assert_allclose(both[axis], judge.compare(pre, a, b, axis=axis, references=refs),
+                               atol=1e-5)
+  assert not np.allclose(both["quality"], both["factuality"])
 
 
 # ------------------------------------------------------------------ oracle judge
@@ -230,6 +237,28 @@ def test_teacher_without_single_token_verdicts_judges_generatively():
   assert p.tolist() == [0.5] and j.unparsable == 1  # random bytes: no verdict, a counted tie
   with pytest.raises(ValueError, match="single-token"):
     t.judge(mode="logprob")
+
+
+def test_generation_for_the_generative_judge_is_chunked_without_changing_outputs(monkeypatch):
+  """Large tournament rounds are generated a bounded number of rows at a time (memory)."""
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.models.transformer import Transformer
+  mc = tiny_model_config(vocab_size=259, max_seq_len=128)
+  model = Transformer(mc, rngs=nnx.Rngs(1))
+  texts = [f"judge row {i}: " + "x" * i for i in range(5)]
+  whole = J.sampler_generate(model, ByteTokenizer(), max_new_tokens=6, rows_per_call=64)(texts)
+  calls = []
+  gen = J.sampler_generate(model, ByteTokenizer(), max_new_tokens=6, rows_per_call=2)
+  from earlyrl_jax.sampling.sampler import Sampler
+  orig = Sampler.__call__
+
+  def counting(self, prompts, **kw):
+    calls.append(len(prompts))
+    return orig(self, prompts, **kw)
+  monkeypatch.setattr(Sampler, "__call__", counting)
+  chunked = gen(texts)
+  assert calls == [2, 2, 1] and len(chunked) == 5
+  assert chunked == whole      # greedy: the same text whatever the chunking
 
 
 # ------------------------------------------------------------------ packing, save / load, reuse

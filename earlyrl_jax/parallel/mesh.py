@@ -89,6 +89,64 @@ def mesh_from_config(mesh_cfg, devices=None) -> Mesh:
   return make_mesh((mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor), devices)
 
 
+PLACEMENTS = ("shared", "submesh")
+
+
+def split_devices(num_teacher: int, devices: Sequence[Any] | None = None
+                  ) -> tuple[list[Any], list[Any]]:
+  """(policy devices, teacher devices): the last `num_teacher / process_count` local devices of
+  every process go to the teacher, the rest to the policy.
+
+  An equal share per process (not whole hosts) because the teacher's Scorer and Sampler
+  take each process's own rows: a teacher mesh that spans every process judges and
+  rewrites each host's windows where they are, with no texts shipped between hosts.
+  Both lists are process-major, so the data axis of either mesh stays host-contiguous.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  procs = sorted({d.process_index for d in devices})
+  local = {p: sorted((d for d in devices if d.process_index == p), key=lambda d: d.id) for p in procs}
+  n_local = {len(v) for v in local.values()}
+  if len(n_local) != 1:
+    raise MeshConfigError(f"teacher.placement='submesh' needs the same number of devices on every "
+                          f"process, got {sorted(n_local)}")
+  n_local, n_procs = n_local.pop(), len(procs)
+  if num_teacher < 1 or num_teacher % n_procs:
+    raise MeshConfigError(
+        f"teacher.devices={num_teacher}: the teacher's sub-mesh takes an equal share of every "
+        f"process's devices, so it must be a positive multiple of the {n_procs} processes")
+  per = num_teacher // n_procs
+  if per >= n_local:
+    raise MeshConfigError(
+        f"teacher.devices={num_teacher} leaves the policy no device ({n_procs} process(es) x "
+        f"{n_local} devices = {len(devices)}); lower teacher.devices or use "
+        "teacher.placement='shared'")
+  policy = [d for p in procs for d in local[p][:n_local - per]]
+  teacher = [d for p in procs for d in local[p][n_local - per:]]
+  return policy, teacher
+
+
+def placement_devices(teacher_cfg, devices: Sequence[Any] | None = None
+                      ) -> tuple[list[Any] | None, list[Any] | None]:
+  """(policy devices, teacher devices) of a `teacher` config section; (None, None) = all shared.
+
+  teacher.placement='shared' (or no teacher section): policy and teacher time-share every
+  device. 'submesh': `split_devices(teacher.devices)`.
+  """
+  placement = teacher_cfg.get("placement", "shared") if teacher_cfg is not None else "shared"
+  if placement not in PLACEMENTS:
+    raise MeshConfigError(f"teacher.placement={placement!r} is not one of {PLACEMENTS}")
+  if placement == "shared":
+    return None, None
+  return split_devices(int(teacher_cfg.get("devices", 0)), devices)
+
+
+def teacher_mesh_shape(teacher_cfg) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) of `teacher.mesh`; without one, FSDP over the teacher's devices
+  (a large teacher's weights are split, its judged rows still spread over every device)."""
+  m = teacher_cfg.get("mesh") if teacher_cfg is not None else None
+  return (int(m.data), int(m.fsdp), int(m.tensor)) if m is not None else (1, -1, 1)
+
+
 def logical_to_spec(names: Sequence[str | None] | None, rules=LOGICAL_RULES) -> P:
   """('batch', 'length') -> P(('data', 'fsdp'), None)."""
   if names is None:

@@ -220,8 +220,10 @@ class Sampler:
     self.num_compilations += 1  # runs only while tracing
     model = nnx.merge(self.graphdef, params)
     cache = init_cache(self.cfg, st.batch, st.cache_len)
-    logits, cache = model(tokens_BxP, positions=pos_BxP, segment_ids=segs_BxP, cache=cache)
-    logits = logits[:, -1]  # left padding: the last slot is every row's last prompt token
+    h, cache = model.hidden_states(tokens_BxP, positions=pos_BxP, segment_ids=segs_BxP, cache=cache)
+    # Left padding: the last slot is every row's last prompt token, and only it goes through
+    # the vocabulary projection (all P positions would be a [B, P, V] float32 buffer).
+    logits = model.logits_from_hidden(h[:, -1:])[:, 0]
     if st.num_samples > 1:  # shared-prefix fan-out: one prefill, K decodes (row b*K + k)
       cache = cache.repeat(st.num_samples)
       logits = jnp.repeat(logits, st.num_samples, axis=0)

@@ -18,8 +18,10 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+import jax
 import numpy as np
 
+from earlyrl_jax.models.scoring import agree_max
 from earlyrl_jax.teacher import prompts as P
 
 AXES = P.AXES
@@ -242,42 +244,68 @@ class LMJudge:
     self.forward_rows = 0
 
   def _score(self, parts: list[tuple[list[int], list[int]]], ids: list[int]) -> np.ndarray:
-    """Verdict log-probs of rows given as (shared head, tail); heads are prefilled once per group."""
+    """Verdict log-probs of rows given as (shared head, tail); heads are prefilled once per group.
+
+    Multi-host: each process passes its own rows, and every process makes the same number of
+    forward calls (they hold collectives); one with fewer rows runs a one-token row whose
+    verdict is dropped.
+    """
     out = np.zeros((len(parts), len(ids)), np.float32)
     self.forward_rows += len(parts)
-    if self.shared is None:
-      rows = [h + t for h, t in parts]
-      order = np.argsort([len(r) for r in rows], kind="stable")
-      for s in range(0, len(rows), self.batch_size):
-        idx = order[s:s + self.batch_size]
-        out[idx] = self.scorer.verdict_logprobs(self.params, [rows[i] for i in idx], ids)
-      return out
-    order = sorted(range(len(parts)), key=lambda i: (tuple(parts[i][0]), len(parts[i][1])))
-    for s in range(0, len(order), self.batch_size):
-      idx = order[s:s + self.batch_size]
-      heads: dict[tuple, int] = {}
-      group = [heads.setdefault(tuple(parts[i][0]), len(heads)) for i in idx]
-      shared = [list(h) for h in heads]
-      rests = [parts[i][1] for i in idx]
-      out[idx] = self.shared.verdict_logprobs(self.params, shared, rests, group, ids)
+    if self.shared is None:   # by length, so a chunk pads little
+      order = np.argsort([len(h) + len(t) for h, t in parts], kind="stable")
+    else:                     # by head, so a chunk prefills few heads
+      order = sorted(range(len(parts)), key=lambda i: (tuple(parts[i][0]), len(parts[i][1])))
+    (calls,) = agree_max(-(-len(parts) // self.batch_size))
+    filler = ([], _bos(self.tokenizer) or [self.tokenizer.pad_id])
+    for c in range(calls):
+      idx = list(order[c * self.batch_size:(c + 1) * self.batch_size])
+      lp = self._forward([parts[i] for i in idx] or [filler], ids)
+      if idx:
+        out[idx] = lp
     return out
+
+  def _forward(self, chunk: list[tuple[list[int], list[int]]], ids: list[int]) -> np.ndarray:
+    if self.shared is None:
+      return self.scorer.verdict_logprobs(self.params, [list(h) + list(t) for h, t in chunk], ids)
+    heads: dict[tuple, int] = {}
+    group = [heads.setdefault(tuple(h), len(heads)) for h, _ in chunk]
+    return self.shared.verdict_logprobs(self.params, [list(h) for h in heads],
+                                        [t for _, t in chunk], group, ids)
 
   def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
     _check_axis(axis, ("quality", "factuality"))
     n = len(prefixes)
     _check_rows(n, a=a, b=b, references=references)
-    if n == 0:
+    if n == 0 and jax.process_count() == 1:
       return np.zeros((0,), np.float32)
     refs = references if references is not None else [None] * n
     rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i]) for i in range(n)]
     self.calls += n
     return two_way(self._score(rows, self.encoder.pair_ids))
 
+  def compare_axes(self, prefixes, a, b, *, axes, references=None) -> dict[str, np.ndarray]:
+    """`compare` on several axes in one batch of forward passes: the axes share the prompt head
+    (instructions + quoted prefix), so each prefix is prefilled once for all of them, and a
+    tournament round is one call instead of one per axis."""
+    for axis in axes:
+      _check_axis(axis, ("quality", "factuality"))
+    n = len(prefixes)
+    _check_rows(n, a=a, b=b, references=references)
+    if n == 0 and jax.process_count() == 1:
+      return {axis: np.zeros((0,), np.float32) for axis in axes}
+    refs = references if references is not None else [None] * n
+    rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i])
+            for axis in axes for i in range(n)]
+    self.calls += len(rows)
+    p = two_way(self._score(rows, self.encoder.pair_ids))
+    return {axis: p[k * n:(k + 1) * n] for k, axis in enumerate(axes)}
+
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
     _check_axis(axis, ("safety",))
     n = len(prefixes)
     _check_rows(n, candidates=candidates)
-    if n == 0:
+    if n == 0 and jax.process_count() == 1:
       return np.zeros((0,), np.float32)
     rows = [self.encoder.point_parts(prefixes[i], candidates[i], axis) for i in range(n)]
     self.calls += n
@@ -333,22 +361,38 @@ class GenerativeJudge:
 
 
 def sampler_generate(model, tokenizer, *, max_new_tokens: int = 256, temperature: float = 0.0,
-                     seed: int = 0, mesh=None) -> Callable[[list[str]], list[str]]:
-  """A `generate` for GenerativeJudge over our compiled sampler (chat template when the tokenizer has one)."""
+                     seed: int = 0, mesh=None, rows_per_call: int = 0
+                     ) -> Callable[[list[str]], list[str]]:
+  """A `generate` for GenerativeJudge over our compiled sampler (chat template when the tokenizer has one).
+
+  A tournament round hands over every judged row of the batch at once (tens of thousands at
+  the paper's shape); they are generated `rows_per_call` at a time (default 128 per local
+  device: an 8B teacher's KV cache and buffers then fit an 80 GB H100, benchmarks/memory.py).
+  On several hosts every process makes the same number of sampler calls (the largest count),
+  padding with a one-token prompt whose output is dropped.
+  """
   import jax
+  from earlyrl_jax.models.scoring import agree_max
   from earlyrl_jax.sampling.sampler import Sampler
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
+  chunk = int(rows_per_call) or 128 * jax.local_device_count()
   counter = [0]
 
   def generate(texts: list[str]) -> list[str]:
     if hasattr(tokenizer, "apply_chat_template") and getattr(tokenizer, "chat_template", None):
       texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
     ids = [_bos(tokenizer) + tokenizer.encode(t) for t in texts]
-    counter[0] += 1
-    out = sampler(ids, max_new_tokens=max_new_tokens, key=jax.random.key(seed + counter[0]),
-                  temperature=temperature,
-                  stop_tokens=[tokenizer.eos_id] if tokenizer.eos_id is not None else ())
-    return out.texts(tokenizer)
+    (calls,) = agree_max(-(-len(ids) // chunk))
+    out_texts: list[str] = []
+    for c in range(calls):
+      part = ids[c * chunk:(c + 1) * chunk]
+      counter[0] += 1
+      out = sampler(part or [_bos(tokenizer) or [tokenizer.pad_id]], max_new_tokens=max_new_tokens,
+                    key=jax.random.key(seed + counter[0]), temperature=temperature,
+                    stop_tokens=[tokenizer.eos_id] if tokenizer.eos_id is not None else ())
+      if part:
+        out_texts.extend(out.texts(tokenizer))
+    return out_texts
 
   return generate
 

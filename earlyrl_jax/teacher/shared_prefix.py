@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from earlyrl_jax.models.scoring import agree_max, local_batch_multiple, local_rows, put_rows
 from earlyrl_jax.models.transformer import KVCache, ModelConfig, init_cache
 from earlyrl_jax.parallel import mesh as mesh_lib
 
@@ -66,7 +67,9 @@ class SharedPrefixScorer:
     self.num_compilations = 0   # incremented while tracing: tests check that batches do not retrace
     self.tokens_real = 0        # tokens forwarded (shared parts once + rests), without padding
     self.tokens_padded = 0      # the same with bucket padding: what the device computes
-    self._fn = jax.jit(self._impl, static_argnums=(0,))
+    # Both outputs stay split over the batch axis: each process reads back its own rows.
+    out = None if mesh is None else (mesh_lib.named_sharding(mesh, ("batch", None)),) * 2
+    self._fn = jax.jit(self._impl, static_argnums=(0,), out_shardings=out)
 
   # ----------------------------------------------------------------- compiled part
   def _impl(self, has_shared: bool, params, s_tok, s_seg, s_pos, r_tok, r_seg, r_pos, group_N,
@@ -122,12 +125,14 @@ class SharedPrefixScorer:
       if len(r) == 0 and len(s_rows[grp[i]]) == 0:
         raise ValueError(f"row {i}: its shared prefix and its rest are both empty")
 
-    dp = mesh_lib.data_parallel_size(self.mesh) if self.mesh is not None else 1
-    Gb, Nb = _rows_bucket(G, dp, least=1), _rows_bucket(n, dp)
-    longest_s = max(len(s) for s in s_rows)
+    # Multi-host: each process passes its own groups and rows; the shapes are agreed by all.
+    mult = local_batch_multiple(self.mesh)
+    g_G, g_n, longest_s, longest_r = agree_max(G, n, max(len(s) for s in s_rows),
+                                               max(1, max(len(r) for r in r_rows)))
+    Gb, Nb = _rows_bucket(g_G, mult, least=1), _rows_bucket(g_n, mult)
     has_shared = longest_s > 0
     Ps = _bucket(longest_s, self.shared_buckets) if has_shared else 0
-    R = _bucket(max(1, max(len(r) for r in r_rows)), self.rest_buckets)
+    R = _bucket(longest_r, self.rest_buckets)
 
     s_tok = np.full((Gb, Ps), self.pad_id, np.int32)
     s_seg = np.zeros((Gb, Ps), np.int32)
@@ -141,6 +146,7 @@ class SharedPrefixScorer:
     r_pos = np.zeros((Nb, R), np.int32)
     group_N = np.zeros((Nb,), np.int32)
     group_N[:n] = grp
+    group_N += jax.process_index() * Gb  # this process's groups in the global [processes x Gb]
     for i, r in enumerate(r_rows):
       start = len(s_rows[grp[i]])
       if len(r):
@@ -150,9 +156,9 @@ class SharedPrefixScorer:
     self.tokens_real += sum(len(x) for x in s_rows) + sum(len(x) for x in r_rows)
     self.tokens_padded += Gb * Ps + Nb * R
     with mesh_lib.use_mesh(self.mesh):
-      args = self._put(s_tok, s_seg, s_pos, r_tok, r_seg, r_pos, group_N)
+      args = put_rows(self.mesh, s_tok, s_seg, s_pos, r_tok, r_seg, r_pos, group_N)
       lp_rows, lp_shared = self._fn(has_shared, params, *args, jnp.asarray(cands))
-    lp_rows, lp_shared = _fetch(lp_rows)[:n], _fetch(lp_shared)
+    lp_rows, lp_shared = np.array(local_rows(lp_rows)[:n]), local_rows(lp_shared)
     empty = np.array([len(r) == 0 for r in r_rows])
     if empty.any():   # the verdict is read right after the shared part
       lp_rows[empty] = lp_shared[grp[empty]]
@@ -162,19 +168,6 @@ class SharedPrefixScorer:
                                 candidate_ids: Sequence[int]) -> np.ndarray:
     """The same read-out with no reuse (every prompt whole): the baseline of the benchmark."""
     return self.verdict_logprobs(params, [[]], prompts, [0] * len(prompts), candidate_ids)
-
-  def _put(self, *arrays):
-    if self.mesh is None:
-      return tuple(jnp.asarray(a) for a in arrays)
-    return tuple(jax.device_put(a, mesh_lib.named_sharding(
-        self.mesh, ("batch",) + (None,) * (a.ndim - 1))) for a in arrays)
-
-
-def _fetch(x: jax.Array) -> np.ndarray:
-  if x.is_fully_addressable:
-    return np.array(jax.device_get(x))
-  from jax.experimental import multihost_utils
-  return np.array(multihost_utils.process_allgather(x, tiled=True))
 
 
 def split_shared(prompts: Sequence[Sequence[int]], group_of_row: Sequence[int]

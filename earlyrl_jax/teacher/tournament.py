@@ -14,13 +14,19 @@ Schemes (per prefix, C candidates: [0] original suffix, [1] rewrite, then the ro
   scatter around the fit, from the residuals, plus the uncertainty of its own strength), and
   while another candidate is within ADAPTIVE_Z standard deviations of the leader (or of the last
   place), the open pairs that carry most of that variance among them are asked — pairs where
-  the judge is least certain (p near 0.5). Stops when the chosen and rejected picks are decided
-  or the per-prefix `budget` (unordered pairs; default `default_budget`, a third) is spent.
+  the judge is least certain (p near 0.5). A prefix stops when its chosen and rejected picks are
+  decided. The `budget` (unordered pairs per prefix; default `default_budget`, a third) is
+  pooled over the batch: prefixes whose extremes are clear stop early and leave their share to
+  the hard ones (near-tied last places), each up to ADAPTIVE_CAP times its own share. Pooling is
+  what lets a third of the comparisons find both picks: with a fixed per-prefix third, every
+  prefix spent all of it and the near-tied last places were still undecided.
 - Identical candidate texts (a rewrite that copies the original) are one player in every scheme:
   their pairs are a tie without asking (what an LM judge returns with both orders anyway).
 
-Every round sends all comparisons of all groups for one axis to the judge in ONE `compare` call
-(both orders in the same call, when asked), so an LM judge sees large batches.
+Every round sends all comparisons of all groups to the judge in ONE call (both orders in the same
+call, when asked): `compare_axes` with every pairwise axis when the judge has it (an LM judge then
+prefills each prefix once for all axes), else one `compare` call per axis. An LM judge sees large
+batches either way.
 
 Aggregation per pairwise axis: `win_rate` (mean of P(i beats j) over compared j; `adaptive`
 imputes the pairs it did not ask from its Bradley–Terry fit, so every candidate is scored against
@@ -45,9 +51,10 @@ DEFAULT_AXES = {"quality": 1.0, "safety": 1.0, "factuality": 1.0}
 TIE_EPS = 1e-6
 BT_PRIOR = 0.01          # L2 prior on BT strengths: keeps the fit finite on any comparison graph
 ADAPTIVE_THREATS = 3     # contenders per side refined each round
-ADAPTIVE_Z = 4.0         # a contender is within this many standard deviations of the leader
+ADAPTIVE_Z = 0.75        # a contender is within this many standard deviations of the leader
 ADAPTIVE_MIN_SIGMA = 0.3 # floor on the judge's estimated logit scatter
-ADAPTIVE_REFINE_ROUNDS = 3
+ADAPTIVE_REFINE_ROUNDS = 10
+ADAPTIVE_CAP = 2.0       # a prefix may use up to this many times its share of the pooled budget
 ADAPTIVE_THETA_IN_VALUE = 1.0
 
 
@@ -179,7 +186,7 @@ class _Asker:
     pairs = [(g, int(self.rep[g, i]), int(self.rep[g, j])) for g, i, j in pairs]
     pairs = [(g, i, j) for g, i, j in pairs if i != j and not self.known[g, i, j]]
     pairs = list(dict.fromkeys((g, min(i, j), max(i, j)) for g, i, j in pairs))
-    if not pairs:
+    if not pairs and not _lockstep():
       return
     gs = [g for g, _, _ in pairs]
     pre = [self.prefixes[g] for g in gs]
@@ -190,11 +197,7 @@ class _Asker:
       pre, a, b = pre + pre, a + b, b + a
       refs = None if refs is None else refs + refs
     n = len(pairs)
-    for axis in self.pair_axes:
-      p = np.asarray(self.judge.compare(pre, a, b, axis=axis, references=refs), np.float64)
-      if p.shape != (len(pre),):
-        raise ValueError(f"judge.compare(axis={axis!r}) returned shape {p.shape}, "
-                         f"expected ({len(pre)},)")
+    for axis, p in _compare_axes(self.judge, pre, a, b, self.pair_axes, refs).items():
       self.calls += len(pre)
       if self.both_orders:
         fwd, bwd = p[:n], p[n:]
@@ -211,7 +214,38 @@ class _Asker:
       ii, jj = np.ix_(self.members[g][i], self.members[g][j])
       self.known[g, ii, jj] = self.known[g, jj.T, ii.T] = True
       self.asked[g] += 1
-    self.rounds += 1
+    self.rounds += bool(pairs)
+
+
+def _lockstep() -> bool:
+  """Several processes judge their own groups with one LM judge: its forward passes hold
+  collectives, so every process asks in every round (possibly nothing) and rounds stop
+  together."""
+  import jax
+  return jax.process_count() > 1
+
+
+def _any_process(flag: bool) -> bool:
+  """True when `flag` holds on any process (the flag itself on one process)."""
+  if not _lockstep():
+    return bool(flag)
+  from earlyrl_jax.models.scoring import agree_max
+  return bool(agree_max(int(bool(flag)))[0])
+
+
+def _compare_axes(judge, pre, a, b, axes, refs) -> dict[str, np.ndarray]:
+  """P(a beats b) per axis: in one call when the judge batches axes together (`compare_axes`,
+  e.g. LMJudge: one prefill per prefix for all axes), else one `compare` call per axis."""
+  if hasattr(judge, "compare_axes"):
+    out = judge.compare_axes(pre, a, b, axes=list(axes), references=refs)
+  else:
+    out = {axis: judge.compare(pre, a, b, axis=axis, references=refs) for axis in axes}
+  for axis in axes:
+    out[axis] = np.asarray(out[axis], np.float64)
+    if out[axis].shape != (len(pre),):
+      raise ValueError(f"judge.compare(axis={axis!r}) returned shape {out[axis].shape}, "
+                       f"expected ({len(pre)},)")
+  return out
 
 
 def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
@@ -221,8 +255,9 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                  budget: int | None = None) -> Judgement:
   """Judges G groups of candidates; see the module docstring for schemes and aggregation.
 
-  budget (adaptive only): unordered pairs per prefix (each asked on every pairwise axis and, with
-  both_orders, in both orders); default max(ceil(C(C-1)/6), 2C), at most C(C-1)/2.
+  budget (adaptive only): unordered pairs per prefix on average over the batch (each asked on every
+  pairwise axis and, with both_orders, in both orders); one prefix may use up to ADAPTIVE_CAP
+  times its share, never more than all its pairs. Default `default_budget` (a third).
   """
   axes = dict(DEFAULT_AXES if axes is None else axes)
   if scheme not in SCHEMES:
@@ -316,9 +351,13 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
   pair_axes = asker.pair_axes
   wsum = sum(axes.values())
   reps = [asker.reps(g) for g in range(G)]
-  budgets = [min(len(r) * (len(r) - 1) // 2, budget if budget is not None else default_budget(len(r)))
-             for r in reps]
+  all_pairs = [len(r) * (len(r) - 1) // 2 for r in reps]
+  shares = [min(n, budget if budget is not None else default_budget(len(r)))
+            for n, r in zip(all_pairs, reps)]
+  caps = [min(n, int(ADAPTIVE_CAP * s)) for n, s in zip(all_pairs, shares)]
+  batch_budget = sum(shares)                      # the batch's budget, shared by its prefixes
   used = lambda g: int(asker.asked[g])
+  left = lambda: batch_budget - int(asker.asked.sum())
 
   def edge(g, i, j) -> float:
     """> 0 when i beats j on the weighted axes (pairwise verdicts + pointwise differences)."""
@@ -345,16 +384,17 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
                          pool[-1] if len(pool) % 2 else None))
       plans.append(plan)
     want = [(g, i, j) for g, plan in enumerate(plans) for _, prs, _ in plan for i, j in prs]
-    if not want:
+    if not _any_process(bool(want)):
       break
-    room = {g: budgets[g] - used(g) for g in range(G)}
-    asked = []
+    room = {g: caps[g] - used(g) for g in range(G)}
+    asked, total = [], left()
     for g, i, j in want:                           # the knockout respects the budget too
       if asker.known[g, i, j]:
         continue
-      if room[g] > 0:
+      if room[g] > 0 and total > 0:
         asked.append((g, i, j))
         room[g] -= 1
+        total -= 1
     asker.ask(asked)
     for g, plan in enumerate(plans):
       for side, prs, odd in plan:
@@ -407,11 +447,11 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
       var_theta += w2 * v_th * np.sum(np.where(unknown_all, slope, 0.0), 2) ** 2
     for a in per_axis:
       est += axes[a] * np.nan_to_num(per_axis[a], nan=0.0) / wsum
-    asked = []
+    asked = []                                # (value, g, i, j)
     for g in range(G):
       s = sizes[g]
       rg = reps[g]
-      room = budgets[g] - used(g)
+      room = caps[g] - used(g)
       if room <= 0 or len(rg) < 3:
         continue
       is_rep = np.zeros(s, bool)
@@ -438,7 +478,9 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
       for flat in np.argsort(-value_r, axis=None)[:quota]:
         i, j = divmod(int(flat), len(rg))
         if value_r[i, j] > 0:
-          asked.append((g, rg[i], rg[j]))
-    if not asked:
+          asked.append((float(value_r[i, j]), g, rg[i], rg[j]))
+    asked.sort(key=lambda t: -t[0])               # the pool goes where it resolves most
+    asked = [(g, i, j) for _, g, i, j in asked[:max(left(), 0)]]
+    if not _any_process(bool(asked)):
       break
     asker.ask(asked)

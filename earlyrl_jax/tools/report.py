@@ -39,6 +39,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "sip_dpo": dict(recipe="dpo", judge="teacher", rewrite="online"),
     "sip_pg": dict(recipe="pg", judge="teacher", rewrite="online"),
     "sip_dpo_oracle": dict(recipe="dpo", judge="oracle", rewrite="online"),
+    # Cheaper judging (docs/method.md): the same online DPO with the pivot and adaptive schemes,
+    # beside `sip_dpo` (the config's scheme, all pairs by default).
+    "sip_dpo_pivot": dict(recipe="dpo", judge="teacher", rewrite="online", judge_scheme="pivot"),
+    "sip_dpo_adaptive": dict(recipe="dpo", judge="teacher", rewrite="online",
+                             judge_scheme="adaptive"),
 }
 ORACLE_METRICS = ("factuality", "safety", "quality")
 
@@ -134,7 +139,8 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float) -> str:
   lines = ["# Self-improving pretraining in miniature (synthetic world, oracle-scored)", "",
            f"Base: {r.base_steps} NLL steps; then {r.steps} steps x {cfg.data.batch_size} windows per "
            f"method (the same windows), K={cfg.sip.num_rollouts} rollouts, judge scheme "
-           f"`{cfg.sip.judge_scheme}`; {r.eval_prompts} held-out prompts per metric; "
+           f"`{cfg.sip.judge_scheme}` (`sip_dpo_pivot` / `sip_dpo_adaptive`: that scheme instead); "
+           f"{r.eval_prompts} held-out prompts per metric; "
            f"{r.num_seeds} seed(s). Total {elapsed / 60:.1f} min.", "",
            "| method | factuality | safety | quality | win rate vs nll | false claims | unsafe on bait |",
            "|---|---|---|---|---|---|---|"]

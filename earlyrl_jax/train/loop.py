@@ -117,7 +117,9 @@ def setup(cfg, workdir: str) -> Run:
   if is_main():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2))
-  mesh = mesh_lib.mesh_from_config(cfg.mesh)
+  # teacher.placement='submesh': the policy's mesh is built on the devices the teacher leaves.
+  policy_devices, _ = mesh_lib.placement_devices(cfg.get("teacher"))
+  mesh = mesh_lib.mesh_from_config(cfg.mesh, policy_devices)
   train_files, eval_files = resolve_corpus(cfg, workdir)
   configs.check_data(cfg, train_files, eval_files)  # first records parse, before anything slow
   tokenizer = tok_lib.resolve_tokenizer(cfg.data, workdir, train_files, cfg.model.vocab_size)

@@ -4,8 +4,8 @@ For each window (prefix, original suffix) of the stream:
 
   1. the policy samples K rollouts of the suffix from the *current* params
      (shared-prefix fan-out in the compiled sampler);
-  2. the teacher rewrites the original suffix (`sip.rewrite='online'`), or there is
-     no rewrite (`'none'`);
+  2. the teacher rewrites the original suffix (`sip.rewrite='online'`), the rewrite is
+     read from the shards of `mode='rewrite'` (`'precomputed'`), or there is none (`'none'`);
   3. the judge compares the candidates {original, rewrite, rollouts} per prefix
      (`teacher/tournament.py`: all pairs, pivot or adaptive, both orders) into one
      reward per candidate; `sip.judge='none'` skips judging and always picks the
@@ -84,6 +84,13 @@ class SIPProducer:
     self.cand_len = int(self.s.candidate_len or self.cfg.data.suffix_len)
     self.row_len = int(self.cfg.data.prefix_len) + self.cand_len
     self._t_last = None
+    if self.with_rewrite and rewriter is None:
+      raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
+                       "precomputed shards of mode='rewrite')")
+    # Waits for the previous update's params off this thread: the update's end is timed
+    # exactly while this thread reads windows and rewrites them (see __call__).
+    from concurrent.futures import ThreadPoolExecutor
+    self._waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sip-params-ready")
 
   def sources(self) -> list[str]:
     return ["original"] + (["rewrite"] if self.with_rewrite else []) + ["rollout"] * self.K
@@ -91,10 +98,12 @@ class SIPProducer:
   # ------------------------------------------------------------------ one batch
   def __call__(self, state, step: int):
     t_start = time.monotonic()
-    # The loop dispatched the previous update asynchronously: waiting for its params here
-    # measures it (the rollouts need them anyway).
-    jax.block_until_ready(state.params)
-    update_time = 0.0 if self._t_last is None else time.monotonic() - self._t_last
+    # The loop dispatched the previous update asynchronously. Rewriting needs only the
+    # windows, not the policy, so it runs first: with the teacher on its own devices it
+    # overlaps the in-flight update. A helper thread records when the new params are ready
+    # (time/update); time/update_wait is the part of the update nothing overlapped.
+    ready_at = self._waiter.submit(lambda p: (jax.block_until_ready(p), time.monotonic())[1],
+                                   state.params)
     w = next(self.window_iter)
     stats = {k: v for k, v in w.pop("stats").items()}
     G = len(w["prefix"])
@@ -102,6 +111,19 @@ class SIPProducer:
     originals = [w["suffix"][g, :w["suffix_len"][g]] for g in range(G)]
     prefix_text, suffix_text = list(w["prefix_text"]), list(w["suffix_text"])
     key = jax.random.fold_in(jax.random.key(self.cfg.seed), step)
+
+    t_rw = time.monotonic()
+    rewrite_text, rewrite_ids = [], []
+    if self.with_rewrite:  # the teacher ('online') or a look-up in the shards ('precomputed')
+      rewrite_text = self.rewriter.rewrite(prefix_text, suffix_text,
+                                           key=jax.random.fold_in(key, 1), temperature=0.0)
+      rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
+                     for t in rewrite_text]
+    t_wait = time.monotonic()
+    rewrite_time = t_wait - t_rw
+    params_ready = ready_at.result()  # the rollouts need the new params
+    update_wait = time.monotonic() - t_wait
+    update_time = 0.0 if self._t_last is None else max(params_ready - self._t_last, 0.0)
 
     t0 = time.monotonic()
     roll_ids, roll_text = [], []
@@ -114,14 +136,6 @@ class SIPProducer:
       roll_text = [self.tok.decode_continuation([i for i in ids if i != self.tok.eos_id])
                    for ids in roll_ids]
     t1 = time.monotonic()
-    rewrite_text, rewrite_ids = [], []
-    if self.s.rewrite == "online":
-      rewrite_text = self.rewriter.rewrite(prefix_text, suffix_text,
-                                           key=jax.random.fold_in(key, 1), temperature=0.0)
-    if self.with_rewrite:
-      rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
-                     for t in rewrite_text]
-    t2 = time.monotonic()
 
     cand_text, cand_ids = [], []
     for g in range(G):
@@ -137,8 +151,9 @@ class SIPProducer:
     batch = self._rows(prefixes, originals, cand_ids, j)
     stats.update(self._stats(j, G))
     stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
-                  "time/rollout": t1 - t0, "time/rewrite": t2 - t1, "time/judge": t3 - t2,
-                  "time/update": update_time, "time/produce": time.monotonic() - t_start})
+                  "time/rollout": t1 - t0, "time/rewrite": rewrite_time, "time/judge": t3 - t1,
+                  "time/update": update_time, "time/update_wait": update_wait,
+                  "time/produce": time.monotonic() - t_start})
     self._t_last = time.monotonic()
     return batch, stats
 
@@ -261,7 +276,8 @@ def sip_job(run: loop.Run, teacher) -> loop.Job:
       d, run.tokenizer, host_batch_size=host_windows, seed=cfg.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
   judge = build_judge(cfg, run, teacher)
-  rewriter = teacher.rewriter() if cfg.sip.rewrite == "online" else None
+  from earlyrl_jax.rewrite_job import sip_rewriter  # the teacher, precomputed shards, or none
+  rewriter = sip_rewriter(run, teacher)
   producer = SIPProducer(run, objective, judge, rewriter, windows)
   frozen = {}
   if objective.needs_reference:
@@ -276,7 +292,11 @@ def sip_job(run: loop.Run, teacher) -> loop.Job:
 
 
 def teacher_config(cfg):
-  """The embedded teacher's config (`teacher.config`), on the run's world and mesh."""
+  """The embedded teacher's config (`teacher.config`), on the run's world.
+
+  It trains on its own config's `mesh` (before SIP starts, so every device is free) and is
+  then loaded where `teacher.placement` puts it (`load_teacher_for`).
+  """
   from earlyrl_jax import configs
   path = cfg.teacher.config
   if not os.path.isabs(path) and not os.path.exists(path):
@@ -289,20 +309,77 @@ def teacher_config(cfg):
   return tcfg
 
 
+def teacher_mesh(cfg, policy_mesh):
+  """Where the teacher runs (`teacher.placement`).
+
+  'shared': on the policy's mesh; judging and rewriting take turns with the update.
+  'submesh': on its own devices (`teacher.devices`, laid out by `teacher.mesh`), the ones
+  `loop.setup` left out of the policy's mesh, so the teacher's work can run while the
+  policy's update is in flight. Candidates cross as host text, so no array ever moves
+  between the two meshes.
+  """
+  from earlyrl_jax import configs
+  from earlyrl_jax.parallel import mesh as mesh_lib
+  _, devices = mesh_lib.placement_devices(cfg.get("teacher"))
+  if devices is None:
+    return policy_mesh
+  try:
+    return mesh_lib.make_mesh(mesh_lib.teacher_mesh_shape(cfg.teacher), devices)
+  except mesh_lib.MeshConfigError as e:
+    raise configs.ConfigError(f"teacher.mesh: {e}") from None
+
+
+def _check_teacher_fits(path: str, mesh, field: str) -> None:
+  """The teacher's shape splits over `mesh` (checked before its weights are read)."""
+  from earlyrl_jax import configs
+  from earlyrl_jax.teacher.teacher import read_teacher_config
+  meta = read_teacher_config(path)
+  try:
+    if meta is not None:
+      from earlyrl_jax.models.transformer import ModelConfig
+      mc = ModelConfig(**meta["model"])
+    else:
+      from earlyrl_jax.models import hf_io
+      mc = hf_io.model_config_from_hf(hf_io.read_hf_config(path))
+  except Exception:  # unreadable here: load_teacher names the problem
+    return
+  tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
+  for name, value, size, axis in (("n_heads", mc.n_heads, tensor, "tensor"),
+                                  ("n_kv_heads", mc.n_kv_heads, tensor, "tensor"),
+                                  ("d_ff", mc.d_ff, tensor, "tensor"),
+                                  ("vocab_size", mc.vocab_size, tensor, "tensor"),
+                                  ("d_model", mc.d_model, fsdp, "fsdp")):
+    if value % size:
+      raise configs.ConfigError(f"{field}.{axis}={size}: the teacher in {path} has {name}={value}, "
+                                f"not divisible by it")
+
+
 def load_teacher_for(cfg, workdir: str, mesh):
-  """The configured teacher: `teacher.path`, or the embedded teacher (trained once, then reused)."""
+  """The configured teacher: `teacher.path`, or the embedded teacher (trained once, then reused).
+
+  `mesh` is the policy's; under teacher.placement='submesh' the teacher gets its own.
+  """
   from earlyrl_jax.teacher.teacher import load_teacher
+  tmesh = teacher_mesh(cfg, mesh)
+  field = "mesh" if tmesh is mesh else "teacher.mesh"
   if cfg.teacher.path:
-    return load_teacher(cfg.teacher.path, mesh=mesh)
-  from earlyrl_jax.teacher import train_teacher
-  tdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
-  train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
-  return load_teacher(os.path.join(tdir, "teacher"), mesh=mesh)
+    path = cfg.teacher.path
+  else:
+    from earlyrl_jax.teacher import train_teacher
+    tdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+    train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
+    path = os.path.join(tdir, "teacher")
+  _check_teacher_fits(path, tmesh, field)
+  teacher = load_teacher(path, mesh=tmesh)
+  if tmesh is not mesh:
+    loop.log(f"teacher on its own sub-mesh {dict(tmesh.shape)} ({tmesh.devices.size} devices); "
+             f"policy mesh {dict(mesh.shape)} ({mesh.devices.size} devices)")
+  return teacher
 
 
 def run(cfg, workdir: str) -> dict[str, Any]:
   """`mode='sip'`: self-improving pretraining (runs or resumes)."""
-  r = loop.setup(cfg, workdir)
+  r = loop.setup(cfg, workdir)  # the policy's mesh: every device, or those the teacher leaves
   needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
   teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None
   return loop.train_loop(r, sip_job(r, teacher))

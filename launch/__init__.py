@@ -1,0 +1,1 @@
+"""Launchers: XManager (xm_launch.py), SLURM (slurm/), Colab (colab/); see launch/README.md."""
