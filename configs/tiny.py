@@ -102,7 +102,7 @@ def get_config() -> ConfigDict:
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()
-  c.report.methods = "nll,rewrite_nll,sip_rf_nll,sip_dpo,sip_dpo_oracle"  # see earlyrl_jax/tools/report.py
+  c.report.methods = "nll,rewrite_nll,sip_rf_nll,sip_dpo,sip_dpo_pivot,sip_dpo_adaptive,sip_dpo_oracle"  # tools/report.py
   c.report.num_seeds = 1        # seeds per method (3 gives the spread: --config.report.num_seeds=3)
   c.report.base_steps = 400     # plain-NLL steps of the shared base model
   c.report.steps = 60           # steps of each method (x data.batch_size windows: the same budget)

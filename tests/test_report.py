@@ -54,3 +54,16 @@ def test_win_rate_averages_both_orders():
   wr = report.win_rate(_LengthJudge(), ["p", "p"], ["long text", "long text"], ["s", "s"])
   assert wr == pytest.approx((0.9 + 1 - 0.3) / 2)
   assert np.isnan(report.win_rate(None, ["p"], ["a"], ["b"]))
+
+
+def test_a_preempted_or_longer_sub_run_stops_the_report():
+  """SIGTERM inside one method must stop the whole report (not start the next method), and a
+  run directory left by a longer report must not be compared as if it had the same budget."""
+  from types import SimpleNamespace
+  from earlyrl_jax.configs import ConfigError
+  sub = SimpleNamespace(num_steps=20)
+  out = lambda step: {"state": SimpleNamespace(step=np.int32(step))}
+  assert report.finished(out(20), sub, "/w/runs/sip_dpo-s0")
+  assert not report.finished(out(7), sub, "/w/runs/sip_dpo-s0")
+  with pytest.raises(ConfigError, match="sip_dpo-s0 holds a run of 30 steps"):
+    report.finished(out(30), sub, "/w/runs/sip_dpo-s0")

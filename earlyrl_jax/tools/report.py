@@ -207,6 +207,23 @@ def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
   return written
 
 
+def finished(out: dict[str, Any], sub, run_dir: str) -> bool:
+  """Whether a sub-run ended at its last step. False: it was preempted (SIGTERM), and the report
+  stops too; rerunning the command resumes it. A run directory already past the step count
+  (left by a report with more steps) would compare unequal budgets: refused."""
+  step = int(out["state"].step)
+  if step > sub.num_steps:
+    from earlyrl_jax.configs import ConfigError
+    raise ConfigError(f"report: {run_dir} holds a run of {step} steps but this report trains "
+                      f"{sub.num_steps} (report.steps / report.base_steps changed?): use another "
+                      "workdir, or delete that run directory")
+  if step < sub.num_steps:
+    loop.log(f"report: stopped at {run_dir} step {step}/{sub.num_steps} (preempted); rerun the "
+             "same command to continue")
+    return False
+  return True
+
+
 def run(cfg, workdir: str) -> dict[str, Any]:
   """Runs (or resumes) every method and writes the report."""
   t_start = time.time()
@@ -235,8 +252,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   for seed in range(r.num_seeds):
     base_dir = os.path.join(workdir, "runs", f"base-s{seed}")
     loop.log(f"report: base model, seed {seed} ({r.base_steps} NLL steps)")
-    loop.train(run_config(cfg, workdir, "base", seed, base_dir=base_dir,
-                          tokenizer_path=tokenizer_path), base_dir)
+    base_cfg = run_config(cfg, workdir, "base", seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
+    if not finished(loop.train(base_cfg, base_dir), base_cfg, base_dir):
+      return {"preempted": True}
     texts = {}
     for m in methods:
       done += 1
@@ -244,7 +262,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       t0 = time.time()
       loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
       sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
-      sip.run(sub, run_dir)
+      if not finished(sip.run(sub, run_dir), sub, run_dir):
+        return {"preempted": True}
       res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
       texts[m] = res.pop("texts")
       row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
