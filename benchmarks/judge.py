@@ -99,8 +99,7 @@ class CountingLMJudge(LMJudge):
   tokens_real = 0
 
   def _score(self, rows, ids):
-    # rows are token lists, or (head, tail) parts in LMJudge versions with shared-prefix support
-    self.tokens_real += sum(len(r[0]) + len(r[1]) if isinstance(r, tuple) else len(r) for r in rows)
+    self.tokens_real += sum(len(head) + len(tail) for head, tail in rows)
     return super()._score(rows, ids)
 
 

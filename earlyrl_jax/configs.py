@@ -170,12 +170,10 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   _require(d.seq_len >= 2, "data.seq_len", "must be >= 2")
   _require(d.seq_len <= mc.max_seq_len, "data.seq_len",
            f"{d.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
-  for value, axis_size, field in (
-      (mc.n_heads, tensor, "model.n_heads"), (mc.n_kv_heads, tensor, "model.n_kv_heads"),
-      (mc.d_ff, tensor, "model.d_ff"), (mc.vocab_size, tensor, "model.vocab_size"),
-      (mc.d_model, fsdp, "model.d_model")):
-    axis = "mesh.tensor" if axis_size == tensor else "mesh.fsdp"
-    _require(value % axis_size == 0, field, f"{value} is not divisible by {axis}={axis_size}")
+  bad = model_mesh_mismatch(mc, fsdp=fsdp, tensor=tensor)
+  if bad is not None:
+    name, value, axis, size = bad
+    _require(False, f"model.{name}", f"{value} is not divisible by mesh.{axis}={size}")
   o = cfg.opt
   _require(o.learning_rate > 0, "opt.learning_rate", "must be positive")
   _require(o.warmup_steps >= 0, "opt.warmup_steps", "must be >= 0")
@@ -187,6 +185,19 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
     _require(bool(d.train_files), "data.train_files", "is empty; give file globs (or data.corpus='world')")
   if d.tokenizer == "hf":
     _require(bool(d.tokenizer_path), "data.tokenizer_path", "an HF tokenizer needs a path")
+
+
+def model_mesh_mismatch(mc, *, fsdp: int, tensor: int) -> tuple[str, int, str, int] | None:
+  """The first model size the mesh does not split evenly, as (model field, value, mesh axis,
+  axis size); None when all fit. For the policy (`mesh`) and the teacher (`teacher.mesh`)."""
+  for name, value, axis, size in (("n_heads", mc.n_heads, "tensor", tensor),
+                                  ("n_kv_heads", mc.n_kv_heads, "tensor", tensor),
+                                  ("d_ff", mc.d_ff, "tensor", tensor),
+                                  ("vocab_size", mc.vocab_size, "tensor", tensor),
+                                  ("d_model", mc.d_model, "fsdp", fsdp)):
+    if value % size:
+      return name, value, axis, size
+  return None
 
 
 def check_placement(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int) -> int:

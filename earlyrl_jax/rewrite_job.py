@@ -304,15 +304,6 @@ def one_pass_windows(data_cfg, tokenizer, *, files: str, process_index: int = 0,
                                       files=files, shuffle=False)
 
 
-def _any_process(flag: bool) -> bool:
-  """True when any process still has work (the teacher's programs are collective)."""
-  import jax
-  if jax.process_count() == 1:
-    return flag
-  from earlyrl_jax.models.scoring import agree_max
-  return bool(agree_max(int(flag))[0])
-
-
 def judge_pairs(judge, axes: Sequence[str], prefixes, originals, rewrites) -> list[dict[str, float]]:
   """Per window: P(rewrite better than original) per axis (both orders averaged) and the
   pointwise P(unsafe) of each."""
@@ -351,6 +342,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   """`mode='rewrite'`: rewrites the corpus into shards + index (runs or resumes)."""
   import jax
   from earlyrl_jax.data import tokenizer as tok_lib
+  from earlyrl_jax.models.scoring import any_process
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax.train import loop
   from earlyrl_jax.train.sip import load_teacher_for
@@ -366,9 +358,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   S.preflight(train_files, fmt=d.format, text_field=d.text_field, text_split=d.text_split,
               on_error=d.on_error, encoding_errors=d.encoding_errors, field="data.train_files")
   tokenizer = tok_lib.resolve_tokenizer(d, workdir, train_files, cfg.model.vocab_size)
-  # The policy's mesh as a SIP run builds it (teacher.placement='submesh' leaves the teacher's
-  # devices out); load_teacher_for then places the teacher where SIP would.
-  mesh = mesh_lib.mesh_from_config(cfg.mesh, mesh_lib.placement_devices(cfg.get("teacher"))[0])
+  # The policy's mesh as a SIP run builds it; load_teacher_for then places the teacher where
+  # SIP would.
+  mesh = mesh_lib.policy_mesh(cfg)
   teacher = load_teacher_for(cfg, workdir, mesh)
   fingerprint = {"windowing": windowing(d, tokenizer), "shard_size": jc.shard_size,
                  "max_windows": jc.max_windows, "judge": jc.judge,
@@ -427,7 +419,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       seen.add(k)
       batch.append({"key": k, "prefix_text": p, "suffix_text": s, "doc_id": int(w["doc_id"][0]),
                     "cut": int(w["cut"][0])})
-    more = _any_process(bool(batch))  # an empty batch here means this process is exhausted
+    # An empty batch here means this process is exhausted; the teacher's programs are
+    # collective, so every process goes on while any has work.
+    more = any_process(bool(batch))
     if more:
       work = batch or [{"prefix_text": "", "suffix_text": " "}]  # lockstep filler, discarded
       prefixes, suffixes = [r["prefix_text"] for r in work], [r["suffix_text"] for r in work]

@@ -84,6 +84,19 @@ def agree_max(*values: int) -> tuple[int, ...]:
   return tuple(int(v) for v in np.asarray(got).reshape(jax.process_count(), -1).max(axis=0))
 
 
+def any_process(flag: bool) -> bool:
+  """True when `flag` holds on any process (the flag itself on one process): loops whose bodies
+  run collective programs stop together."""
+  return bool(agree_max(int(bool(flag)))[0])
+
+
+def lockstep_chunks(n: int, size: int) -> list[slice]:
+  """Slices of `size` over this process's `n` rows, as many as the process with the most rows
+  needs: every process makes the same number of collective calls (an empty slice means: pad)."""
+  (calls,) = agree_max(-(-n // size))
+  return [slice(c * size, (c + 1) * size) for c in range(calls)]
+
+
 def local_batch_multiple(mesh) -> int:
   """Rows each process must pass so the batch axis splits evenly over its devices."""
   if mesh is None:

@@ -140,6 +140,12 @@ def placement_devices(teacher_cfg, devices: Sequence[Any] | None = None
   return split_devices(int(teacher_cfg.get("devices", 0)), devices)
 
 
+def policy_mesh(cfg) -> Mesh:
+  """The policy's mesh (`cfg.mesh`): over every device, or over those that
+  teacher.placement='submesh' leaves to the policy."""
+  return mesh_from_config(cfg.mesh, placement_devices(cfg.get("teacher"))[0])
+
+
 def teacher_mesh_shape(teacher_cfg) -> tuple[int, int, int]:
   """(data, fsdp, tensor) of `teacher.mesh`; without one, FSDP over the teacher's devices
   (a large teacher's weights are split, its judged rows still spread over every device)."""

@@ -21,7 +21,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import numpy as np
 
-from earlyrl_jax.models.scoring import agree_max
+from earlyrl_jax.models.scoring import lockstep_chunks
 from earlyrl_jax.teacher import prompts as P
 
 AXES = P.AXES
@@ -256,10 +256,9 @@ class LMJudge:
       order = np.argsort([len(h) + len(t) for h, t in parts], kind="stable")
     else:                     # by head, so a chunk prefills few heads
       order = sorted(range(len(parts)), key=lambda i: (tuple(parts[i][0]), len(parts[i][1])))
-    (calls,) = agree_max(-(-len(parts) // self.batch_size))
     filler = ([], _bos(self.tokenizer) or [self.tokenizer.pad_id])
-    for c in range(calls):
-      idx = list(order[c * self.batch_size:(c + 1) * self.batch_size])
+    for chunk in lockstep_chunks(len(parts), self.batch_size):
+      idx = list(order[chunk])
       lp = self._forward([parts[i] for i in idx] or [filler], ids)
       if idx:
         out[idx] = lp
@@ -274,15 +273,7 @@ class LMJudge:
                                         [t for _, t in chunk], group, ids)
 
   def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
-    _check_axis(axis, ("quality", "factuality"))
-    n = len(prefixes)
-    _check_rows(n, a=a, b=b, references=references)
-    if n == 0 and jax.process_count() == 1:
-      return np.zeros((0,), np.float32)
-    refs = references if references is not None else [None] * n
-    rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i]) for i in range(n)]
-    self.calls += n
-    return two_way(self._score(rows, self.encoder.pair_ids))
+    return self.compare_axes(prefixes, a, b, axes=[axis], references=references)[axis]
 
   def compare_axes(self, prefixes, a, b, *, axes, references=None) -> dict[str, np.ndarray]:
     """`compare` on several axes in one batch of forward passes: the axes share the prompt head
@@ -371,8 +362,6 @@ def sampler_generate(model, tokenizer, *, max_new_tokens: int = 256, temperature
   On several hosts every process makes the same number of sampler calls (the largest count),
   padding with a one-token prompt whose output is dropped.
   """
-  import jax
-  from earlyrl_jax.models.scoring import agree_max
   from earlyrl_jax.sampling.sampler import Sampler
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
   chunk = int(rows_per_call) or 128 * jax.local_device_count()
@@ -382,10 +371,9 @@ def sampler_generate(model, tokenizer, *, max_new_tokens: int = 256, temperature
     if hasattr(tokenizer, "apply_chat_template") and getattr(tokenizer, "chat_template", None):
       texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
     ids = [_bos(tokenizer) + tokenizer.encode(t) for t in texts]
-    (calls,) = agree_max(-(-len(ids) // chunk))
     out_texts: list[str] = []
-    for c in range(calls):
-      part = ids[c * chunk:(c + 1) * chunk]
+    for rows in lockstep_chunks(len(ids), chunk):
+      part = ids[rows]
       counter[0] += 1
       out = sampler(part or [_bos(tokenizer) or [tokenizer.pad_id]], max_new_tokens=max_new_tokens,
                     key=jax.random.key(seed + counter[0]), temperature=temperature,

@@ -44,6 +44,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from earlyrl_jax.models.scoring import any_process
+
 SCHEMES = ("all_pairs", "pivot", "adaptive")
 AGGREGATES = ("win_rate", "bradley_terry")
 POINTWISE_AXES = frozenset({"safety"})
@@ -225,14 +227,6 @@ def _lockstep() -> bool:
   return jax.process_count() > 1
 
 
-def _any_process(flag: bool) -> bool:
-  """True when `flag` holds on any process (the flag itself on one process)."""
-  if not _lockstep():
-    return bool(flag)
-  from earlyrl_jax.models.scoring import agree_max
-  return bool(agree_max(int(bool(flag)))[0])
-
-
 def _compare_axes(judge, pre, a, b, axes, refs) -> dict[str, np.ndarray]:
   """P(a beats b) per axis: in one call when the judge batches axes together (`compare_axes`,
   e.g. LMJudge: one prefill per prefix for all axes), else one `compare` call per axis."""
@@ -384,7 +378,7 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
                          pool[-1] if len(pool) % 2 else None))
       plans.append(plan)
     want = [(g, i, j) for g, plan in enumerate(plans) for _, prs, _ in plan for i, j in prs]
-    if not _any_process(bool(want)):
+    if not any_process(bool(want)):
       break
     room = {g: caps[g] - used(g) for g in range(G)}
     asked, total = [], left()
@@ -481,6 +475,6 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
           asked.append((float(value_r[i, j]), g, rg[i], rg[j]))
     asked.sort(key=lambda t: -t[0])               # the pool goes where it resolves most
     asked = [(g, i, j) for _, g, i, j in asked[:max(left(), 0)]]
-    if not _any_process(bool(asked)):
+    if not any_process(bool(asked)):
       break
     asker.ask(asked)

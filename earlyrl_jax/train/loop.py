@@ -117,9 +117,7 @@ def setup(cfg, workdir: str) -> Run:
   if is_main():
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(cfg.to_json_best_effort(indent=2))
-  # teacher.placement='submesh': the policy's mesh is built on the devices the teacher leaves.
-  policy_devices, _ = mesh_lib.placement_devices(cfg.get("teacher"))
-  mesh = mesh_lib.mesh_from_config(cfg.mesh, policy_devices)
+  mesh = mesh_lib.policy_mesh(cfg)  # teacher.placement='submesh': the devices the teacher leaves
   train_files, eval_files = resolve_corpus(cfg, workdir)
   configs.check_data(cfg, train_files, eval_files)  # first records parse, before anything slow
   tokenizer = tok_lib.resolve_tokenizer(cfg.data, workdir, train_files, cfg.model.vocab_size)

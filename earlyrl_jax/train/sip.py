@@ -343,15 +343,11 @@ def _check_teacher_fits(path: str, mesh, field: str) -> None:
       mc = hf_io.model_config_from_hf(hf_io.read_hf_config(path))
   except Exception:  # unreadable here: load_teacher names the problem
     return
-  tensor, fsdp = mesh.shape["tensor"], mesh.shape["fsdp"]
-  for name, value, size, axis in (("n_heads", mc.n_heads, tensor, "tensor"),
-                                  ("n_kv_heads", mc.n_kv_heads, tensor, "tensor"),
-                                  ("d_ff", mc.d_ff, tensor, "tensor"),
-                                  ("vocab_size", mc.vocab_size, tensor, "tensor"),
-                                  ("d_model", mc.d_model, fsdp, "fsdp")):
-    if value % size:
-      raise configs.ConfigError(f"{field}.{axis}={size}: the teacher in {path} has {name}={value}, "
-                                f"not divisible by it")
+  bad = configs.model_mesh_mismatch(mc, fsdp=mesh.shape["fsdp"], tensor=mesh.shape["tensor"])
+  if bad is not None:
+    name, value, axis, size = bad
+    raise configs.ConfigError(f"{field}.{axis}={size}: the teacher in {path} has {name}={value}, "
+                              f"not divisible by it")
 
 
 def load_teacher_for(cfg, workdir: str, mesh):
