@@ -35,22 +35,22 @@ def get_config() -> ConfigDict:
 
   c.teacher.pretrain = ConfigDict()
   c.teacher.pretrain.num_documents = 6000  # clean world documents
-  c.teacher.pretrain.steps = 120           # optimizer steps
+  c.teacher.pretrain.steps = 240           # optimizer steps (about one pass: the world's facts)
   c.teacher.pretrain.batch_size = 16       # packed rows per step
   c.teacher.pretrain.seq_len = 256         # packed row length
   c.teacher.pretrain.learning_rate = 3e-3  # peak (warmup + cosine)
-  c.teacher.pretrain.copy_share = 0.0      # extra rows of rewriter-format exact copies (x rows)
 
   c.teacher.sft = ConfigDict()
-  c.teacher.sft.num_documents = 4000    # clean supervision documents (split by judge_share)
-  c.teacher.sft.steps = 350             # optimizer steps
+  c.teacher.sft.num_documents = 8000    # clean supervision documents (split by judge_share)
+  c.teacher.sft.steps = 700             # optimizer steps
   c.teacher.sft.batch_size = 16         # packed rows of model.max_seq_len per step
   c.teacher.sft.learning_rate = 3e-3    # peak (warmup + cosine)
   c.teacher.sft.verdict_weight = 8.0    # loss_mask weight of a verdict token (a rewrite token: 1)
   c.teacher.sft.adversarial_rate = 0.15 # share of judge examples with a (training) injection string
   c.teacher.sft.safe_keep = 0.35        # share of safe candidates kept as safety examples (balance)
-  c.teacher.sft.judge_share = 0.67      # share of supervision documents for judge pairs (rest: rewrites)
+  c.teacher.sft.judge_share = 0.4       # share of supervision documents for judge pairs (rest: edits)
   c.teacher.sft.false_fact_share = 0.4  # share of pair documents corrupted with a false claim
+  c.teacher.sft.cut_share = 0.5         # share of pairs cut after the same number of words (SIP's windows)
 
   c.teacher.grpo = ConfigDict()
   c.teacher.grpo.steps = 4               # rewriter GRPO updates (0 = skip)

@@ -254,7 +254,7 @@ def sip_rewriter(run, teacher):
   """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    return teacher.rewriter()
+    return teacher.rewriter(window_cut=True)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
     return PrecomputedRewrites.load(directory, expected=windowing(run.cfg.data, run.tokenizer))
@@ -382,7 +382,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   it = iter(windows)
   if index["iterator"] is not None:
     it.set_state(index["iterator"])
-  rewriter = teacher.rewriter(batch_size=jc.batch_size)
+  rewriter = teacher.rewriter(batch_size=jc.batch_size, window_cut=True)
   judge, axes = None, sorted(cfg.sip.judge_axes.keys())
   if jc.judge == "teacher":
     judge = teacher.judge()

@@ -30,7 +30,7 @@ SMALL = ["--config.data.tokenizer=byte", "--config.model.vocab_size=384", "--con
 def _cli(workdir, *args, timeout=120):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device: fast
   return subprocess.run([sys.executable, "-m", "earlyrl_jax.main", f"--workdir={workdir}",
-                         f"--config={TINY}", *args], cwd=REPO, env=env, capture_output=True,
+                         f"--config={TINY}", "--config.mode=pretrain", *args], cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
 

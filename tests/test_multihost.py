@@ -30,7 +30,7 @@ def _spawn(argv, port, pid, local_devices=1):
 
 
 # A small world and byte tokenizer: the 2-host runs start in seconds.
-SMALL_RUN = ["--config.data.tokenizer=byte", "--config.model.vocab_size=384",
+SMALL_RUN = ["--config.mode=pretrain", "--config.data.tokenizer=byte", "--config.model.vocab_size=384",
              "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
              "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
              "--config.world.num_factual_probes=5", "--config.world.num_unsafe_bait=3"]

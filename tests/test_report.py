@@ -67,3 +67,27 @@ def test_a_preempted_or_longer_sub_run_stops_the_report():
   assert not report.finished(out(7), sub, "/w/runs/sip_dpo-s0")
   with pytest.raises(ConfigError, match="sip_dpo-s0 holds a run of 30 steps"):
     report.finished(out(30), sub, "/w/runs/sip_dpo-s0")
+
+
+def test_bars_need_a_gain_beyond_twice_the_spread_and_several_seeds():
+  per_seed = {
+      "nll": [{"factuality": 0.50, "safety": 0.40}, {"factuality": 0.52, "safety": 0.42}],
+      "rewrite_nll": [{"factuality": 0.55, "safety": 0.50}, {"factuality": 0.55, "safety": 0.50}],
+      "sip_dpo": [{"factuality": 0.60, "safety": 0.43}, {"factuality": 0.62, "safety": 0.47}]}
+  summary = report.summarise(per_seed)
+  trends = {"sip_dpo": {"first_fifth": 0.2, "last_fifth": 0.4}}
+  b = report.bars(summary, trends, per_seed)["sip_dpo"]
+  f, s = b["factuality"], b["safety"]
+  assert f["gain"] == pytest.approx(0.10) and f["spread"] == pytest.approx(0.01)
+  assert f["paired_spread"] == pytest.approx(0.0) and f["met"] and f["met_paired"]
+  # safety: +0.04 against 2 x 0.02 (unpaired) fails; per-seed gains 0.03 and 0.05 (std 0.01) pass
+  assert s["paired_spread"] == pytest.approx(0.01) and not s["met"] and s["met_paired"]
+  assert f["vs_rewrite_nll"] == pytest.approx(0.06)
+  assert b["rollout_win_share_rises"] is True
+  one_seed = report.summarise({"nll": [{"factuality": 0.5, "safety": 0.4}],
+                               "sip_dpo": [{"factuality": 0.9, "safety": 0.9}]})
+  one = report.bars(one_seed, {})["sip_dpo"]
+  assert not one["factuality"]["met"] and not one["factuality"]["met_paired"]  # no spread measured
+  assert one["rollout_win_share_rises"] is None
+  text = "\n".join(report._bar_lines(report.bars(summary, trends, per_seed)))
+  assert "| sip_dpo | +0.100 | 0.010 / 0.000 | yes / yes | +0.040 | 0.020 / 0.010 | no / yes |" in text

@@ -107,7 +107,7 @@ def test_job_writes_shards_and_index_and_records_round_trip(finished, corpus, te
     assert isinstance(r["rewrite"], str)
   # The stored rewrite is what SIP's online rewriter says for that window.
   from earlyrl_jax.teacher.teacher import load_teacher
-  online = load_teacher(teacher_dir).rewriter().rewrite(
+  online = load_teacher(teacher_dir).rewriter(window_cut=True).rewrite(
       [r["prefix_text"] for r in recs[:BATCH]], [r["suffix_text"] for r in recs[:BATCH]],
       key=jax.random.key(0))
   assert online == [r["rewrite"] for r in recs[:BATCH]]

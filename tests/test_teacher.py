@@ -239,6 +239,26 @@ def test_teacher_without_single_token_verdicts_judges_generatively():
     t.judge(mode="logprob")
 
 
+def test_hf_style_teacher_rewrites_generatively_and_stops_on_the_marker_sequence():
+  """A tokenizer without single-token markers (HF instruct models) gets the generative
+  rewriter, which stops on the end marker's token sequence and strips it."""
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.models.transformer import Transformer
+  mc = tiny_model_config(vocab_size=259, max_seq_len=512)
+  graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
+  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40))
+  r = t.rewriter(max_new_tokens=6)
+  assert isinstance(r, rw.Rewriter) and r.end_id is None and r.end_sequences
+  out = r.rewrite(["A prefix."] * 2, ["A suffix."] * 2, key=jax.random.key(0))
+  assert len(out) == 2 and all(P.REWRITE_CLOSE not in o for o in out)
+  tok = ByteTokenizer()
+  gen = tok.encode("Fixed." + P.REWRITE_CLOSE)
+
+  class Out:  # what the sampler returns for a row that hit the stop sequence
+    tokens, lengths = [gen + [0, 0]], [len(gen)]
+  assert r.decode(Out) == ["Fixed."]
+
+
 def test_generation_for_the_generative_judge_is_chunked_without_changing_outputs(monkeypatch):
   """Large tournament rounds are generated a bounded number of rows at a time (memory)."""
   from earlyrl_jax.data.tokenizer import ByteTokenizer
@@ -332,3 +352,78 @@ def test_teacher_job_smoke(tmp_path):
   assert rep["oracle_judge_agreement_factuality"] in (1.0,) or np.isnan(rep["oracle_judge_agreement_factuality"])
   assert os.path.exists(tmp_path / "teacher_report.md")
   assert TT.run(cfg, str(tmp_path))["reused"]
+
+
+# ------------------------------------------------------------------ the editor (embedded rewriter)
+
+
+def test_edit_labels_turn_each_defect_back_into_the_clean_suffix(world):
+  """Keeping the sentences edit_labels keeps gives the clean target (or part of it) for every
+  defect kind the world plants; a clean suffix is kept whole."""
+  from earlyrl_jax.world.supervision import corrupt_suffix
+  from earlyrl_jax.teacher.editor import EditPlan
+  cfg, kb, oracles = world
+  rng = random.Random(0)
+  kinds = set()
+  for doc in W.generate_documents(kb, cfg, "t", 80, clean=True):
+    split = TT._suffix_split(doc, rng, 2)
+    if split is None:
+      continue
+    prefix, clean, _ = split
+    target = W.join(clean)
+    sents = P.split_sentences(target)
+    assert not any(TT.edit_labels(sents, target))
+    bad, kind = corrupt_suffix(kb, clean, rng, doc.topic)
+    sents = P.split_sentences(W.join(bad))
+    drops = TT.edit_labels(sents, target)
+    kept = EditPlan(sents, [], []).apply([not d for d in drops])
+    assert {s.strip() for s in P.split_sentences(kept)} <= {s.strip() for s in P.split_sentences(target)}
+    if kept:
+      score = oracles.score(kept, prefix=prefix)
+      assert not score["unsafe"] and score["false_claims"] == 0, (kind, kept)
+    kinds.add(kind)
+  assert {"unsafe", "false_fact", "typos", "drift"} <= kinds
+
+
+def test_labeled_examples_supervise_every_check_including_the_last_token():
+  ex = [TT.Labeled([1, 5, 9, 6, 9], {2: 40, 4: 41}, 8.0), ([1, 2], [3], 1.0)]
+  rows = TT.pack_examples(ex, 16, random.Random(0))
+  m, t = rows["loss_mask"][0], rows["targets"][0]
+  supervised = sorted((int(t[i]), float(m[i])) for i in range(16) if m[i] > 0)
+  assert supervised == [(3, 1.0), (40, 8.0), (41, 8.0)]
+
+
+def test_editor_reads_each_verdict_where_one_forward_pass_would(tiny_teacher):
+  """P(drop) per sentence from the scorer's truncated rows equals the full row's logits at the
+  CHECK tokens: what SFT trains (one row, all checks) is what rewriting reads."""
+  import jax.numpy as jnp
+  ed = tiny_teacher.rewriter()
+  plan = ed.plan("Tal is old.", "Tal lies in Vexmoor. It is big. Nobody knows more.")
+  assert len(plan.checks) == 3
+  probs = ed.drop_probs(tiny_teacher.params, [plan])[0]
+  ids = jnp.asarray([plan.ids])
+  logits = tiny_teacher.model()(ids, positions=jnp.arange(len(plan.ids))[None], segment_ids=jnp.ones_like(ids))
+  lp = np.asarray(jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1))
+  keep, drop = ed.verdicts
+  want = [1 / (1 + np.exp(lp[c, keep] - lp[c, drop])) for c in plan.checks]
+  np.testing.assert_allclose(probs, want, rtol=1e-4, atol=1e-5)
+
+
+def test_editor_copies_drops_and_writes_anew(tiny_teacher, monkeypatch):
+  from earlyrl_jax.teacher.editor import EditRewriter
+  ed = tiny_teacher.rewriter(max_new_tokens=8)
+  assert isinstance(ed, EditRewriter)
+  suffixes = ["Tal lies in Vexmoor.  It is big.\nNobody knows more.", "Rot is vile. Tal is old.", "Rot is vile."]
+  verdicts = {"Tal lies in Vexmoor.": 0.1, "It is big.": 0.2, "Nobody knows more.": 0.4,
+              "Rot is vile.": 0.9, "Tal is old.": 0.3}
+  monkeypatch.setattr(EditRewriter, "drop_probs", lambda self, params, plans: [
+      np.array([verdicts[s.strip()] for s in pl.sentences[:len(pl.checks)]]) for pl in plans])
+  out = ed.rewrite(["A prefix."] * 3, suffixes, key=jax.random.key(0))
+  assert out[0] == suffixes[0]                      # every sentence fine: byte-for-byte copy
+  assert out[1] == "Tal is old."                    # the bad sentence dropped
+  assert out[2] and ed.written == 1                 # nothing left: the teacher wrote anew
+  # A window's cut-off last sentence is its edge, not a defect: kept unchecked.
+  cut = EditRewriter(tiny_teacher, window_cut=True)
+  plan = cut.plan("A prefix.", "Tal is old. Tal lies in")
+  assert len(plan.checks) == 1 and plan.apply([True]) == "Tal is old. Tal lies in"
+  assert len(ed.plan("A prefix.", "Tal is old. Tal lies in").checks) == 2

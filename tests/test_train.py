@@ -29,7 +29,7 @@ SMALL_WORLD = {"world.num_train_documents": 300, "world.num_eval_documents": 20,
 def tiny_cfg(**overrides):
   from configs import tiny  # noqa: the repository's configs/ directory
   cfg = tiny.get_config()
-  base = {"num_steps": 20, "log_every_steps": 5, "eval_every_steps": 0, "checkpoint.every_steps": 5,
+  base = {"mode": "pretrain", "num_steps": 20, "log_every_steps": 5, "eval_every_steps": 0, "checkpoint.every_steps": 5,
           "eval_world_prompts": 0,
           "data.tokenizer": "byte", "model.vocab_size": 384, "data.batch_size": 8, "data.seq_len": 64,
           **SMALL_WORLD}
@@ -95,7 +95,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
       np.testing.assert_array_equal(a, b)
 
 
-CLI_ARGS = ["--config.num_steps=60", "--config.eval_world_prompts=0", "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
+CLI_ARGS = ["--config.mode=pretrain", "--config.num_steps=60", "--config.eval_world_prompts=0", "--config.checkpoint.every_steps=5", "--config.log_every_steps=5",
             "--config.eval_every_steps=0", "--config.data.tokenizer=byte", "--config.model.vocab_size=384",
             "--config.data.batch_size=8", "--config.data.seq_len=64"] + [
                 f"--config.{k}={v}" for k, v in SMALL_WORLD.items()]

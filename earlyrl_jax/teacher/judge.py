@@ -120,13 +120,28 @@ class PromptEncoder:
     self.tokenizer = tokenizer
     self.max_len = max_len
     self.limits = limits
-    self.pair_ids = P.verdict_ids(tokenizer, (P.VERDICT_A, P.VERDICT_B))
-    self.point_ids = P.verdict_ids(tokenizer, (P.VERDICT_UNSAFE, P.VERDICT_SAFE))
     self._head = functools.lru_cache(maxsize=4096)(self._encode_head)
 
+  # Verdict ids are looked up when first needed: the generative rewriter encodes prompts
+  # with tokenizers (HF) that have no single-token verdicts.
+  @functools.cached_property
+  def pair_ids(self) -> list[int]:
+    return P.verdict_ids(self.tokenizer, (P.VERDICT_A, P.VERDICT_B))
+
+  @functools.cached_property
+  def point_ids(self) -> list[int]:
+    return P.verdict_ids(self.tokenizer, (P.VERDICT_UNSAFE, P.VERDICT_SAFE))
+
   def _encode_head(self, kind: str, prefix: str) -> tuple[int, ...]:
-    head = P.pair_head(prefix, self.limits) if kind == "pair" else P.point_head(prefix, self.limits)
+    head = {"pair": P.pair_head, "point": P.point_head, "edit": P.edit_head}[kind](prefix, self.limits)
     return tuple(_bos(self.tokenizer) + self.tokenizer.encode(head))
+
+  def edit(self, prefix: str, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Edit prompt ids and the index of each CHECK token (one per checked sentence, in order)."""
+    check = P.verdict_ids(self.tokenizer, (P.CHECK,))[0]
+    ids = _fit(list(self._head("edit", prefix)), self.tokenizer.encode(P.edit_tail(sentences, self.limits)),
+               self.max_len)
+    return ids, [i for i, t in enumerate(ids) if t == check]
 
   def pair(self, prefix, a, b, axis, reference=None) -> list[int]:
     return sum(self.pair_parts(prefix, a, b, axis, reference), [])

@@ -71,7 +71,8 @@ def grpo_terms(model, batch, frozen):
 
 
 class Rewriter:
-  """Rewrites (prefix, suffix) pairs with a teacher; greedy by default (temperature=0)."""
+  """Generative rewriting of (prefix, suffix) pairs with any teacher (HF instruct models);
+  greedy by default (temperature=0). The embedded teacher uses `editor.EditRewriter`."""
 
   def __init__(self, teacher, *, max_new_tokens: int = 96, batch_size: int = 64):
     from earlyrl_jax.sampling.sampler import Sampler
@@ -81,13 +82,19 @@ class Rewriter:
     self.max_new_tokens = max_new_tokens
     self.batch_size = batch_size
     self.encoder = PromptEncoder(teacher.tokenizer, max_len=teacher.max_len, limits=teacher.limits)
-    self.end_id = P.verdict_ids(teacher.tokenizer, (P.REWRITE_CLOSE,))[0]
+    # The end marker is one token of the embedded teacher's tokenizer; an HF tokenizer splits
+    # it, so generation stops on its token sequences instead (with and without a space before).
+    try:
+      self.end_id, self.end_sequences = P.verdict_ids(teacher.tokenizer, (P.REWRITE_CLOSE,))[0], []
+    except ValueError:
+      self.end_id = None
+      self.end_sequences = [teacher.tokenizer.encode(t) for t in (P.REWRITE_CLOSE, " " + P.REWRITE_CLOSE)]
     self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
     self.calls = 0
 
   def stop_tokens(self) -> list[int]:
     eos = self.tokenizer.eos_id
-    return [self.end_id] + ([eos] if eos is not None else [])
+    return ([self.end_id] if self.end_id is not None else []) + ([eos] if eos is not None else [])
 
   def sample(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key,
              temperature: float = 0.0, num_samples: int = 1, max_new_tokens: int | None = None):
@@ -97,10 +104,12 @@ class Rewriter:
     m = max_new_tokens or self.max_new_tokens
     ids = [self.encoder.rewrite(p, s, m) for p, s in zip(prefixes, suffixes)]
     out = self.sampler.sample(params, ids, max_new_tokens=m, key=key, temperature=temperature,
-                              stop_tokens=self.stop_tokens(), num_samples=num_samples)
+                              stop_tokens=self.stop_tokens(), stop_sequences=self.end_sequences or None,
+                              num_samples=num_samples)
     return ids, out
 
   def decode(self, out) -> list[str]:
+    """Generated rows -> rewrites (up to the end marker, markers removed)."""
     texts = []
     for row, n in zip(out.tokens, out.lengths):
       ids = [int(t) for t in row[:n] if int(t) not in self.stop_tokens()]

@@ -61,9 +61,19 @@ class Teacher:
                              max_new_tokens=kw.pop("max_new_tokens", 256))
     return J.GenerativeJudge(gen, limits=self.limits)
 
-  def rewriter(self, **kw):
-    from earlyrl_jax.teacher.rewriter import Rewriter
-    return Rewriter(self, **kw)
+  def rewriter(self, *, window_cut: bool = False, **kw):
+    """The edit rewriter (keep/drop per sentence) when the tokenizer has the edit markers
+    (the embedded teacher), else the generative rewriter (HF instruct teachers).
+
+    window_cut: suffixes end where a training window cut them (SIP and the rewrite job):
+    the editor keeps an unfinished last sentence instead of treating it as a defect."""
+    try:
+      P.verdict_ids(self.tokenizer, (P.CHECK,) + P.EDIT_VERDICTS)
+    except ValueError:
+      from earlyrl_jax.teacher.rewriter import Rewriter
+      return Rewriter(self, **kw)
+    from earlyrl_jax.teacher.editor import EditRewriter
+    return EditRewriter(self, window_cut=window_cut, **kw)
 
 
 def save_params(path: str, params) -> None:

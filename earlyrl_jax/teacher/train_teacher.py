@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 from collections.abc import Sequence
 
@@ -121,21 +122,45 @@ def train_tokenizer(texts: Sequence[str], out_path: str, vocab_size: int) -> str
   return out_path
 
 
-def pack_examples(examples: list[tuple[list[int], list[int], float]], seq_len: int, rng) -> dict:
-  """(prompt ids, completion ids, weight) -> packed LM rows; loss_mask = weight on completion targets."""
+@dataclasses.dataclass
+class Labeled:
+  """An example whose targets are not the next tokens: verdicts read at given positions
+  (the editor's CHECK tokens), so one prompt trains every sentence's keep/drop verdict."""
+  ids: list[int]
+  targets: dict[int, int]   # position -> verdict token id predicted there
+  weight: float
+
+
+def _example_arrays(ex, seq_len: int) -> tuple[list[int], list[int], list[float]]:
+  """(tokens, targets, loss weights) of one example, cut to seq_len."""
+  if isinstance(ex, Labeled):
+    seq = ex.ids[:seq_len]
+    tgt = seq[1:] + [0]
+    mask = [0.0] * len(seq)
+    for pos, t in ex.targets.items():
+      if pos < len(seq):
+        tgt[pos], mask[pos] = t, ex.weight
+    return seq, tgt, mask
+  p, c, w = ex
+  seq = (p + c)[:seq_len]
+  mask = ([0.0] * (len(p) - 1) + [w] * len(c) + [0.0])[:len(seq)]
+  return seq, seq[1:] + [0], mask
+
+
+def pack_examples(examples: list, seq_len: int, rng) -> dict:
+  """Examples -> packed LM rows. An example is (prompt ids, completion ids, weight), the loss
+  on the completion's tokens with that weight, or a `Labeled` one."""
   order = list(range(len(examples)))
   rng.shuffle(order)
   rows = []
-  cur: list[tuple[list[int], list[float]]] = []
+  cur: list[tuple[list[int], list[int], list[float]]] = []
   used = 0
   for i in order:
-    p, c, w = examples[i]
-    seq = (p + c)[:seq_len]
-    mask = ([0.0] * (len(p) - 1) + [w] * len(c) + [0.0])[:len(seq)]
+    seq, tgt, mask = _example_arrays(examples[i], seq_len)
     if used + len(seq) > seq_len and cur:
       rows.append(cur)
       cur, used = [], 0
-    cur.append((seq, mask))
+    cur.append((seq, tgt, mask))
     used += len(seq)
   if cur:
     rows.append(cur)
@@ -144,10 +169,10 @@ def pack_examples(examples: list[tuple[list[int], list[int], float]], seq_len: i
   out["loss_mask"] = np.zeros((B, seq_len), np.float32)
   for r, segs in enumerate(rows):
     o = 0
-    for s, (seq, mask) in enumerate(segs, start=1):
+    for s, (seq, tgt, mask) in enumerate(segs, start=1):
       n = len(seq)
       out["tokens"][r, o:o + n] = seq
-      out["targets"][r, o:o + n - 1] = seq[1:]
+      out["targets"][r, o:o + n] = tgt   # a Labeled example may end on a verdict position
       out["segment_ids"][r, o:o + n] = s
       out["positions"][r, o:o + n] = np.arange(n)
       out["loss_mask"][r, o:o + n] = mask
@@ -208,12 +233,20 @@ def false_fact(kb, suffix, rng):
   return out
 
 
+def cut_words(text: str, n: int) -> str:
+  """The text up to the end of its n-th word (what a window of N tokens leaves of it)."""
+  words = list(re.finditer(r"\S+", text))
+  return text if len(words) <= n else text[:words[n - 1].end()]
+
+
 def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corrupted",
-               false_fact_share: float = 0.0) -> list[PairExample]:
+               false_fact_share: float = 0.0, cut_share: float = 0.0) -> list[PairExample]:
   """Clean vs corrupted (and corrupted vs corrupted) suffixes of clean documents, oracle labelled.
 
   false_fact_share: share of documents whose corruption is forced to a false claim (the
   world's corruption mix has few, and factuality is the axis that needs them).
+  cut_share: share of pairs whose candidates are both cut after the same number of words
+  (kind 'cut'): SIP judges suffixes and rollouts that its N-token windows end mid-sentence.
   """
   out = []
   for doc in docs:
@@ -232,12 +265,18 @@ def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corru
       continue
     if rng.random() < 0.5:
       a, b = b, a
+    pair_kind = kind
+    if rng.random() < cut_share:
+      n = rng.randint(8, 28)
+      a, b, pair_kind = cut_words(a, n), cut_words(b, n), "cut"
+      if a == b:
+        continue
     labels = {}
     for axis in ("quality", "factuality"):
       lab = _label(oracles, prefix, a, b, axis)
       if lab is not None:
         labels[axis] = lab
-    out.append(PairExample(prefix, a, b, _reference(clean, rest, rng), labels, kind))
+    out.append(PairExample(prefix, a, b, _reference(clean, rest, rng), labels, pair_kind))
   return out
 
 
@@ -294,12 +333,28 @@ def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites
         counts["adversarial"] += 1
       ex.append((enc.point(pe.prefix, text), [vU if unsafe else vS], w))
       counts["safety"] += 1
-  for r in rewrites:
-    prompt = enc.rewrite(r["prefix"], r["suffix"], max_new_tokens=tcfg.rewrite_max_new_tokens)
-    comp = enc.tokenizer.encode(P.rewrite_target(r["target"], enc.limits))[:tcfg.rewrite_max_new_tokens]
-    ex.append((prompt, comp, 1.0))
+  keep_id, drop_id = P.verdict_ids(enc.tokenizer, P.EDIT_VERDICTS)
+  for r in rewrites:   # the editor: a keep/drop verdict at every sentence of the input
+    sentences = P.split_sentences(r["suffix"])
+    ids, checks = enc.edit(r["prefix"], sentences)
+    drops = edit_labels(sentences, r["target"])
+    ex.append(Labeled(ids, {c: drop_id if d else keep_id for c, d in zip(checks, drops)}, w))
     counts["rewrite"] += 1
   return ex, counts
+
+
+def edit_labels(sentences: Sequence[str], target: str) -> list[bool]:
+  """Drop (True) every sentence of the input that is not a sentence of the clean target, or
+  that repeats one already kept; what is left is the target (or part of it)."""
+  wanted = {s.strip() for s in P.split_sentences(target)}
+  seen: set[str] = set()
+  out = []
+  for s in sentences:
+    t = s.strip()
+    drop = t not in wanted or t in seen
+    seen.add(t)
+    out.append(drop)
+  return out
 
 
 # ------------------------------------------------------------------ training
@@ -361,12 +416,18 @@ def train_lm(cfg, name: str, graphdef, params, model_cfg, mesh, rows: dict, *, s
 
 
 def grpo(cfg, teacher: T.Teacher, rewrites: list[dict], mesh) -> tuple[object, dict]:
-  """The rewriter's GRPO: K samples per input, judge rewards, group advantages, KL to the start."""
+  """The rewriter's GRPO: K sampled edits per input (keep/drop per sentence at
+  `grpo.temperature`), the paper's reward with the teacher's own judge, group-normalised
+  advantages, KL to the post-SFT model on the verdict tokens."""
   from flax import nnx
   g = cfg.teacher.grpo
   if g.steps <= 0:
     return teacher.params, {}
-  rewriter = teacher.rewriter(max_new_tokens=cfg.teacher.rewrite_max_new_tokens)
+  editor = teacher.rewriter(max_new_tokens=cfg.teacher.rewrite_max_new_tokens)
+  if not hasattr(editor, "edit"):
+    raise ValueError("teacher.grpo: the embedded teacher's tokenizer lacks the edit markers "
+                     "(prompts.EDIT_VERDICTS); retrain it with this version")
+  keep_id, drop_id = editor.verdicts
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
   graphdef = teacher.graphdef
   ref_params = teacher.params
@@ -387,43 +448,41 @@ def grpo(cfg, teacher: T.Teacher, rewrites: list[dict], mesh) -> tuple[object, d
     return optax.apply_updates(params, updates), opt_state, pg, kl
 
   rng = random.Random(cfg.seed + 7)
+  sample_rng = np.random.default_rng(cfg.seed + 7)
   key = jax.random.key(cfg.seed + 7)
   prog = _Progress("grpo", g.steps, 1)
   stats = {"reward": [], "copy": []}
   K = g.samples_per_input
   for s in range(1, g.steps + 1):
-    items = rng.sample(rewrites, g.inputs_per_step)
-    pre = [r["prefix"] for r in items]
-    suf = [r["suffix"] for r in items]
+    items = rng.sample(rewrites, min(g.inputs_per_step, len(rewrites)))
+    rp = [r["prefix"] for r in items for _ in range(K)]
+    ro = [r["suffix"] for r in items for _ in range(K)]
+    defective = [r["defect"] is not None for r in items for _ in range(K)]
     key, k = jax.random.split(key)
-    prompt_ids, out = rewriter.sample(params, pre, suf, key=k, temperature=g.temperature, num_samples=K)
-    texts = rewriter.decode(out)
+    plans, keep, texts = editor.edit(params, rp, ro, key=k, temperature=g.temperature, rng=sample_rng)
     judge = LMJudge(graphdef, params, teacher.tokenizer, max_len=L, limits=teacher.limits)
-    rp = [p for p in pre for _ in range(K)]
-    ro = [x for x in suf for _ in range(K)]
     jq = 0.5 * (judge.compare(rp, texts, ro, axis="quality") + 1 - judge.compare(rp, ro, texts, axis="quality"))
     jf = 0.5 * (judge.compare(rp, texts, ro, axis="factuality", references=ro)
                 + 1 - judge.compare(rp, ro, texts, axis="factuality", references=ro))
     js = 1.0 - judge.pointwise(rp, texts)
-    rewards = np.array([rw.rewriter_reward(items[i // K]["defect"] is not None, ro[i], texts[i],
-                                           0.5 * (jq[i] + jf[i]), js[i]) for i in range(len(texts))])
+    rewards = np.array([rw.rewriter_reward(defective[i], ro[i], texts[i], 0.5 * (jq[i] + jf[i]), js[i])
+                        for i in range(len(texts))])
     adv = rw.group_advantages(rewards.reshape(-1, K)).reshape(-1)
     stats["reward"].append(float(rewards.mean()))
-    stats["copy"].append(float(np.mean([texts[i] == ro[i] for i in range(len(texts))
-                                        if items[i // K]["defect"] is None] or [0.0])))
-    # Packed rows: one sample per row (prompt + sampled tokens); loss on the sampled tokens.
+    stats["copy"].append(float(np.mean([texts[i] == ro[i].strip() for i in range(len(texts))
+                                        if not defective[i]] or [0.0])))
+    # One row per sample: the edit prompt, its sampled keep/drop verdicts as targets at the CHECKs.
     rows = {k: np.zeros((len(texts), L), np.int32) for k in ("tokens", "targets", "segment_ids", "positions")}
     rows["loss_mask"] = np.zeros((len(texts), L), np.float32)
-    for i in range(len(texts)):
-      p = list(prompt_ids[i // K])
-      c = [int(t) for t in out.tokens[i][:out.lengths[i]]]
-      seq = (p + c)[:L]
-      n = len(seq)
-      rows["tokens"][i, :n] = seq
-      rows["targets"][i, :n - 1] = seq[1:]
+    for i, pl in enumerate(plans):
+      n = len(pl.ids)
+      rows["tokens"][i, :n] = pl.ids
+      rows["targets"][i, :n - 1] = pl.ids[1:]
       rows["segment_ids"][i, :n] = 1
       rows["positions"][i, :n] = np.arange(n)
-      rows["loss_mask"][i, len(p) - 1:n - 1] = 1.0
+      for c, kept in zip(pl.checks, keep[i]):
+        rows["targets"][i, c] = keep_id if kept else drop_id
+        rows["loss_mask"][i, c] = 1.0
     batch = {k: jnp.asarray(v) for k, v in rows.items()}
     batch["advantages"] = jnp.asarray(adv)
     params, opt_state, pg, kl = update(params, opt_state, batch)
@@ -553,6 +612,7 @@ def _rewrite_eval(teacher, oracles, items: list[dict], key) -> dict:
     return {}
   rewriter = teacher.rewriter()
   outs = rewriter.rewrite([r["prefix"] for r in items], [r["suffix"] for r in items], key=key)
+  written = int(getattr(rewriter, "written", 0))   # editor: inputs it dropped whole and wrote anew
   clean = [(r, o) for r, o in zip(items, outs) if r["defect"] is None]
   bad = [(r, o) for r, o in zip(items, outs) if r["defect"] is not None]
   copy = float(np.mean([o.strip() == r["suffix"].strip() for r, o in clean])) if clean else float("nan")
@@ -567,7 +627,7 @@ def _rewrite_eval(teacher, oracles, items: list[dict], key) -> dict:
   fix = float(np.mean([fixed(r, o) for r, o in bad])) if bad else float("nan")
   example = next(({"prefix": r["prefix"], "suffix": r["suffix"], "rewrite": o} for r, o in bad), {})
   return {"rewrite_copy_rate": copy, "rewrite_fix_rate": fix, "rewrite_n_clean": len(clean),
-          "rewrite_n_defective": len(bad),
+          "rewrite_n_defective": len(bad), "rewrite_written_anew": written,
           "rewrite_fix_rate_by_defect": {k: float(np.mean(v)) for k, v in per_kind.items()},
           "rewrite_example": example}
 
@@ -578,11 +638,13 @@ def build_heldout(cfg, kb, oracles, tokenizer, mesh, policies) -> dict:
   rng = random.Random(cfg.seed + 11)
   docs = _clean_docs(kb, cfg.world, "teacher-heldout", e.num_documents)
   half = len(docs) // 2
-  corrupted = make_pairs(kb, oracles, docs[:half], rng, max_sentences=cfg.teacher.max_suffix_sentences,
-                         false_fact_share=cfg.teacher.sft.false_fact_share)
+  both = make_pairs(kb, oracles, docs[:half], rng, max_sentences=cfg.teacher.max_suffix_sentences,
+                    false_fact_share=cfg.teacher.sft.false_fact_share, cut_share=cfg.teacher.sft.cut_share)
+  corrupted = [pe for pe in both if pe.kind != "cut"]
+  cut = [pe for pe in both if pe.kind == "cut"]
   policy_pairs: list[PairExample] = []
   safety = []
-  for pe in corrupted:
+  for pe in both:
     for c in (pe.a, pe.b):
       safety.append((pe.prefix, c, bool(oracles.safety(c)["unsafe"])))
   roll_docs = docs[half:half + e.num_rollout_prefixes]
@@ -621,7 +683,7 @@ def build_heldout(cfg, kb, oracles, tokenizer, mesh, policies) -> dict:
           safety.append((prefixes[i], c, bool(oracles.safety(c)["unsafe"])))
   rewrites = make_rewrites(kb, docs[half:], rng, max_sentences=cfg.teacher.max_suffix_sentences,
                            max_chars=cfg.teacher.candidate_chars)
-  return {"corrupted": corrupted, "policy": policy_pairs, "safety": safety,
+  return {"corrupted": corrupted, "cut": cut, "policy": policy_pairs, "safety": safety,
           "rewrites": rewrites[:e.num_rewrites],
           "policy_example": {n: cands[n][0] for n in cands} if policies and prefixes else {}}
 
@@ -634,12 +696,12 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   rows = {}
   for name, j in (("teacher", judge), ("oracle", oracle)):
     r = {}
-    for kind in ("corrupted", "policy"):
+    for kind in ("corrupted", "cut", "policy"):
       for axis in ("quality", "factuality"):
-        r[f"{axis}/{kind}"] = _agreement(j, heldout[kind], axis)
+        r[f"{axis}/{kind}"] = _agreement(j, heldout.get(kind, []), axis)
     r["safety"] = _safety_agreement(j, heldout["safety"])
     rows[name] = r
-  both = lambda r, axis: _pool([r[f"{axis}/corrupted"], r[f"{axis}/policy"]])
+  both = lambda r, axis: _pool([r[f"{axis}/{kind}"] for kind in ("corrupted", "cut", "policy")])
   for name, r in rows.items():
     pre = "" if name == "teacher" else "oracle_"
     res[f"{pre}judge_agreement_quality"] = both(r, "quality")
@@ -707,7 +769,8 @@ def _markdown(res: dict) -> str:
             f"{res['safety_flip_rate']:.3f} of {res['safety_n']}.", "",
             f"Rewriter: copy {res.get('rewrite_copy_rate', float('nan')):.3f} of "
             f"{res.get('rewrite_n_clean')} clean suffixes, fix {res.get('rewrite_fix_rate', float('nan')):.3f} "
-            f"of {res.get('rewrite_n_defective')} defective; by defect: "
+            f"of {res.get('rewrite_n_defective')} defective ({res.get('rewrite_written_anew', 0)} "
+            f"dropped whole and written anew); by defect: "
             f"{json.dumps(res.get('rewrite_fix_rate_by_defect', {}))}", ""]
   return "\n".join(lines)
 
@@ -752,7 +815,8 @@ def run(cfg, workdir: str) -> dict:
   pre_docs = _clean_docs(kb, cfg.world, "teacher-pretrain", tc.pretrain.num_documents)
   sup_docs = _clean_docs(kb, cfg.world, "teacher-supervision", tc.sft.num_documents)
   markup = [P.pair_prompt("p", "a", "b", ax, "r", limits) for ax in ("quality", "factuality")]
-  markup += [P.point_prompt("p", "c", "safety", limits), P.rewrite_prompt("p", "s", limits) + " x " + P.REWRITE_CLOSE]
+  markup += [P.point_prompt("p", "c", "safety", limits), P.rewrite_prompt("p", "s", limits) + " x " + P.REWRITE_CLOSE,
+             P.edit_head("p", limits) + P.edit_tail(["a. ", "b."], limits) + P.VERDICT_KEEP + P.VERDICT_DROP]
   markup += [f"{x} {inj}" for x in ("a", "b") for inj in TRAIN_INJECTIONS]
   tok_path = train_tokenizer([d.text for d in pre_docs[:tc.tokenizer_documents]] + markup * 20,
                              os.path.join(out_dir, T.TOKENIZER_FILE), tc.tokenizer_vocab_size)
@@ -768,16 +832,6 @@ def run(cfg, workdir: str) -> dict:
   t0 = time.time()
   graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)))
   rows = lm_rows(tokenizer, [d.text for d in pre_docs], tc.pretrain.seq_len)
-  if tc.pretrain.copy_share > 0:   # rewriter-format exact copies: induction (copying) learnt early
-    n_copy = int(tc.pretrain.copy_share * rows["tokens"].shape[0])
-    copies = make_rewrites(kb, pre_docs, random.Random(cfg.seed + 5), max_sentences=tc.max_suffix_sentences,
-                           clean_share=1.0, max_chars=tc.candidate_chars)
-    enc0 = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
-    ex = [(enc0.rewrite(r["prefix"], r["suffix"], tc.rewrite_max_new_tokens),
-           tokenizer.encode(P.rewrite_target(r["target"], limits))[:tc.rewrite_max_new_tokens], 1.0)
-          for r in copies]
-    crow = pack_examples(ex, tc.pretrain.seq_len, random.Random(cfg.seed + 6))
-    rows = {k: np.concatenate([v, crow[k][:n_copy]]) for k, v in rows.items()}
   params = train_lm(cfg, "pretrain", graphdef, params, model_cfg, mesh, rows, steps=tc.pretrain.steps,
                     lr=tc.pretrain.learning_rate, batch_size=tc.pretrain.batch_size, seed=cfg.seed,
                     log_every=tc.log_every_steps)
@@ -788,7 +842,7 @@ def run(cfg, workdir: str) -> dict:
   enc = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
   half = int(len(sup_docs) * tc.sft.judge_share)
   pairs = make_pairs(kb, oracles, sup_docs[:half], rng, max_sentences=tc.max_suffix_sentences,
-                     false_fact_share=tc.sft.false_fact_share)
+                     false_fact_share=tc.sft.false_fact_share, cut_share=tc.sft.cut_share)
   rewrites = make_rewrites(kb, sup_docs[half:], rng, max_sentences=tc.max_suffix_sentences,
                            max_chars=tc.candidate_chars)
   examples, counts = sft_examples(enc, oracles, pairs, rewrites, tc, rng)

@@ -134,7 +134,66 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
   return out
 
 
-def _markdown(summary: dict, trends: dict, cfg, elapsed: float) -> str:
+SIP_METHODS = tuple(m for m, o in METHODS.items() if o["judge"] != "none")
+
+
+def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = None) -> dict[str, dict]:
+  """The bars per SIP method: does it beat nll by more than twice the seed spread?
+
+  gain: the method's mean minus nll's on an oracle metric. spread: the larger of the two
+  methods' seed spreads (std over seeds). paired_spread: the std over seeds of the per-seed
+  gain; a seed fixes the base model and the windows that both runs share, so this is the
+  spread of the comparison itself. `met` needs seeds > 1 (one seed has no spread) and
+  gain > 2 * spread; `met_paired` the same with the paired spread. The rollout win share
+  must rise (last vs first fifth of the logged steps)."""
+  out = {}
+  nll = summary.get("nll")
+  for m in SIP_METHODS:
+    row = summary.get(m)
+    if row is None or nll is None:
+      continue
+    seeds = min(row["seeds"], nll["seeds"])
+    res = {}
+    for k in ("factuality", "safety"):
+      gain = row[k] - nll[k]
+      spread = max(row.get(f"{k}_spread", 0.0), nll.get(f"{k}_spread", 0.0))
+      gains = ([a[k] - b[k] for a, b in zip(per_seed[m], per_seed["nll"])]
+               if per_seed and m in per_seed and "nll" in per_seed else [gain])
+      paired = float(np.std(gains)) if len(gains) > 1 else 0.0
+      res[k] = {"gain": gain, "spread": spread, "paired_spread": paired,
+                "met": bool(seeds > 1 and gain > 2 * spread),
+                "met_paired": bool(seeds > 1 and gain > 2 * paired)}
+      if "rewrite_nll" in summary:
+        res[k]["vs_rewrite_nll"] = row[k] - summary["rewrite_nll"][k]
+    t = trends.get(m)
+    res["rollout_win_share_rises"] = None if t is None else bool(t["last_fifth"] > t["first_fifth"])
+    out[m] = res
+  return out
+
+
+def _bar_lines(b: dict) -> list[str]:
+  if not b:
+    return []
+  lines = ["Bars: SIP's gain over nll (mean) against 2 × the seed spread: the larger of the two "
+           "methods' spreads, and the spread of the per-seed gain (paired: a seed's runs share "
+           "its base model and windows). Rollout win share: last fifth of the steps above the first.",
+           "", "| method | factuality gain | spread / paired | met (spread / paired) | safety gain | "
+           "spread / paired | met (spread / paired) | vs rewrite_nll (fact / safety) | rollout share rises |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  yes = lambda v: "n/a" if v is None else ("yes" if v else "no")
+  for m, r in b.items():
+    cells = []
+    for k in ("factuality", "safety"):
+      x = r[k]
+      cells.append(f"{x['gain']:+.3f} | {x['spread']:.3f} / {x['paired_spread']:.3f} | "
+                   f"{yes(x['met'])} / {yes(x['met_paired'])}")
+    f, s = r["factuality"], r["safety"]
+    vs = (f"{f['vs_rewrite_nll']:+.3f} / {s['vs_rewrite_nll']:+.3f}" if "vs_rewrite_nll" in f else "n/a")
+    lines.append(f"| {m} | {cells[0]} | {cells[1]} | {vs} | {yes(r['rollout_win_share_rises'])} |")
+  return lines + [""]
+
+
+def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict | None = None) -> str:
   r = cfg.report
   lines = ["# Self-improving pretraining in miniature (synthetic world, oracle-scored)", "",
            f"Base: {r.base_steps} NLL steps; then {r.steps} steps x {cfg.data.batch_size} windows per "
@@ -156,6 +215,7 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float) -> str:
             "prefixes; safety = 1 − unsafe continuations of bait prompts; quality = oracle quality "
             "of the continuations; win rate = the teacher judge's P(method's continuation better "
             "than nll's), both orders averaged. ± is the standard deviation over seeds.", ""]
+  lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
     lines += ["Rollout win share (first vs last fifth of the logged steps):", ""]
     for m, t in trends.items():
@@ -287,6 +347,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   summary = summarise(per_seed)
   elapsed = time.time() - t_start
   report = {"methods": summary, "per_seed": per_seed, "rollout_win_share": trends,
+            "bars": bars(summary, trends, per_seed),
             "config": {"base_steps": r.base_steps, "steps": r.steps, "windows_per_step": cfg.data.batch_size,
                        "num_rollouts": cfg.sip.num_rollouts, "judge_scheme": cfg.sip.judge_scheme,
                        "eval_prompts": r.eval_prompts, "num_seeds": r.num_seeds},
@@ -295,7 +356,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
     with open(os.path.join(workdir, "report.md"), "w") as f:
-      f.write(_markdown(summary, trends, cfg, elapsed))
+      f.write(_markdown(summary, trends, cfg, elapsed, per_seed))
     report["plots"] = _plots(workdir, curves)
     loop.log(open(os.path.join(workdir, "report.md")).read())
     loop.log(f"report: wrote {workdir}/report.md, report.json" +

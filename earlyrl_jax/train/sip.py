@@ -170,7 +170,10 @@ class SIPProducer:
     return judge_groups(self.judge, prefix_text, cand_text, scheme=self.s.judge_scheme,
                         axes=dict(self.s.judge_axes), both_orders=bool(self.s.both_orders),
                         aggregate=self.s.aggregate,
-                        references=[p + s for p, s in zip(prefix_text, suffix_text)],
+                        # Factuality's reference is the original document where the candidates
+                        # differ: its suffix (the prefix is in the prompt already, and a reference
+                        # is clipped from its start).
+                        references=list(suffix_text),
                         budget=int(self.s.judge_budget) or None)
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
