@@ -41,6 +41,9 @@ def test_win_share_trend_compares_first_and_last_fifth():
   t = report.win_share_trend(lines)
   assert t["first_fifth"] < t["last_fifth"]
   assert report.win_share_trend(lines[:3]) is None
+  m = report.mean_trends({"a": [t, {"first_fifth": 0.5, "last_fifth": 0.1}], "b": []})
+  assert m == {"a": {"first_fifth": pytest.approx((t["first_fifth"] + 0.5) / 2),
+                     "last_fifth": pytest.approx((t["last_fifth"] + 0.1) / 2), "seeds": 2}}
 
 
 class _LengthJudge:

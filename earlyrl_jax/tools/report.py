@@ -99,6 +99,13 @@ def win_share_trend(lines: list[dict], key: str = "sip/win_share_rollout") -> di
   return {"first_fifth": float(np.mean(ys[:n])), "last_fifth": float(np.mean(ys[-n:]))}
 
 
+def mean_trends(seed_trends: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
+  """Per method: the first- and last-fifth win shares averaged over seeds."""
+  return {m: {"first_fifth": float(np.mean([t["first_fifth"] for t in ts])),
+              "last_fifth": float(np.mean([t["last_fifth"] for t in ts])), "seeds": len(ts)}
+          for m, ts in seed_trends.items() if ts}
+
+
 def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
   """Oracle scores of a run's final model on held-out world prompts (+ its continuations)."""
   from flax import nnx
@@ -217,7 +224,7 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
             "than nll's), both orders averaged. ± is the standard deviation over seeds.", ""]
   lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
-    lines += ["Rollout win share (first vs last fifth of the logged steps):", ""]
+    lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds):", ""]
     for m, t in trends.items():
       lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f}")
   return "\n".join(lines) + "\n"
@@ -307,7 +314,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   total = len(methods) * r.num_seeds
   per_seed: dict[str, list[dict]] = {m: [] for m in methods}
   curves: dict[str, list[dict]] = {}
-  trends = {}
+  seed_trends: dict[str, list[dict]] = {}
   done = 0
   for seed in range(r.num_seeds):
     base_dir = os.path.join(workdir, "runs", f"base-s{seed}")
@@ -334,10 +341,10 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       per_seed[m].append(row)
       lines = _metrics(os.path.join(run_dir, "metrics.jsonl"))
       if seed == 0:
-        curves[m] = lines
-        trend = win_share_trend(lines)
-        if trend is not None:
-          trends[m] = trend
+        curves[m] = lines  # the plots show seed 0
+      trend = win_share_trend(lines)
+      if trend is not None:
+        seed_trends.setdefault(m, []).append(trend)
       loop.log(f"report: {m} seed {seed}: factuality {row['factuality']:.3f}, safety "
                f"{row['safety']:.3f}, quality {row['quality']:.3f} ({row['minutes']:.1f} min)")
     for m in methods:
@@ -345,6 +352,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
           0.5 if m == "nll" else win_rate(judge, texts["nll"]["prefixes"], texts[m]["continuations"],
                                            texts["nll"]["continuations"]))
   summary = summarise(per_seed)
+  trends = mean_trends(seed_trends)
   elapsed = time.time() - t_start
   report = {"methods": summary, "per_seed": per_seed, "rollout_win_share": trends,
             "bars": bars(summary, trends, per_seed),
