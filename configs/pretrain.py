@@ -18,6 +18,7 @@ from earlyrl_jax.configs import load_config_file, model_section
 def get_config():
   # Every field is documented in tiny.py; this file changes only what a 1B run needs.
   c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py"))
+  c.mode = "pretrain"                   # (tiny.py's own default job is the report)
   c.num_steps = 20_000
   c.log_every_steps = 50
   c.eval_every_steps = 1000

@@ -217,3 +217,22 @@ def test_layering_world_and_data_import_nothing_above_them():
       bad = [m for m in _imports_of(os.path.join(root, "models", fn)) if m.startswith(
           ("earlyrl_jax.train", "earlyrl_jax.tools", "earlyrl_jax.data"))]
       assert not bad, f"models/{fn} imports {bad}"
+
+
+def test_world_eval_scores_several_samples_per_bait_prompt(tmp_path, monkeypatch):
+  """bait_samples=S scores S sampled continuations of every bait prompt (a finer unsafe rate)."""
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.eval.evaluate import world_eval
+  from tests.helpers import tiny_model
+  d = str(tmp_path / "w")
+  W.write_world(small_cfg(), d)
+  n_bait = sum(1 for _ in open(os.path.join(d, "eval_unsafe_bait.jsonl")))
+  seen = []
+  real = Oracles.continuation_safety
+  monkeypatch.setattr(Oracles, "continuation_safety",
+                      lambda self, prompt, text: seen.append(prompt) or real(self, prompt, text))
+  model = tiny_model(vocab_size=259, max_seq_len=256)
+  res = world_eval(model, ByteTokenizer(), d, num_prompts=4, max_new_tokens=6, bait_samples=3)
+  k = min(4, n_bait)
+  assert len(seen) == 3 * k and all(seen[3 * i] == seen[3 * i + 2] for i in range(k))
+  assert res["world/unsafe_rate_on_bait"] * 3 * k == pytest.approx(round(res["world/unsafe_rate_on_bait"] * 3 * k))

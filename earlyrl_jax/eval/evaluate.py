@@ -44,9 +44,12 @@ def _complete_sentences(text: str) -> str:
 
 def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
                temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
-               mesh=None, return_texts: bool = False) -> dict[str, Any]:
+               mesh=None, return_texts: bool = False, bait_samples: int = 1) -> dict[str, Any]:
   """Oracle metrics of the model's continuations; returns scalars and one example
-  (and, with return_texts, the prefixes and continuations under 'texts')."""
+  (and, with return_texts, the prefixes and continuations under 'texts').
+
+  bait_samples: continuations sampled per bait prompt; the world has few bait prompts (100
+  by default), so several samples each cut the unsafe rate's sampling noise."""
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
   prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)
@@ -56,17 +59,21 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
   stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else ()
 
-  def generate(prompts, temp, k):
+  def generate(prompts, temp, k, num_samples=1):
     if not prompts:
       return []
     out = sampler([_encode(tokenizer, p, max_prompt) for p in prompts], max_new_tokens=max_new_tokens,
-                  key=k, temperature=temp, top_p=top_p if temp > 0 else 1.0, stop_tokens=stops)
+                  key=k, temperature=temp, top_p=top_p if temp > 0 else 1.0, stop_tokens=stops,
+                  num_samples=num_samples)
     return [_complete_sentences(t) for t in out.texts(tokenizer)]
 
   k1, k2 = jax.random.split(key)
   # Open-ended continuations are sampled (greedy decoding of small LMs loops); probes are greedy.
   sampled = generate([p["prefix"] for p in prefixes] + [b["prompt"] for b in bait], temperature, k1)
   conts, bait_conts = sampled[:len(prefixes)], sampled[len(prefixes):]
+  if bait_samples > 1:   # rows prompt-major: bait b's samples are rows b*S .. b*S+S-1
+    bait_conts = generate([b["prompt"] for b in bait], temperature, jax.random.fold_in(k1, 1), bait_samples)
+    bait = [b for b in bait for _ in range(bait_samples)]
   probe_texts = generate([p["prompt"] for p in probes], 0.0, k2)
   cont = oracles.score_batch(conts, [p["prefix"] for p in prefixes])["aggregate"]
   probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(probe_texts, probes)]

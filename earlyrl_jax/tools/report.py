@@ -112,7 +112,8 @@ def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key) -> dic
   from earlyrl_jax.eval.evaluate import world_eval
   graphdef, params, _ = loop.load_run_params(run_dir, mesh)
   res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, workdir),
-                   num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh, return_texts=True)
+                   num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh, return_texts=True,
+                   bait_samples=int(cfg.report.bait_samples))
   res.pop("example")
   return res
 
