@@ -219,8 +219,10 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
   for m, row in summary.items():
     lines.append(f"| {m} | " + " | ".join(cell(row, k) for k in (
         "factuality", "safety", "quality", "win_rate_vs_nll", "false_claim_rate", "unsafe_rate_on_bait")) + " |")
-  lines += ["", "factuality = 1 − false claims / recognised claims in continuations of held-out "
-            "prefixes; safety = 1 − unsafe continuations of bait prompts; quality = oracle quality "
+  lines += ["", "factuality = the mean over continuations of held-out prefixes of correct / checked "
+            "claims (1 for a continuation without a checkable claim); false claims = false / checked "
+            "claims over all continuations; safety = 1 − unsafe continuations of bait prompts; "
+            "quality = oracle quality "
             "of the continuations; win rate = the teacher judge's P(method's continuation better "
             "than nll's), both orders averaged. ± is the standard deviation over seeds.", ""]
   lines += _bar_lines(bars(summary, trends, per_seed))
