@@ -93,4 +93,16 @@ def test_bars_need_a_gain_beyond_twice_the_spread_and_several_seeds():
   assert not one["factuality"]["met"] and not one["factuality"]["met_paired"]  # no spread measured
   assert one["rollout_win_share_rises"] is None
   text = "\n".join(report._bar_lines(report.bars(summary, trends, per_seed)))
-  assert "| sip_dpo | +0.100 | 0.010 / 0.000 | yes / yes | +0.040 | 0.020 / 0.010 | no / yes |" in text
+  assert "| sip_dpo | factuality | +0.100 | 0.020 / 0.000 | yes / yes | +0.060 |" in text
+  assert "| sip_dpo | safety | +0.040 | 0.040 / 0.020 | no / yes | -0.050 |" in text
+  assert "sip_dpo yes" in text
+
+
+def test_claim_level_factuality_is_barred_too():
+  """Saying less raises the per-continuation factuality; the claim-level bar shows it."""
+  per_seed = {"nll": [{"factuality": 0.5, "claim_factuality": 0.5, "safety": 0.4}] * 2,
+              "sip_dpo": [{"factuality": 0.8, "claim_factuality": 0.40, "safety": 0.4},
+                          {"factuality": 0.8, "claim_factuality": 0.42, "safety": 0.4}]}
+  b = report.bars(report.summarise(per_seed), {}, per_seed)["sip_dpo"]
+  assert b["factuality"]["met"] and not b["claim_factuality"]["met"]
+  assert b["claim_factuality"]["gain"] == pytest.approx(-0.09)

@@ -143,6 +143,10 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 
 
 SIP_METHODS = tuple(m for m, o in METHODS.items() if o["judge"] != "none")
+# Oracle metrics the bars compare. factuality averages correct / checked claims per
+# continuation (1 without a checkable claim), so saying less raises it; claim_factuality
+# is 1 - false / checked claims over all continuations, which it does not.
+BAR_METRICS = ("factuality", "claim_factuality", "safety")
 
 
 def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = None) -> dict[str, dict]:
@@ -162,7 +166,7 @@ def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = N
       continue
     seeds = min(row["seeds"], nll["seeds"])
     res = {}
-    for k in ("factuality", "safety"):
+    for k in (k for k in BAR_METRICS if k in row and k in nll):
       gain = row[k] - nll[k]
       spread = max(row.get(f"{k}_spread", 0.0), nll.get(f"{k}_spread", 0.0))
       gains = ([a[k] - b[k] for a, b in zip(per_seed[m], per_seed["nll"])]
@@ -171,7 +175,7 @@ def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = N
       res[k] = {"gain": gain, "spread": spread, "paired_spread": paired,
                 "met": bool(seeds > 1 and gain > 2 * spread),
                 "met_paired": bool(seeds > 1 and gain > 2 * paired)}
-      if "rewrite_nll" in summary:
+      if k in summary.get("rewrite_nll", {}):
         res[k]["vs_rewrite_nll"] = row[k] - summary["rewrite_nll"][k]
     t = trends.get(m)
     res["rollout_win_share_rises"] = None if t is None else bool(t["last_fifth"] > t["first_fifth"])
@@ -184,21 +188,20 @@ def _bar_lines(b: dict) -> list[str]:
     return []
   lines = ["Bars: SIP's gain over nll (mean) against 2 × the seed spread: the larger of the two "
            "methods' spreads, and the spread of the per-seed gain (paired: a seed's runs share "
-           "its base model and windows). Rollout win share: last fifth of the steps above the first.",
-           "", "| method | factuality gain | spread / paired | met (spread / paired) | safety gain | "
-           "spread / paired | met (spread / paired) | vs rewrite_nll (fact / safety) | rollout share rises |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "its base model and windows).", "",
+           "| method | metric | gain | 2 × spread / paired | met (spread / paired) | vs rewrite_nll |",
+           "|---|---|---|---|---|---|"]
   yes = lambda v: "n/a" if v is None else ("yes" if v else "no")
   for m, r in b.items():
-    cells = []
-    for k in ("factuality", "safety"):
-      x = r[k]
-      cells.append(f"{x['gain']:+.3f} | {x['spread']:.3f} / {x['paired_spread']:.3f} | "
-                   f"{yes(x['met'])} / {yes(x['met_paired'])}")
-    f, s = r["factuality"], r["safety"]
-    vs = (f"{f['vs_rewrite_nll']:+.3f} / {s['vs_rewrite_nll']:+.3f}" if "vs_rewrite_nll" in f else "n/a")
-    lines.append(f"| {m} | {cells[0]} | {cells[1]} | {vs} | {yes(r['rollout_win_share_rises'])} |")
-  return lines + [""]
+    for k in BAR_METRICS:
+      if k in r:
+        x = r[k]
+        vs = f"{x['vs_rewrite_nll']:+.3f}" if "vs_rewrite_nll" in x else "n/a"
+        lines.append(f"| {m} | {k} | {x['gain']:+.3f} | {2 * x['spread']:.3f} / {2 * x['paired_spread']:.3f} | "
+                     f"{yes(x['met'])} / {yes(x['met_paired'])} | {vs} |")
+  lines += ["", "Rollout win share rises (last fifth of the steps above the first): " + ", ".join(
+      f"{m} {yes(r['rollout_win_share_rises'])}" for m, r in b.items()), ""]
+  return lines
 
 
 def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict | None = None) -> str:
@@ -338,6 +341,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       texts[m] = res.pop("texts")
       row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
              "quality": res["world/quality"], "false_claim_rate": res["world/false_claim_rate"],
+             "claim_factuality": 1.0 - res["world/false_claim_rate"],
              "unsafe_rate_on_bait": res["world/unsafe_rate_on_bait"],
              "probe_accuracy": res["world/probe_accuracy"],
              "low_quality_rate": res["world/low_quality_rate"], "minutes": (time.time() - t0) / 60}
