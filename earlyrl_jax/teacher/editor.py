@@ -42,7 +42,8 @@ class EditPlan:
     return "".join(kept).strip()
 
 
-def _trim_to_sentence(text: str) -> str:
+def trim_to_sentence_end(text: str) -> str:
+  """The text up to its last sentence end (generation stops mid-sentence at a token limit)."""
   cut = max(text.rfind("."), text.rfind("?"), text.rfind("!"))
   return text[:cut + 1].strip() if cut > 0 else text.strip()
 
@@ -93,8 +94,9 @@ class EditRewriter:
     out = [np.zeros((len(pl.checks),), np.float32) for pl in plans]
     if not rows:
       rows = [[self.tokenizer.bos_id or 0]]   # every process takes part in the scorer's collectives
-    lp = self.scorer.verdict_logprobs(params, rows, self.verdicts)           # [rows, 2]
-    p_drop = 1.0 / (1.0 + np.exp(lp[:, 0] - lp[:, 1]))                      # softmax over {keep, drop}
+    from earlyrl_jax.teacher.judge import two_way
+    lp = self.scorer.verdict_logprobs(params, rows, self.verdicts)           # [rows, 2]: keep, drop
+    p_drop = two_way(lp[:, ::-1])                                           # softmax over {drop, keep}
     seen = [0] * len(plans)
     for r, i in enumerate(owner):
       out[i][seen[i]] = p_drop[r]
@@ -122,7 +124,7 @@ class EditRewriter:
     eos = self.tokenizer.eos_id
     out = self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key,
                               temperature=0.0, stop_tokens=[eos] if eos is not None else ())
-    return [_trim_to_sentence(t) for t in out.texts(self.tokenizer)][:len(prefixes)]
+    return [trim_to_sentence_end(t) for t in out.texts(self.tokenizer)][:len(prefixes)]
 
   def edit(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
            rng=None) -> tuple[list[EditPlan], list[np.ndarray], list[str]]:

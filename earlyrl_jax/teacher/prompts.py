@@ -189,11 +189,6 @@ def rewrite_prompt(prefix: str, suffix: str, limits: PromptLimits = DEFAULT_LIMI
           f"{_q(TEXT_OPEN, clip_start(suffix, limits.candidate_chars), TEXT_CLOSE)}\n{REWRITE_OPEN}")
 
 
-def rewrite_target(rewrite: str, limits: PromptLimits = DEFAULT_LIMITS) -> str:
-  """Completion text for SFT: ' <rewrite> <</REWRITE>>' (escaped like any quoted text)."""
-  return f" {escape(clip_start(rewrite, limits.candidate_chars))} {REWRITE_CLOSE}"
-
-
 def edit_head(prefix: str, limits: PromptLimits = DEFAULT_LIMITS) -> str:
   return (f"{EDITOR_TAG} {INSTRUCTION_EDIT}\n"
           f"{_q(PREFIX_OPEN, clip_prefix(prefix, limits.prefix_chars), PREFIX_CLOSE)}\n{TEXT_OPEN}")

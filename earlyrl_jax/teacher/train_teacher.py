@@ -39,6 +39,7 @@ from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.teacher import prompts as P
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
+from earlyrl_jax.teacher.editor import trim_to_sentence_end
 from earlyrl_jax.teacher.judge import LMJudge, OracleJudge, PromptEncoder
 
 # Injection strings seen in training (adversarial SFT) ...
@@ -515,12 +516,6 @@ def noisy_policies(cfg, kb, tokenizer, mesh) -> list[tuple[str, object, object]]
   return [("weak", graphdef, snaps.get("weak", params), mc), ("better", graphdef, params, mc)]
 
 
-def _trim_sentences(text: str) -> str:
-  """Cut a rollout at its last sentence end (N-token windows end mid-sentence)."""
-  cut = max(text.rfind("."), text.rfind("?"), text.rfind("!"))
-  return text[:cut + 1].strip() if cut > 0 else text.strip()
-
-
 def rollouts(policy, tokenizer, prefixes: list[str], max_new_tokens: int, key) -> list[str]:
   from flax import nnx
   from earlyrl_jax.sampling.sampler import Sampler
@@ -532,7 +527,7 @@ def rollouts(policy, tokenizer, prefixes: list[str], max_new_tokens: int, key) -
     ids.append(x[-(mc.max_seq_len - max_new_tokens):])
   out = s(ids, max_new_tokens=max_new_tokens, key=key, temperature=1.0,
           stop_tokens=[tokenizer.eos_id])
-  return [_trim_sentences(t) for t in out.texts(tokenizer)]
+  return [trim_to_sentence_end(t) for t in out.texts(tokenizer)]   # windows end mid-sentence
 
 
 # ------------------------------------------------------------------ report
