@@ -427,3 +427,17 @@ def test_editor_copies_drops_and_writes_anew(tiny_teacher, monkeypatch):
   plan = cut.plan("A prefix.", "Tal is old. Tal lies in")
   assert len(plan.checks) == 1 and plan.apply([True]) == "Tal is old. Tal lies in"
   assert len(ed.plan("A prefix.", "Tal is old. Tal lies in").checks) == 2
+
+
+def test_cut_pairs_end_both_candidates_after_the_same_word(world):
+  """cut_share gives pairs cut mid-sentence like SIP's windows (kind 'cut'), labelled on the cut text."""
+  assert TT.cut_words("One two.  Three four", 3) == "One two.  Three"
+  assert TT.cut_words("One two", 5) == "One two"
+  cfg, kb, oracles = world
+  docs = list(W.generate_documents(kb, cfg, "t", 60, clean=True))
+  pairs = TT.make_pairs(kb, oracles, docs, random.Random(0), max_sentences=2, cut_share=1.0)
+  assert pairs and all(pe.kind == "cut" for pe in pairs)
+  assert all(len(pe.a.split()) <= 28 and len(pe.b.split()) <= 28 for pe in pairs)
+  assert all(pe.labels.get(ax) == TT._label(oracles, pe.prefix, pe.a, pe.b, ax)
+             for pe in pairs for ax in pe.labels)
+  assert not any(pe.kind == "cut" for pe in TT.make_pairs(kb, oracles, docs, random.Random(0), max_sentences=2))
