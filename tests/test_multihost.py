@@ -30,6 +30,14 @@ def _spawn(argv, port, pid, local_devices=1):
 
 
 # A small world and byte tokenizer: the 2-host runs start in seconds.
+def _assert_all_succeeded(procs, logs) -> None:
+  """Every host exited 0; otherwise show every host's log (the host that fails first is often
+  only the one that noticed another host's crash)."""
+  codes = [p.returncode for p in procs]
+  assert codes == [0] * len(procs), "\n".join(
+      f"--- process {i} (exit {c}) ---\n{log}" for i, (c, log) in enumerate(zip(codes, logs)))
+
+
 SMALL_RUN = ["--config.mode=pretrain", "--config.data.tokenizer=byte", "--config.model.vocab_size=384",
              "--config.world.num_train_documents=200", "--config.world.num_eval_documents=10",
              "--config.world.num_preference_pairs=5", "--config.world.num_rewrite_examples=5",
@@ -52,8 +60,7 @@ def test_two_process_pretraining(tmp_path):
       "--config.eval_every_steps=0", "--config.checkpoint.every_steps=3",
       "--config.data.batch_size=8", "--config.data.seq_len=64"])
   logs = [p.communicate(timeout=300)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
   assert "process 0/2" in logs[0] and "process 1/2" in logs[1]
   assert "step 6/6" in logs[0] and "step 6/6" not in logs[1]  # only host 0 reports
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -129,8 +136,8 @@ def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
   procs = [_spawn([str(script), str(data)], port, pid) for pid in range(2)]
   logs = [p.communicate(timeout=120)[0] for p in procs]
   seen, packed = [], []
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
+  for log in logs:
     seen.append(json.loads(log.split("SEEN ", 1)[1].splitlines()[0]))
     packed.append(json.loads(log.split("PACKED ", 1)[1].splitlines()[0]))
   a, b = seen
@@ -161,8 +168,7 @@ def test_two_processes_agree_on_the_preemption_step(tmp_path):
   time.sleep(1.0)
   procs[1].send_signal(signal.SIGTERM)  # the non-main host is the one preempted
   logs = [p.communicate(timeout=120)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
   stops = [int(log.split("STOP ", 1)[1].split()[0]) for log in logs]
   assert stops[0] == stops[1], stops
   assert os.path.isdir(os.path.join(ckdir, str(stops[0])))
@@ -191,8 +197,7 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
     for p in procs:
       p.kill()
     raise AssertionError("a host kept stepping after the other was preempted (hang)")
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
   steps = [int(x) for x in os.listdir(os.path.join(workdir, "checkpoints")) if x.isdigit()]
   assert len(steps) == 1 and 0 < steps[0] < 5000, steps
   data_iter = os.path.join(workdir, "checkpoints", str(steps[0]), "data_iter")
@@ -265,8 +270,7 @@ def test_two_process_sip_and_restore_on_one(tmp_path):
           "--config.data.prefix_len=32", "--config.data.suffix_len=24"]
   procs = _main_on_two_hosts(workdir, args)
   logs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
   assert "step 3/3" in logs[0] and "step 3/3" not in logs[1]
   records = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records] == [1, 2, 3]
@@ -334,8 +338,7 @@ def test_two_process_sip_with_the_teacher_on_a_sub_mesh(tmp_path):
       "--config.sip.num_rollouts=2", "--config.data.batch_size=4",
       "--config.data.prefix_len=32", "--config.data.suffix_len=24"], local_devices=2)
   logs = [p.communicate(timeout=400)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log
+  _assert_all_succeeded(procs, logs)
   assert "process 0/2: 2 local of 4 devices" in logs[0]
   assert ("teacher on its own sub-mesh {'data': 2, 'fsdp': 1, 'tensor': 1} (2 devices); "
           "policy mesh {'data': 2, 'fsdp': 1, 'tensor': 1} (2 devices)") in logs[0]
