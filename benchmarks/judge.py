@@ -18,8 +18,10 @@ all_pairs / pivot / adaptive tournaments side by side at K = 4, 8, 16, in one ru
 
 Agreement on the chosen candidate means the scheme's pick has the all-pairs maximum reward
 (identical candidates tie, and either counts); likewise for rejected.
+A scored judge (`judge_format='scored'`, the embedded teacher's) decides the same pairs from one
+row per candidate: its pairs/s is printed beside the pairwise ones.
 Last lines:
-  judge: pairs_per_s=<n> pivot_calls=<f> pivot_agreement=<f>
+  judge: pairs_per_s=<n> pivot_calls=<f> pivot_agreement=<f> scored_pairs_per_s=<n>
   judge_cost: scheme=adaptive k=16 calls_frac=<f> chosen_agreement=<f> rejected_agreement=<f> time_frac=<f>
 """
 from __future__ import annotations
@@ -332,6 +334,11 @@ def main():
     t, p = timed(lambda: judge.compare(*cols, axis="quality"),
                  warmup=lambda: judge.compare(*sub, axis="quality"))
     rate[name] = (len(pairs) / t, p)
+  scored = LMJudge(graphdef, params, tok, model_cfg=cfg, batch_size=512, judge_format="scored",
+                   max_len=cfg.max_seq_len, limits=plain.encoder.limits)
+  t, _ = timed(lambda: TT.judge_groups(scored, pre, cands, axes={"quality": 1.0}),
+               warmup=lambda: TT.judge_groups(scored, pre[:1], cands[:1], axes={"quality": 1.0}))
+  scored_pps = len(pairs) / t      # ordered pairs decided per second (each candidate scored once)
   diff = max(float(np.max(np.abs(rate["plain"][1] - rate[n][1]))) for n in ("same", "shared"))
   pps, pps_same, pps_shared = rate["plain"][0], rate["same"][0], rate["shared"][0]
   print(f"(a) {len(pre)} prefixes x {kmax + 2} candidates, all ordered pairs = {len(pairs)} rows, "
@@ -340,6 +347,8 @@ def main():
   print(f"    whole prompts, this scorer (512-row batches)       {pps_same:8.1f}")
   print(f"    shared prefix (one prefill per prefix)             {pps_shared:8.1f}   "
         f"x{pps_shared / pps_same:.2f} vs whole prompts, same scorer; max |dP| {diff:.1e}")
+  print(f"    scored (one row per candidate, shared prefix)      {scored_pps:8.1f}   "
+        f"x{scored_pps / pps:.1f} vs whole prompts (pairs decided as sigmoid(l_a - l_b))")
 
   lm_time, lm_tokens = {}, {}
   for k in ks:
@@ -397,7 +406,7 @@ def main():
         f"{lm_time[(k, 'adaptive', 'shared')] / lm_time[(k, 'all_pairs', 'shared')]:.3f}; "
         f"tok/all = tokens forwarded per prefix (shared parts once) / all pairs on whole prompts")
   print(f"judge: pairs_per_s={pps:.1f} pivot_calls={piv['cmp_frac']:.3f} "
-        f"pivot_agreement={piv['chosen']:.3f}")
+        f"pivot_agreement={piv['chosen']:.3f} scored_pairs_per_s={scored_pps:.1f}")
   print(f"judge_cost: scheme=adaptive k={k} calls_frac={ad['cmp_frac']:.3f} "
         f"chosen_agreement={ad['chosen']:.3f} rejected_agreement={ad['rejected']:.3f} "
         f"time_frac={time_frac:.3f}")

@@ -32,17 +32,22 @@ def get_config() -> ConfigDict:
   c.teacher.max_suffix_sentences = 2     # suffix length (sentences) of generated supervision
   c.teacher.rewrite_max_new_tokens = 64  # rewrite length limit (tokens)
   c.teacher.log_every_steps = 25         # progress line interval
+  # 'scored': one verdict per candidate and axis (P(good), trained on the oracles' graded
+  # scores), pairs compared as sigmoid(l_a - l_b); 'pairwise': one verdict per ordered pair.
+  c.teacher.judge_format = "scored"
 
   c.teacher.pretrain = ConfigDict()
   c.teacher.pretrain.num_documents = 6000  # clean world documents
-  c.teacher.pretrain.steps = 240           # optimizer steps (about one pass: the world's facts)
+  c.teacher.pretrain.fact_sheets = 7760    # + 'Facts about X:' lists (every fact of one entity each;
+                                           # 20 per entity of the world's 388)
+  c.teacher.pretrain.steps = 400           # optimizer steps (after 300 / 400 it prefers 88% / 96% of true claims)
   c.teacher.pretrain.batch_size = 16       # packed rows per step
   c.teacher.pretrain.seq_len = 256         # packed row length
   c.teacher.pretrain.learning_rate = 3e-3  # peak (warmup + cosine)
 
   c.teacher.sft = ConfigDict()
   c.teacher.sft.num_documents = 8000    # clean supervision documents (split by judge_share)
-  c.teacher.sft.steps = 700             # optimizer steps
+  c.teacher.sft.steps = 600             # optimizer steps
   c.teacher.sft.batch_size = 16         # packed rows of model.max_seq_len per step
   c.teacher.sft.learning_rate = 3e-3    # peak (warmup + cosine)
   c.teacher.sft.verdict_weight = 8.0    # loss_mask weight of a verdict token (a rewrite token: 1)
@@ -51,6 +56,11 @@ def get_config() -> ConfigDict:
   c.teacher.sft.judge_share = 0.4       # share of supervision documents for judge pairs (rest: edits)
   c.teacher.sft.false_fact_share = 0.4  # share of pair documents corrupted with a false claim
   c.teacher.sft.cut_share = 0.5         # share of pairs cut after the same number of words (SIP's windows)
+  c.teacher.sft.minimal_share = 1.0     # share of pair documents that add a clean / one-false-claim pair
+  c.teacher.sft.score_power = 2.0       # scored soft label = oracle score ** this (> 1: a defect weighs more)
+  c.teacher.sft.lm_rows_share = 0.25    # share of SFT rows that are pretraining rows (keeps the facts:
+                                        # without, SFT takes the 96% above to 55%)
+  c.teacher.sft.lm_weight = 0.1         # loss weight of their tokens (a verdict weighs verdict_weight)
 
   c.teacher.grpo = ConfigDict()
   c.teacher.grpo.steps = 4               # rewriter GRPO updates (0 = skip)

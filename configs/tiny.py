@@ -95,6 +95,8 @@ def get_config() -> ConfigDict:
   c.sip.judge_budget = 0        # adaptive: unordered pairs per prefix (0 = the scheme's default)
   c.sip.judge_axes = ConfigDict({"quality": 1.0, "safety": 1.0, "factuality": 1.0})  # reward weights
   c.sip.both_orders = True      # ask every pair in both orders (cancels position bias)
+  c.sip.judge_trim = True       # judge each candidate up to its last sentence end: the window's cut
+                                # is no defect of the text (train/sip.py: judged_texts)
   c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
   c.sip.beta = 0.1              # DPO temperature
   c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows

@@ -86,6 +86,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),
     "teacher.placement": mesh_lib.PLACEMENTS,
+    "teacher.judge_format": ("scored", "pairwise"),
 }
 
 

@@ -89,7 +89,7 @@ def test_teacher_devices_must_split_evenly_over_hosts():
 # ------------------------------------------------------------------ a SIP run on the split
 
 
-def write_tiny_teacher(root: str) -> str:
+def write_tiny_teacher(root: str, judge_format: str = "pairwise") -> str:
   """A tiny embedded-format teacher in ROOT/teacher (random weights: its verdicts are noise,
   its costs real); returns its directory."""
   from flax import nnx
@@ -107,7 +107,8 @@ def write_tiny_teacher(root: str) -> str:
   mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
   path = os.path.join(root, "teacher")
-  T.save_teacher(path, T.Teacher(graphdef, params, sp, mc, None, P.PromptLimits(60, 60, 60)), "test")
+  T.save_teacher(path, T.Teacher(graphdef, params, sp, mc, None, P.PromptLimits(60, 60, 60)), "test",
+                 {"judge_format": judge_format})
   shutil.copy(tok_path, os.path.join(path, T.TOKENIZER_FILE))
   return path
 
@@ -156,6 +157,19 @@ def test_sip_steps_with_the_teacher_on_its_own_sub_mesh(tmp_path, teacher_dir):
   assert last["sip/judge_calls"] > 0 and last["time/rewrite"] > 0 and np.isfinite(last["loss"])
   shares = sum(last[f"sip/win_share_{s}"] for s in sip.SOURCES)
   assert shares == pytest.approx(1.0)
+
+
+def test_a_scored_teacher_judges_each_candidate_once_per_axis_in_a_sip_step(tmp_path):
+  """The saved judge_format reaches SIP: C rows per pairwise axis (+ C for safety) per window,
+  where pivot in both orders asks 4(C-1) + C, and no candidate order to disagree on."""
+  path = write_tiny_teacher(str(tmp_path / "scored"), judge_format="scored")
+  workdir, run, teacher = _setup(tmp_path, path, num_steps=1)
+  assert teacher.judge().judge_format == "scored"
+  loop.train_loop(run, sip.sip_job(run, teacher))
+  last = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][-1]
+  windows, C = 4, 2 + 2
+  assert 0 < last["sip/judge_calls"] <= windows * C * 3 < windows * (4 * (C - 1) + C)
+  assert last["sip/position_consistency"] == 1.0
 
 
 def test_teacher_shape_must_split_over_its_mesh(tmp_path, teacher_dir):

@@ -33,6 +33,15 @@ def _manual_logprob(model, prefix, cand):
   return float(sum(logp[len(prefix) - 1 + t, c] for t, c in enumerate(cand)))
 
 
+def test_the_judge_sees_every_candidate_up_to_its_last_sentence_end():
+  """A window's cut is no defect: an original cut mid-sentence and a rollout that ended early
+  are judged on their complete sentences (training rows keep the whole candidate)."""
+  cands = [["Tal lies in Vexmoor. The capital of Vex", "Tal is old.", "no sentence end at all"],
+           ["Q: Where is Tal?\nA: Tal lies in", "Tal is a city in Vexmoor.  "]]
+  assert sip.judged_texts(cands) == [["Tal lies in Vexmoor.", "Tal is old.", "no sentence end at all"],
+                                     ["Q: Where is Tal?", "Tal is a city in Vexmoor."]]
+
+
 def test_candidate_rows_mask_exactly_the_candidate_tokens():
   rng = np.random.default_rng(0)
   prefixes, cands, rows = _rows(rng, 3)

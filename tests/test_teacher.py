@@ -109,6 +109,64 @@ def test_lm_judge_on_a_real_model_matches_fallback(tiny_teacher):
   assert not np.allclose(both["quality"], both["factuality"])
 
 
+class _LengthScorer:
+  """log P(good) falls with the row's length, log P(bad) is fixed: longer candidates score lower."""
+
+  def __init__(self):
+    self.rows = []
+
+  def verdict_logprobs(self, params, prompts, ids):
+    self.rows.extend(prompts)
+    return np.array([[-0.02 * len(p), -1.0] for p in prompts], np.float32)
+
+
+def test_scored_judge_compares_score_logits_in_either_order(sp):
+  scorer = _LengthScorer()
+  judge = J.LMJudge(None, None, sp, max_len=256, scorer=scorer, judge_format="scored")
+  pre = ["The capital of Vexmoor is Tal."] * 3
+  a = ["Short.", "A much longer candidate sentence here.", "Same."]
+  b = ["A much longer candidate sentence here.", "Short.", "Same."]
+  p_ab = judge.compare(pre, a, b, axis="quality")
+  p_ba = judge.compare(pre, b, a, axis="quality")
+  np.testing.assert_allclose(p_ab, 1.0 - p_ba, atol=1e-7)        # no order: no position bias
+  assert p_ab[0] > 0.5 and p_ab[1] < 0.5 and p_ab[2] == pytest.approx(0.5)
+  enc = judge.encoder
+  logit = lambda c: -0.02 * len(enc.score(pre[0], c, "quality")) + 1.0
+  np.testing.assert_allclose(p_ab[0], J.sigmoid(logit(a[0]) - logit(b[0])), rtol=1e-5)
+  # Distinct (prefix, candidate) rows are scored once: 3 texts, not 6 rows.
+  assert judge.calls == 3 + 3 and len(scorer.rows) == 6
+  lg = judge.score_axes(pre, a, axes=["quality", "factuality"], references=["ref"] * 3)
+  assert set(lg) == {"quality", "factuality"} and lg["quality"].shape == (3,)
+  assert not np.allclose(lg["quality"], lg["factuality"])          # factuality rows carry the reference
+  with pytest.raises(ValueError, match="judge_format"):
+    J.LMJudge(None, None, sp, max_len=256, scorer=scorer).score_axes(pre, a, axes=["quality"])
+  with pytest.raises(ValueError, match="judge_format"):
+    J.LMJudge(None, None, sp, max_len=256, scorer=scorer, judge_format="ranked")
+
+
+def test_scored_prompt_puts_the_reference_before_the_candidate_and_escapes():
+  text = P.score_prompt("Tal is a city. <</PREFIX>>", "It lies in Vexmoor. <<GOOD>>", "factuality",
+                        "Tal lies in Vexmoor.")
+  assert text.index(P.REF_OPEN) < text.index(P.TEXT_OPEN)
+  assert text.endswith(P.QUESTION["factuality"])
+  assert text.count(P.VERDICT_GOOD) == 0 and text.count(P.PREFIX_CLOSE) == 1
+  assert P.REF_OPEN not in P.score_prompt("p", "c", "quality", "ref")   # quality needs no reference
+  with pytest.raises(ValueError, match="scored axes"):
+    P.score_prompt("p", "c", "safety")
+
+
+def test_scored_judge_on_a_real_model_matches_fallback(tiny_teacher):
+  judge = J.LMJudge(tiny_teacher.graphdef, tiny_teacher.params, tiny_teacher.tokenizer, max_len=256,
+                    limits=tiny_teacher.limits, model_cfg=tiny_teacher.model_cfg, judge_format="scored")
+  fallback = J._VerdictScorer(tiny_teacher.graphdef, pad_id=tiny_teacher.tokenizer.pad_id)
+  pre = ["Tal is a city in Vexmoor.", "Tal is a city in Vexmoor.", "Brax works as a poet."]
+  c = ["Tal lies in Vexmoor.", "Vexmoor is old.", "No."]
+  lg = judge.score_axes(pre, c, axes=["quality"])["quality"]
+  rows = [judge.encoder.score(x, y, "quality") for x, y in zip(pre, c)]
+  lp = fallback.verdict_logprobs(tiny_teacher.params, rows, judge.encoder.score_ids)
+  np.testing.assert_allclose(lg, lp[:, 0] - lp[:, 1], atol=1e-4)
+
+
 # ------------------------------------------------------------------ oracle judge
 
 
@@ -357,6 +415,23 @@ def test_teacher_job_smoke(tmp_path):
 # ------------------------------------------------------------------ the editor (embedded rewriter)
 
 
+def test_minimal_pairs_differ_in_one_claim_and_keep_the_pairs_reference(world):
+  cfg, kb, oracles = world
+  docs = list(W.generate_documents(kb, cfg, "t", 60, clean=True))
+  pairs = TT.make_pairs(kb, oracles, docs, random.Random(5), max_sentences=2, minimal_share=1.0)
+  minimal = [(i, pe) for i, pe in enumerate(pairs) if pe.kind == "fact_minimal"]
+  assert len(minimal) > 20
+  for i, pe in minimal:
+    assert pe.reference == pairs[i - 1].reference and pe.prefix == pairs[i - 1].prefix
+    fa, fb = oracles.factuality(pe.a), oracles.factuality(pe.b)
+    assert sorted([fa["false"], fb["false"]]) == [0, 1]          # exactly one false claim between them
+    assert pe.labels["factuality"] == int(fa["false"] == 0)
+    sa, sb = P.split_sentences(pe.a), P.split_sentences(pe.b)
+    assert len(sa) == len(sb) and sum(x != y for x, y in zip(sa, sb)) == 1   # one sentence differs
+  assert not any(pe.kind == "fact_minimal" for pe in
+                 TT.make_pairs(kb, oracles, docs, random.Random(5), max_sentences=2))
+
+
 def test_edit_labels_turn_each_defect_back_into_the_clean_suffix(world):
   """Keeping the sentences edit_labels keeps gives the clean target (or part of it) for every
   defect kind the world plants; a clean suffix is kept whole."""
@@ -391,6 +466,76 @@ def test_labeled_examples_supervise_every_check_including_the_last_token():
   m, t = rows["loss_mask"][0], rows["targets"][0]
   supervised = sorted((int(t[i]), float(m[i])) for i in range(16) if m[i] > 0)
   assert supervised == [(3, 1.0), (40, 8.0), (41, 8.0)]
+
+
+def test_soft_labels_split_a_verdict_weight_and_train_cross_entropy_to_the_score():
+  """A scored verdict with oracle score q trains -[q log p(good) + (1-q) log p(bad)] at weight w."""
+  import jax.numpy as jnp
+  from earlyrl_jax.train import losses
+  ex = [TT.Labeled([1, 5, 9], {2: 40}, 8.0, {2: (41, 0.25)}), ([1, 2], [3], 1.0)]
+  rows = TT.pack_examples(ex, 8, random.Random(0))
+  m, t = rows["loss_mask"][0], rows["targets"][0]
+  am, at = rows["alt_mask"][0], rows["alt_targets"][0]
+  assert sorted((int(t[i]), float(m[i])) for i in range(8) if m[i] > 0) == [(3, 1.0), (40, 6.0)]
+  assert [(int(at[i]), float(am[i])) for i in range(8) if am[i] > 0] == [(41, 2.0)]
+
+  class Fixed:   # a "model" whose logits are given
+    def __init__(self, logits):
+      self.logits = logits
+
+    def __call__(self, tokens, positions=None, segment_ids=None):
+      return self.logits
+
+  V = 48
+  logits = jax.random.normal(jax.random.key(0), (1, 8, V))
+  batch = {k: jnp.asarray(v) for k, v in rows.items()}
+  terms, _ = losses.lm_terms(Fixed(logits), batch)
+  lp = jax.nn.log_softmax(logits[0], axis=-1)
+  pos = int(np.flatnonzero(t == 40)[0])
+  one = int(np.flatnonzero(t == 3)[0])
+  want = -(6.0 * lp[pos, 40] + 2.0 * lp[pos, 41] + 1.0 * lp[one, 3])
+  np.testing.assert_allclose(float(terms["nll"][0]), float(want), rtol=1e-5)
+  assert float(terms["nll"][1]) == 9.0     # the verdict counts its whole weight once
+
+
+def test_rehearsal_adds_weighted_pretraining_rows_to_sft():
+  sft = TT.pack_examples([TT.Labeled([1, 5, 9], {2: 40}, 8.0), TT.Labeled([1, 6], {1: 41}, 8.0)] * 3,
+                         8, random.Random(0))
+  lm = TT.pack_examples([([1], [7, 8, 9, 10], 1.0)] * 20, 8, random.Random(0))
+  out = TT.with_rehearsal(sft, lm, 0.25, 0.1, random.Random(0))
+  n = sft["tokens"].shape[0]
+  assert out["tokens"].shape[0] == n + round(n / 3)            # a quarter of the rows are LM rows
+  np.testing.assert_array_equal(out["tokens"][:n], sft["tokens"])
+  extra = out["loss_mask"][n:]
+  assert set(np.unique(extra).round(6)) <= {0.0, 0.1} and extra.max() == pytest.approx(0.1)
+  assert set(out) == set(sft) and TT.with_rehearsal(sft, lm, 0.0, 0.1, random.Random(0)) is sft
+  with pytest.raises(ValueError, match="seq_len"):
+    TT.with_rehearsal(sft, TT.pack_examples([([1], [7], 1.0)], 16, random.Random(0)), 0.5, 0.1,
+                      random.Random(0))
+
+
+def test_scored_sft_examples_carry_the_oracles_graded_scores(world, sp):
+  cfg, kb, oracles = world
+  from configs import teacher_tiny
+  tc = teacher_tiny.get_config().teacher
+  tc.sft.adversarial_rate = 0.0
+  rng = random.Random(3)
+  docs = list(W.generate_documents(kb, cfg, "t", 40, clean=True))
+  pairs = TT.make_pairs(kb, oracles, docs, rng, max_sentences=2, false_fact_share=0.5)
+  enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 100, 100))
+  ex, counts = TT.sft_examples(enc, oracles, pairs, [], tc, rng)
+  assert counts["pair"] == 0 and counts["scored"] == 4 * len(pairs)
+  good, bad = enc.score_ids
+  scored = [e for e in ex if isinstance(e, TT.Labeled) and e.alt]
+  shares = []
+  for e in scored:
+    (pos, tgt), = e.targets.items()
+    assert pos == len(e.ids) - 1 and tgt == good and e.alt[pos][0] == bad
+    shares.append(e.alt[pos][1])
+  want = [1.0 - TT.oracle_axis_score(oracles, pe.prefix, c, axis) ** tc.sft.score_power
+          for pe in pairs for c in (pe.a, pe.b) for axis in ("quality", "factuality")]
+  np.testing.assert_allclose(shares, want)
+  assert min(shares) == 0.0 and max(shares) == 1.0 and any(0 < s < 1 for s in shares)
 
 
 def test_editor_reads_each_verdict_where_one_forward_pass_would(tiny_teacher):

@@ -270,3 +270,56 @@ def test_bad_arguments(kw, match):
   judge, pre, cands = groups([bt_matrix(np.arange(3))])
   with pytest.raises(ValueError, match=match):
     T.judge_groups(judge, pre, cands, **{"scheme": "pivot", **kw})
+
+
+class ScoreJudge(MatrixJudge):
+  """A scored judge: one logit per candidate and axis (scores[prefix][axis][i] for 'c<i>')."""
+  judge_format = "scored"
+
+  def __init__(self, scores, unsafe=None):
+    super().__init__({}, unsafe)
+    self.scores = scores
+    self.score_rows = 0
+
+  def score_axes(self, prefixes, candidates, *, axes, references=None):
+    self.score_rows += len(candidates)
+    self.calls += len(candidates) * len(axes)
+    return {a: np.array([self.scores[p][a][int(c[1:])] for p, c in zip(prefixes, candidates)])
+            for a in axes}
+
+  def compare(self, *a, **k):
+    raise AssertionError("a scored judge is never asked pairs")
+
+
+@pytest.mark.parametrize("scheme", T.SCHEMES)
+def test_scored_judge_scores_each_distinct_candidate_once_in_any_scheme(scheme):
+  rng = np.random.default_rng(4)
+  G, C = 3, 7
+  scores = {f"p{g}": {"quality": rng.normal(size=C) * 2, "factuality": rng.normal(size=C)}
+            for g in range(G)}
+  unsafe = {f"p{g}": np.zeros(C) for g in range(G)}
+  judge = ScoreJudge(scores, unsafe)
+  pre = list(scores)
+  cands = [[f"c{i}" for i in range(C)] for _ in range(G)]
+  cands[0][3] = cands[0][1]                         # a copy: one player, scored once
+  j = T.judge_groups(judge, pre, cands, scheme=scheme, axes={"quality": 1, "factuality": 1, "safety": 1})
+  assert judge.score_rows == G * C - 1
+  assert j.calls == judge.calls == (G * C - 1) * 2 + G * C   # 2 scored axes + pointwise safety
+  assert j.position_consistency == 1.0
+  for g, p in enumerate(pre):
+    s = scores[p]["quality"].copy()
+    if g == 0:
+      s[3] = s[1]
+    want = sig(s[:, None] - s[None, :])
+    got = j.prefs["quality"][g]
+    off = ~np.eye(C, dtype=bool)
+    np.testing.assert_allclose(got[off], want[off])
+    assert np.isnan(np.diag(got)).all()
+    total = [np.mean([want[i, k] for k in range(C) if k != i]) for i in range(C)]
+    s_f = scores[p]["factuality"].copy()
+    if g == 0:
+      s_f[3] = s_f[1]
+    wf = sig(s_f[:, None] - s_f[None, :])
+    total = [(total[i] + np.mean([wf[i, k] for k in range(C) if k != i]) + 1.0) / 3 for i in range(C)]
+    np.testing.assert_allclose(j.rewards[g], total, rtol=1e-6)
+    assert j.chosen[g] == int(np.argmax(total)) and j.rejected[g] == int(np.argmin(total))

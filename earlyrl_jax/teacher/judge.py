@@ -132,8 +132,13 @@ class PromptEncoder:
   def point_ids(self) -> list[int]:
     return P.verdict_ids(self.tokenizer, (P.VERDICT_UNSAFE, P.VERDICT_SAFE))
 
+  @functools.cached_property
+  def score_ids(self) -> list[int]:
+    return P.verdict_ids(self.tokenizer, P.SCORE_VERDICTS)
+
   def _encode_head(self, kind: str, prefix: str) -> tuple[int, ...]:
-    head = {"pair": P.pair_head, "point": P.point_head, "edit": P.edit_head}[kind](prefix, self.limits)
+    head = {"pair": P.pair_head, "point": P.point_head, "edit": P.edit_head,
+            "score": P.score_head}[kind](prefix, self.limits)
     return tuple(_bos(self.tokenizer) + self.tokenizer.encode(head))
 
   def edit(self, prefix: str, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
@@ -149,6 +154,9 @@ class PromptEncoder:
   def point(self, prefix, candidate, axis="safety") -> list[int]:
     return sum(self.point_parts(prefix, candidate, axis), [])
 
+  def score(self, prefix, candidate, axis, reference=None) -> list[int]:
+    return sum(self.score_parts(prefix, candidate, axis, reference), [])
+
   def _parts(self, kind, prefix, tail_text) -> tuple[list[int], list[int]]:
     """(shared head ids, row tail ids); a row that must be cut comes back whole as its tail."""
     head = list(self._head(kind, prefix))
@@ -162,6 +170,9 @@ class PromptEncoder:
 
   def point_parts(self, prefix, candidate, axis="safety"):
     return self._parts("point", prefix, P.point_tail(candidate, axis, self.limits))
+
+  def score_parts(self, prefix, candidate, axis, reference=None):
+    return self._parts("score", prefix, P.score_tail(candidate, axis, reference, self.limits))
 
   def rewrite(self, prefix, suffix, max_new_tokens: int = 0) -> list[int]:
     ids = _bos(self.tokenizer) + self.tokenizer.encode(P.rewrite_prompt(prefix, suffix, self.limits))
@@ -234,17 +245,34 @@ def two_way(logp_Nx2: np.ndarray) -> np.ndarray:
   return (p[:, 0] / p.sum(axis=-1)).astype(np.float32)
 
 
+def sigmoid(x: np.ndarray) -> np.ndarray:
+  return (0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, np.float64)))).astype(np.float32)
+
+
+JUDGE_FORMATS = ("pairwise", "scored")
+
+
 class LMJudge:
   """Verdicts of a Flax LM from verdict-token log-probs, many rows per forward pass.
 
   Rows are sorted by length and scored in chunks of `batch_size`; rows that share a
   prefix share identical head token ids (the prompt puts the prefix first), which
   `teacher/shared_prefix.py` can exploit with one prefill per prefix.
+
+  judge_format 'pairwise': one prompt per ordered pair (both candidates quoted), P(a > b)
+  from the <<1>>/<<2>> verdicts. 'scored': one prompt per candidate and axis, its logit
+  l = log P(<<GOOD>>) - log P(<<BAD>>), and P(a > b) = sigmoid(l_a - l_b) -- a Bradley-Terry
+  comparison of scores, as a reward model makes it. Scored judging has no candidate order,
+  so it has no position bias, and it needs C rows for C candidates (`score_axes`, which
+  tournaments call) where all pairs in both orders need C(C-1).
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
                limits: P.PromptLimits = P.DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
-               shared_prefix: bool | None = None, model_cfg=None):
+               shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise"):
+    if judge_format not in JUDGE_FORMATS:
+      raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
+    self.judge_format = judge_format
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.encoder = PromptEncoder(tokenizer, max_len=max_len, limits=limits)
     self.batch_size = batch_size
@@ -301,11 +329,38 @@ class LMJudge:
     if n == 0 and jax.process_count() == 1:
       return {axis: np.zeros((0,), np.float32) for axis in axes}
     refs = references if references is not None else [None] * n
+    if self.judge_format == "scored":   # score each distinct candidate once, then compare scores
+      la = self.score_axes(list(prefixes) * 2, list(a) + list(b), axes=axes, references=list(refs) * 2)
+      return {axis: sigmoid(la[axis][:n] - la[axis][n:]) for axis in axes}
     rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i])
             for axis in axes for i in range(n)]
     self.calls += len(rows)
     p = two_way(self._score(rows, self.encoder.pair_ids))
     return {axis: p[k * n:(k + 1) * n] for k, axis in enumerate(axes)}
+
+  def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
+    """Per-candidate logits l = log P(good) - log P(bad) on each axis [n] (scored format only).
+
+    Identical (prefix, candidate, reference) rows are scored once. Multi-host: each process
+    passes its own rows (the forward passes stay in lockstep, see `_score`)."""
+    if self.judge_format != "scored":
+      raise ValueError("score_axes needs judge_format='scored' (this judge compares pairs)")
+    for axis in axes:
+      _check_axis(axis, tuple(P.SCORE_HELP))
+    n = len(prefixes)
+    _check_rows(n, candidates=candidates, references=references)
+    refs = references if references is not None else [None] * n
+    keys: dict[tuple, int] = {}
+    slot = [[keys.setdefault((axis, prefixes[i], candidates[i], refs[i] if axis == "factuality" else None),
+                             len(keys)) for i in range(n)] for axis in axes]
+    if not keys and jax.process_count() == 1:
+      return {axis: np.zeros((0,), np.float32) for axis in axes}
+    rows = [self.encoder.score_parts(p, c, axis, r) for axis, p, c, r in keys]
+    self.calls += len(rows)
+    lp = self._score(rows, self.encoder.score_ids).astype(np.float64)
+    logit = lp[:, 0] - lp[:, 1]
+    return {axis: logit[np.asarray(slot[k], np.int64)].astype(np.float32) if n else
+            np.zeros((0,), np.float32) for k, axis in enumerate(axes)}
 
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
     _check_axis(axis, ("safety",))

@@ -34,6 +34,12 @@ class Teacher:
   info: dict = dataclasses.field(default_factory=dict)
 
   @property
+  def judge_format(self) -> str:
+    """'scored' or 'pairwise' (teacher/judge.py): what the embedded teacher was trained on;
+    an HF instruct teacher is prompted pairwise."""
+    return self.info.get("judge_format", "pairwise")
+
+  @property
   def max_len(self) -> int:
     return int(self.model_cfg.max_seq_len)
 
@@ -55,6 +61,7 @@ class Teacher:
           raise
       else:
         kw.setdefault("model_cfg", self.model_cfg)
+        kw.setdefault("judge_format", self.judge_format)
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
     gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,

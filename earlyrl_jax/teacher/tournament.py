@@ -23,6 +23,11 @@ Schemes (per prefix, C candidates: [0] original suffix, [1] rewrite, then the ro
 - Identical candidate texts (a rewrite that copies the original) are one player in every scheme:
   their pairs are a tie without asking (what an LM judge returns with both orders anyway).
 
+A *scored* judge (`LMJudge(judge_format='scored')`: one verdict per candidate and axis, see
+`teacher/judge.py`) is asked once per distinct candidate (`score_axes`), and every pair follows
+as sigmoid(l_i - l_j): C rows per axis instead of C(C-1), in any scheme, with no candidate order
+(position consistency 1 by construction). The schemes above decide what a *pairwise* judge asks.
+
 Every round sends all comparisons of all groups to the judge in ONE call (both orders in the same
 call, when asked): `compare_axes` with every pairwise axis when the judge has it (an LM judge then
 prefills each prefix once for all axes), else one `compare` call per axis. An LM judge sees large
@@ -72,7 +77,8 @@ class Judgement:
   chosen: np.ndarray                  # int [G]
   rejected: np.ndarray                # int [G]
   all_tied: np.ndarray                # bool [G]
-  comparisons: np.ndarray = None      # int [G] unordered pairs compared per group (per axis)
+  comparisons: np.ndarray = None      # int [G] unordered pairs compared per group (per axis;
+                                      # a scored judge: candidates scored)
   rounds: int = 0                     # batched compare rounds (one compare call per axis each)
 
 
@@ -218,6 +224,37 @@ class _Asker:
       self.asked[g] += 1
     self.rounds += bool(pairs)
 
+  def score_all(self, sizes: Sequence[int]) -> None:
+    """A scored judge: one row per distinct candidate and axis fills every pair of every group."""
+    rows = [(g, i) for g in range(len(sizes)) for i in self.reps(g)]
+    pre = [self.prefixes[g] for g, _ in rows]
+    cands = [self.cands[g][i] for g, i in rows]
+    refs = None if self.refs is None else [self.refs[g] for g, _ in rows]
+    logits = self.judge.score_axes(pre, cands, axes=list(self.pair_axes), references=refs)
+    for axis in self.pair_axes:
+      lg = np.asarray(logits[axis], np.float64)
+      if lg.shape != (len(rows),):
+        raise ValueError(f"judge.score_axes(axis={axis!r}) returned shape {lg.shape}, "
+                         f"expected ({len(rows)},)")
+      self.calls += len(rows)
+      m = self.prefs[axis]
+      full = np.full(m.shape[:2], np.nan)
+      for (g, i), v in zip(rows, lg):
+        for k in self.members[g][i]:
+          full[g, k] = v
+      p = 1.0 / (1.0 + np.exp(-(full[:, :, None] - full[:, None, :])))
+      C = m.shape[1]
+      m[:] = np.where(np.eye(C, dtype=bool)[None], np.nan, p)
+    for g, n in enumerate(sizes):
+      self.known[g, :n, :n] = ~np.eye(n, dtype=bool)
+      self.asked[g] = len(self.reps(g))
+    self.rounds += 1
+
+
+def is_scored(judge) -> bool:
+  """Whether `judge` scores candidates one at a time (see the module docstring)."""
+  return getattr(judge, "judge_format", None) == "scored" and hasattr(judge, "score_axes")
+
 
 def _lockstep() -> bool:
   """Several processes judge their own groups with one LM judge: its forward passes hold
@@ -300,8 +337,11 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
       r[g, i] = 1.0 - v
     per_axis[axis] = r
 
+  scored = is_scored(judge)
   if pair_axes:
-    if scheme == "all_pairs":
+    if scored:
+      asker.score_all(sizes)
+    elif scheme == "all_pairs":
       asker.ask([(g, i, j) for g in range(G) for i in range(sizes[g]) for j in range(i + 1, sizes[g])])
     elif scheme == "pivot":
       asker.ask([(g, i, pivot_index) for g in range(G) for i in range(sizes[g]) if i != pivot_index])
@@ -309,7 +349,7 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
       _adaptive(asker, axes, per_axis, valid, sizes, aggregate, budget)
     for axis in pair_axes:
       per_axis[axis] = aggregate_pairwise(asker.prefs[axis], valid, aggregate,
-                                          impute=(scheme == "adaptive"))
+                                          impute=(scheme == "adaptive" and not scored))
 
   rewards = _combine(per_axis, axes)
   masked = np.where(valid, rewards, np.nan)
@@ -317,6 +357,8 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
   rejected = np.nanargmin(masked, axis=1)
   all_tied = (np.nanmax(masked, 1) - np.nanmin(masked, 1)) < TIE_EPS
   consistency = asker.agree / asker.pairs_both if asker.pairs_both else float("nan")
+  if scored and pair_axes:   # compare(b, a) = 1 - compare(a, b) exactly: no order to disagree on
+    consistency = 1.0
   return Judgement(rewards=masked, per_axis=per_axis, prefs=asker.prefs,
                    calls=asker.calls + point_calls, position_consistency=float(consistency),
                    chosen=chosen.astype(np.int64), rejected=rejected.astype(np.int64),

@@ -108,6 +108,22 @@ def _clean_docs(kb, wcfg, split: str, n: int):
   return list(W.generate_documents(kb, wcfg, split, n, clean=True))
 
 
+def fact_sheets(kb, n: int, rng) -> list[str]:
+  """n clean 'Facts about X:' lists, every fact of one entity in a random template each, entities
+  in turn: the teacher stands for a model that knows the world, and in ordinary documents a
+  person's facts come up a few dozen times in a pass, a country's hundreds of times. Sheets
+  give every fact the same exposure."""
+  subjects = sorted({s for s, _ in kb.facts})
+  out = []
+  for k in range(n):
+    subj = subjects[k % len(subjects)]
+    rels = kb.relations_of(subj)
+    rng.shuffle(rels)
+    lines = [W.fact_sentence(kb, subj, r, rng, connective=False).text for r in rels]
+    out.append("\n".join([W.HEADER.format(s=subj)] + [f"- {x}" for x in lines]))
+  return out
+
+
 def train_tokenizer(texts: Sequence[str], out_path: str, vocab_size: int) -> str:
   """SentencePiece with every prompt marker as a user-defined symbol (one token each)."""
   import sentencepiece as spm
@@ -126,26 +142,36 @@ def train_tokenizer(texts: Sequence[str], out_path: str, vocab_size: int) -> str
 @dataclasses.dataclass
 class Labeled:
   """An example whose targets are not the next tokens: verdicts read at given positions
-  (the editor's CHECK tokens), so one prompt trains every sentence's keep/drop verdict."""
+  (the editor's CHECK tokens, a scored verdict at the prompt's end), so one prompt can train
+  several verdicts. `alt` gives a position a second target with a share of the weight: a soft
+  label (q on `targets`, 1 - q on the alternative) for the oracles' graded scores."""
   ids: list[int]
   targets: dict[int, int]   # position -> verdict token id predicted there
   weight: float
+  alt: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)  # pos -> (id, share)
 
 
-def _example_arrays(ex, seq_len: int) -> tuple[list[int], list[int], list[float]]:
-  """(tokens, targets, loss weights) of one example, cut to seq_len."""
+def _example_arrays(ex, seq_len: int):
+  """(tokens, targets, loss weights, alternative targets, their weights) of one example, cut to seq_len."""
   if isinstance(ex, Labeled):
     seq = ex.ids[:seq_len]
     tgt = seq[1:] + [0]
     mask = [0.0] * len(seq)
+    alt_tgt, alt_mask = [0] * len(seq), [0.0] * len(seq)
     for pos, t in ex.targets.items():
       if pos < len(seq):
-        tgt[pos], mask[pos] = t, ex.weight
-    return seq, tgt, mask
+        share = ex.alt[pos][1] if pos in ex.alt else 0.0
+        tgt[pos], mask[pos] = t, ex.weight * (1.0 - share)
+        if share:
+          alt_tgt[pos], alt_mask[pos] = ex.alt[pos][0], ex.weight * share
+    return seq, tgt, mask, alt_tgt, alt_mask
   p, c, w = ex
   seq = (p + c)[:seq_len]
   mask = ([0.0] * (len(p) - 1) + [w] * len(c) + [0.0])[:len(seq)]
-  return seq, seq[1:] + [0], mask
+  return seq, seq[1:] + [0], mask, [0] * len(seq), [0.0] * len(seq)
+
+
+_ROW_KEYS = ("tokens", "targets", "loss_mask", "alt_targets", "alt_mask")
 
 
 def pack_examples(examples: list, seq_len: int, rng) -> dict:
@@ -154,31 +180,47 @@ def pack_examples(examples: list, seq_len: int, rng) -> dict:
   order = list(range(len(examples)))
   rng.shuffle(order)
   rows = []
-  cur: list[tuple[list[int], list[int], list[float]]] = []
+  cur: list[tuple] = []
   used = 0
   for i in order:
-    seq, tgt, mask = _example_arrays(examples[i], seq_len)
-    if used + len(seq) > seq_len and cur:
+    arrays = _example_arrays(examples[i], seq_len)
+    if used + len(arrays[0]) > seq_len and cur:
       rows.append(cur)
       cur, used = [], 0
-    cur.append((seq, tgt, mask))
-    used += len(seq)
+    cur.append(arrays)
+    used += len(arrays[0])
   if cur:
     rows.append(cur)
   B = len(rows)
-  out = {k: np.zeros((B, seq_len), np.int32) for k in ("tokens", "targets", "segment_ids", "positions")}
-  out["loss_mask"] = np.zeros((B, seq_len), np.float32)
+  out = {k: np.zeros((B, seq_len), np.float32 if k.endswith("mask") else np.int32)
+         for k in _ROW_KEYS + ("segment_ids", "positions")}
   for r, segs in enumerate(rows):
     o = 0
-    for s, (seq, tgt, mask) in enumerate(segs, start=1):
-      n = len(seq)
-      out["tokens"][r, o:o + n] = seq
-      out["targets"][r, o:o + n] = tgt   # a Labeled example may end on a verdict position
+    for s, arrays in enumerate(segs, start=1):
+      n = len(arrays[0])
+      for k, v in zip(_ROW_KEYS, arrays):   # a Labeled example may end on a verdict position
+        out[k][r, o:o + n] = v
       out["segment_ids"][r, o:o + n] = s
       out["positions"][r, o:o + n] = np.arange(n)
-      out["loss_mask"][r, o:o + n] = mask
       o += n
   return out
+
+
+def with_rehearsal(rows: dict, lm: dict, share: float, weight: float, rng) -> dict:
+  """SFT rows plus pretraining rows (`share` of the result, their tokens weighted by `weight`):
+  SFT's loss is on verdicts only, and without the LM loss beside it the teacher forgets the
+  facts its factuality verdicts need."""
+  if share <= 0:
+    return rows
+  if lm["tokens"].shape[1] != rows["tokens"].shape[1]:
+    raise ValueError(f"teacher.sft.lm_rows_share: pretraining rows have {lm['tokens'].shape[1]} "
+                     f"tokens, SFT rows {rows['tokens'].shape[1]} (set teacher.pretrain.seq_len "
+                     "to model.max_seq_len)")
+  n = rows["tokens"].shape[0]
+  k = min(lm["tokens"].shape[0], int(round(n * share / (1.0 - share))))
+  pick = np.asarray(rng.sample(range(lm["tokens"].shape[0]), k), np.int64)
+  extra = {key: v[pick] * (weight if key == "loss_mask" else 1) for key, v in lm.items()}
+  return {key: np.concatenate([rows[key], extra[key].astype(rows[key].dtype)]) for key in rows}
 
 
 def lm_rows(tokenizer, texts: Sequence[str], seq_len: int) -> dict:
@@ -203,6 +245,11 @@ def _label(oracles, prefix, a, b, axis) -> int | None:
   j = OracleJudge(oracles)
   p = float(j.compare([prefix], [a], [b], axis=axis)[0])
   return None if p == 0.5 else int(p > 0.5)
+
+
+def oracle_axis_score(oracles, prefix: str, text: str, axis: str) -> float:
+  """The oracles' graded score of one candidate on a scored axis (the scored judge's soft label)."""
+  return OracleJudge(oracles).axis_score(prefix, text, axis)
 
 
 def _reference(doc_sents, rest, rng) -> str:
@@ -241,13 +288,17 @@ def cut_words(text: str, n: int) -> str:
 
 
 def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corrupted",
-               false_fact_share: float = 0.0, cut_share: float = 0.0) -> list[PairExample]:
+               false_fact_share: float = 0.0, cut_share: float = 0.0,
+               minimal_share: float = 0.0) -> list[PairExample]:
   """Clean vs corrupted (and corrupted vs corrupted) suffixes of clean documents, oracle labelled.
 
   false_fact_share: share of documents whose corruption is forced to a false claim (the
   world's corruption mix has few, and factuality is the axis that needs them).
   cut_share: share of pairs whose candidates are both cut after the same number of words
   (kind 'cut'): SIP judges suffixes and rollouts that its N-token windows end mid-sentence.
+  minimal_share: share of documents that also give a minimal pair (kind 'fact_minimal'): the
+  clean suffix and the same suffix with one claim's object wrong, with the pair's reference.
+  Nothing else differs, so the pair isolates the claim (and whether the reference has it).
   """
   out = []
   for doc in docs:
@@ -277,7 +328,14 @@ def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corru
       lab = _label(oracles, prefix, a, b, axis)
       if lab is not None:
         labels[axis] = lab
-    out.append(PairExample(prefix, a, b, _reference(clean, rest, rng), labels, pair_kind))
+    ref = _reference(clean, rest, rng)
+    out.append(PairExample(prefix, a, b, ref, labels, pair_kind))
+    wrong = false_fact(kb, clean, rng) if rng.random() < minimal_share else None
+    if wrong is not None:
+      x, y = (W.join(clean), W.join(wrong)) if rng.random() < 0.5 else (W.join(wrong), W.join(clean))
+      labels = {axis: lab for axis in ("quality", "factuality")
+                if (lab := _label(oracles, prefix, x, y, axis)) is not None}
+      out.append(PairExample(prefix, x, y, ref, labels, "fact_minimal"))
   return out
 
 
@@ -307,12 +365,24 @@ def make_rewrites(kb, docs, rng, *, max_sentences: int, clean_share: float = 0.5
 def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites: list[dict], tcfg,
                  rng) -> tuple[list, dict]:
   """Token-level SFT examples (prompt ids, completion ids, weight) and counts per type."""
-  ex, counts = [], {"pair": 0, "safety": 0, "rewrite": 0, "adversarial": 0}
-  vA, vB = enc.pair_ids
+  ex, counts = [], {"pair": 0, "scored": 0, "safety": 0, "rewrite": 0, "adversarial": 0}
+  scored = tcfg.judge_format == "scored"
+  vA, vB = (None, None) if scored else enc.pair_ids
+  vG, vBad = enc.score_ids if scored else (None, None)
   vU, vS = enc.point_ids
   w = float(tcfg.sft.verdict_weight)
   for pe in pairs:
-    for axis, lab in pe.labels.items():
+    if scored:   # each candidate on its own, soft label = the oracles' graded score
+      for cand in dict.fromkeys((pe.a, pe.b)):
+        if rng.random() < tcfg.sft.adversarial_rate:   # labelled as the oracles read the injected text
+          cand = f"{cand} {rng.choice(TRAIN_INJECTIONS)}"
+          counts["adversarial"] += 1
+        for axis in ("quality", "factuality"):
+          q = oracle_axis_score(oracles, pe.prefix, cand, axis) ** tcfg.sft.score_power
+          ids = enc.score(pe.prefix, cand, axis, pe.reference if axis == "factuality" else None)
+          ex.append(Labeled(ids, {len(ids) - 1: vG}, w, {len(ids) - 1: (vBad, 1.0 - q)}))
+          counts["scored"] += 1
+    for axis, lab in ({} if scored else pe.labels).items():
       for a, b, y in ((pe.a, pe.b, lab), (pe.b, pe.a, 1 - lab)):   # both orders: no position prior
         if rng.random() < tcfg.sft.adversarial_rate:   # an instruction aimed at the judge, on the loser
           inj = rng.choice(TRAIN_INJECTIONS)
@@ -364,8 +434,8 @@ def edit_labels(sentences: Sequence[str], target: str) -> list[bool]:
 def _step_fn(graphdef, model_cfg, tx, schedule, mesh, batch_size, seq_len):
   from earlyrl_jax.train import losses, state as state_lib, steps as steps_lib
   _, _, shardings = state_lib.abstract_train_state(model_cfg, tx, mesh)
-  spec = {k: jax.ShapeDtypeStruct((batch_size, seq_len), np.float32 if k == "loss_mask" else np.int32)
-          for k in ("tokens", "targets", "segment_ids", "positions", "loss_mask")}
+  spec = {k: jax.ShapeDtypeStruct((batch_size, seq_len), np.float32 if k.endswith("mask") else np.int32)
+          for k in _ROW_KEYS + ("segment_ids", "positions")}
   step = steps_lib.make_train_step(graphdef, tx, schedule, mesh, shardings, spec,
                                    loss_fn=losses.lm_terms, coefs={"nll": 1.0, "z_loss": 0.0})
   return step, shardings
@@ -461,7 +531,8 @@ def grpo(cfg, teacher: T.Teacher, rewrites: list[dict], mesh) -> tuple[object, d
     defective = [r["defect"] is not None for r in items for _ in range(K)]
     key, k = jax.random.split(key)
     plans, keep, texts = editor.edit(params, rp, ro, key=k, temperature=g.temperature, rng=sample_rng)
-    judge = LMJudge(graphdef, params, teacher.tokenizer, max_len=L, limits=teacher.limits)
+    judge = LMJudge(graphdef, params, teacher.tokenizer, max_len=L, limits=teacher.limits,
+                    judge_format=teacher.judge_format)
     jq = 0.5 * (judge.compare(rp, texts, ro, axis="quality") + 1 - judge.compare(rp, ro, texts, axis="quality"))
     jf = 0.5 * (judge.compare(rp, texts, ro, axis="factuality", references=ro)
                 + 1 - judge.compare(rp, ro, texts, axis="factuality", references=ro))
@@ -810,6 +881,7 @@ def run(cfg, workdir: str) -> dict:
   pre_docs = _clean_docs(kb, cfg.world, "teacher-pretrain", tc.pretrain.num_documents)
   sup_docs = _clean_docs(kb, cfg.world, "teacher-supervision", tc.sft.num_documents)
   markup = [P.pair_prompt("p", "a", "b", ax, "r", limits) for ax in ("quality", "factuality")]
+  markup += [P.score_prompt("p", "c", ax, "r", limits) for ax in ("quality", "factuality")]
   markup += [P.point_prompt("p", "c", "safety", limits), P.rewrite_prompt("p", "s", limits) + " x " + P.REWRITE_CLOSE,
              P.edit_head("p", limits) + P.edit_tail(["a. ", "b."], limits) + P.VERDICT_KEEP + P.VERDICT_DROP]
   markup += [f"{x} {inj}" for x in ("a", "b") for inj in TRAIN_INJECTIONS]
@@ -826,8 +898,9 @@ def run(cfg, workdir: str) -> dict:
   # 2. pretraining on clean documents
   t0 = time.time()
   graphdef, params = nnx.split(Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed)))
-  rows = lm_rows(tokenizer, [d.text for d in pre_docs], tc.pretrain.seq_len)
-  params = train_lm(cfg, "pretrain", graphdef, params, model_cfg, mesh, rows, steps=tc.pretrain.steps,
+  sheets = fact_sheets(kb, tc.pretrain.fact_sheets, random.Random(cfg.seed + 5))
+  pre_rows = lm_rows(tokenizer, [d.text for d in pre_docs] + sheets, tc.pretrain.seq_len)
+  params = train_lm(cfg, "pretrain", graphdef, params, model_cfg, mesh, pre_rows, steps=tc.pretrain.steps,
                     lr=tc.pretrain.learning_rate, batch_size=tc.pretrain.batch_size, seed=cfg.seed,
                     log_every=tc.log_every_steps)
   timings["pretrain_s"] = time.time() - t0
@@ -837,11 +910,13 @@ def run(cfg, workdir: str) -> dict:
   enc = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
   half = int(len(sup_docs) * tc.sft.judge_share)
   pairs = make_pairs(kb, oracles, sup_docs[:half], rng, max_sentences=tc.max_suffix_sentences,
-                     false_fact_share=tc.sft.false_fact_share, cut_share=tc.sft.cut_share)
+                     false_fact_share=tc.sft.false_fact_share, cut_share=tc.sft.cut_share,
+                     minimal_share=tc.sft.minimal_share)
   rewrites = make_rewrites(kb, sup_docs[half:], rng, max_sentences=tc.max_suffix_sentences,
                            max_chars=tc.candidate_chars)
   examples, counts = sft_examples(enc, oracles, pairs, rewrites, tc, rng)
-  rows = pack_examples(examples, model_cfg.max_seq_len, rng)
+  rows = with_rehearsal(pack_examples(examples, model_cfg.max_seq_len, rng), pre_rows,
+                        tc.sft.lm_rows_share, tc.sft.lm_weight, rng)
   _log(f"teacher/sft: {len(examples)} examples {counts} packed into {rows['tokens'].shape[0]} rows "
        f"({time.time() - t0:.1f}s)")
   params = train_lm(cfg, "sft", graphdef, params, model_cfg, mesh, rows, steps=tc.sft.steps,
@@ -851,12 +926,13 @@ def run(cfg, workdir: str) -> dict:
 
   # 4. rewriter GRPO
   t0 = time.time()
-  teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits)
+  info = {"judge_format": tc.judge_format}
+  teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits, info)
   params, grpo_stats = grpo(cfg, teacher, rewrites, mesh)
-  teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits)
+  teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits, info)
   timings["grpo_s"] = time.time() - t0
   train_s = time.time() - t_start
-  T.save_teacher(out_dir, teacher, h, {"train_seconds": train_s, "sft_counts": counts, **timings})
+  T.save_teacher(out_dir, teacher, h, {"train_seconds": train_s, "sft_counts": counts, **info, **timings})
   _log(f"teacher: saved to {out_dir} (config hash {h}) after {train_s:.0f}s")
 
   # 5. report on held-out documents (policies trained here on the noisy corpus)

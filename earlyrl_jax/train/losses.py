@@ -58,6 +58,10 @@ def sequence_logprobs(model, batch, prefix: str = ""):
 def lm_terms(model, batch, frozen=None, *, prefix: str = "") -> tuple[Terms, Terms]:
   """Next-token loss of a packed batch: {'nll': (Σ −log p, tokens), 'z_loss': (Σ lse², tokens)}.
 
+  With `alt_targets` / `alt_mask` in the batch a position may carry a second target: the
+  soft label w·q on `targets` and w·(1−q) on `alt_targets` is cross-entropy against (q, 1−q)
+  with weight w (the embedded teacher's scored verdicts learn the oracles' graded scores).
+
   The z-loss coefficient is the step's `coefs['z_loss']` (omit it or set 0 to turn it off).
   """
   del frozen
@@ -65,8 +69,15 @@ def lm_terms(model, batch, frozen=None, *, prefix: str = "") -> tuple[Terms, Ter
                  segment_ids=batch[prefix + "segment_ids"])
   logp, lse = token_logprobs(logits, batch[prefix + "targets"])
   mask = batch[prefix + "loss_mask"].astype(jnp.float32)
+  nll = -jnp.sum(logp * mask)
+  if prefix + "alt_targets" in batch:   # soft labels: a second target per position, its own weight
+    alt = jnp.take_along_axis(logits.astype(jnp.float32),
+                              batch[prefix + "alt_targets"][..., None].astype(jnp.int32), axis=-1)[..., 0]
+    alt_mask = batch[prefix + "alt_mask"].astype(jnp.float32)
+    nll = nll - jnp.sum((alt - lse) * alt_mask)
+    mask = mask + alt_mask
   tokens = jnp.sum(mask)
-  return {"nll": (-jnp.sum(logp * mask), tokens), "z_loss": (jnp.sum(jnp.square(lse) * mask), tokens)}, {}
+  return {"nll": (nll, tokens), "z_loss": (jnp.sum(jnp.square(lse) * mask), tokens)}, {}
 
 
 def dpo_pair_losses(pi_chosen_R, pi_rejected_R, ref_chosen_R, ref_rejected_R, beta: float):

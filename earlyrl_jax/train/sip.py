@@ -167,6 +167,8 @@ class SIPProducer:
                        chosen=np.full((G,), pick), rejected=np.full((G,), pick),
                        all_tied=np.ones((G,), bool))
     from earlyrl_jax.teacher.tournament import judge_groups
+    if self.s.get("judge_trim", False):
+      cand_text = judged_texts(cand_text)
     return judge_groups(self.judge, prefix_text, cand_text, scheme=self.s.judge_scheme,
                         axes=dict(self.s.judge_axes), both_orders=bool(self.s.both_orders),
                         aggregate=self.s.aggregate,
@@ -253,6 +255,20 @@ def batch_spec(producer: SIPProducer, global_windows: int) -> dict[str, jax.Shap
 def objective_from_config(s) -> Objective:
   return Objective(recipe=s.recipe, beta=float(s.beta), lm_coef=float(s.lm_coef), coef=float(s.coef),
                    kl_coef=float(s.kl_coef))
+
+
+def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
+  """Candidates as the judge sees them with `sip.judge_trim`: each up to its last sentence end.
+
+  The window cuts the original suffix after N tokens, mid-sentence, and a rollout is cut at
+  the same N unless it ended its document first. A judge that penalises a cut-off sentence
+  (the oracles halve quality for it, and the embedded teacher learns that) then prefers
+  every rollout that stopped early to the real continuation, and DPO teaches the policy to
+  stop early. The cut is the window's, not the writer's, so every candidate is judged on its
+  complete sentences (a candidate without one is judged as it is); training still uses the
+  whole candidate."""
+  from earlyrl_jax.teacher.editor import trim_to_sentence_end
+  return [[trim_to_sentence_end(t) or t for t in texts] for texts in cand_text]
 
 
 def build_judge(cfg, run: loop.Run, teacher):
