@@ -162,6 +162,7 @@ def test_sip_steps_with_the_teacher_on_its_own_sub_mesh(tmp_path, teacher_dir):
 def test_a_scored_teacher_judges_each_candidate_once_per_axis_in_a_sip_step(tmp_path):
   """The saved judge_format reaches SIP: C rows per pairwise axis (+ C for safety) per window,
   where pivot in both orders asks 4(C-1) + C, and no candidate order to disagree on."""
+  (tmp_path / "scored").mkdir()
   path = write_tiny_teacher(str(tmp_path / "scored"), judge_format="scored")
   workdir, run, teacher = _setup(tmp_path, path, num_steps=1)
   assert teacher.judge().judge_format == "scored"
