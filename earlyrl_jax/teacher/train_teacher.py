@@ -6,9 +6,10 @@ Stages (each prints step, loss and ETA):
   1. tokenizer   SentencePiece on clean world documents + prompt markup; every marker one token
   2. pretrain    next-token loss on CLEAN world documents (the teacher stands for a strong,
                  post-trained model: it should know the world's facts)
-  3. sft         judge supervision (pairwise quality / factuality in both orders, safety pointwise,
-                 adversarial candidates carrying instructions aimed at the judge) and rewrite
-                 supervision; loss only on completion tokens (verdict / rewrite)
+  3. sft         judge supervision (scored: each candidate's quality / factuality verdict with the
+                 oracles' graded score as a soft label; or pairwise in both orders), safety
+                 pointwise, adversarial candidates carrying instructions aimed at the judge, and
+                 edit supervision; loss on verdict tokens, beside rehearsed pretraining rows
   4. grpo        the rewriter's RL: K rewrites per input, rewards from the teacher's own judge,
                  group-normalised advantages, KL to the post-SFT model
   5. report      WORKDIR/teacher_report.{json,md} on held-out documents never trained on
@@ -297,8 +298,8 @@ def make_pairs(kb, oracles, docs, rng, *, max_sentences: int, kind: str = "corru
   cut_share: share of pairs whose candidates are both cut after the same number of words
   (kind 'cut'): SIP judges suffixes and rollouts that its N-token windows end mid-sentence.
   minimal_share: share of documents that also give a minimal pair (kind 'fact_minimal'): the
-  clean suffix and the same suffix with one claim's object wrong, with the pair's reference.
-  Nothing else differs, so the pair isolates the claim (and whether the reference has it).
+  clean suffix and the same suffix with one claim made false (that sentence rewritten with a
+  wrong object), with the pair's reference: one sentence differs, so the pair isolates the claim.
   """
   out = []
   for doc in docs:
@@ -757,7 +758,8 @@ def build_heldout(cfg, kb, oracles, tokenizer, mesh, policies) -> dict:
 def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra: dict) -> dict:
   judge = teacher.judge()
   oracle = OracleJudge(oracles)
-  res: dict = {"config_hash": extra.get("config_hash"), "prompt_version": P.PROMPT_VERSION}
+  res: dict = {"config_hash": extra.get("config_hash"), "prompt_version": P.PROMPT_VERSION,
+               "judge_format": teacher.judge_format}
   t0 = time.time()
   rows = {}
   for name, j in (("teacher", judge), ("oracle", oracle)):
@@ -807,7 +809,8 @@ def _pool(parts: list[dict]) -> float:
 
 def _markdown(res: dict) -> str:
   lines = ["# Embedded teacher: held-out report", "",
-           f"config hash `{res.get('config_hash')}`, prompts `{res['prompt_version']}`, "
+           f"config hash `{res.get('config_hash')}`, prompts `{res['prompt_version']}`, judge "
+           f"`{res.get('judge_format', 'pairwise')}` (scored: position consistency is 1 by construction), "
            f"training {res.get('train_seconds', 0):.0f}s", "", "| metric | value | bar | met |",
            "|---|---|---|---|"]
   for k, b in res["bars"].items():
