@@ -242,9 +242,8 @@ class _Asker:
       for (g, i), v in zip(rows, lg):
         for k in self.members[g][i]:
           full[g, k] = v
-      p = 1.0 / (1.0 + np.exp(-(full[:, :, None] - full[:, None, :])))
       C = m.shape[1]
-      m[:] = np.where(np.eye(C, dtype=bool)[None], np.nan, p)
+      m[:] = np.where(np.eye(C, dtype=bool)[None], np.nan, _bt_probs(full))   # sigmoid(l_i - l_j)
     for g, n in enumerate(sizes):
       self.known[g, :n, :n] = ~np.eye(n, dtype=bool)
       self.asked[g] = len(self.reps(g))
