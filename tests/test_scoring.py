@@ -116,6 +116,23 @@ def test_verdict_logprobs_equal_full_softmax(model):
     np.testing.assert_allclose(got[i], lp[i, len(p) - 1, cands], atol=1e-5)
 
 
+@pytest.mark.parametrize("chunk", [3, 128])
+def test_surprise_is_the_gap_to_the_models_first_choice(model, chunk):
+  """Scorer.surprise = max log-softmax - log-softmax at the token, per continuation token,
+  chunked or not; 0 exactly where the token is the model's first choice."""
+  s = scoring.Scorer(model, chunk_size=chunk)
+  got = s.surprise(nnx.state(model), PROMPTS, CONTS)
+  lp = _reference_logprobs(model, [p + c for p, c in zip(PROMPTS, CONTS)])
+  assert got.shape == (4, 9)
+  for i, (p, c) in enumerate(zip(PROMPTS, CONTS)):
+    rows = lp[i, len(p) - 1:len(p) - 1 + len(c)]
+    want = rows.max(-1) - rows[np.arange(len(c)), c]
+    np.testing.assert_allclose(got[i, :len(c)], want, atol=1e-5)
+    assert (got[i, len(c):] == 0).all() and (got[i, :len(c)] >= 0).all()
+  top = int(lp[0, 2].argmax())     # the first choice after prompt 0 costs nothing
+  assert s.surprise(nnx.state(model), [PROMPTS[0]], [[top]])[0, 0] == pytest.approx(0.0, abs=1e-6)
+
+
 def test_bucket_reuse_does_not_retrace(model):
   s = scoring.Scorer(model, buckets=(16, 64))
   params = nnx.state(model)

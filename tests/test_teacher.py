@@ -1,7 +1,6 @@
 """The teacher: verdict extraction, oracle judge, reward adapter, rewriter reward, GRPO pieces, reuse."""
 from __future__ import annotations
 
-import json
 import os
 import random
 
@@ -16,7 +15,7 @@ from earlyrl_jax.teacher import prompts as P
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
 from earlyrl_jax.teacher import train_teacher as TT
-from tests.helpers import tiny_model_config
+from tests.helpers import random_teacher, save_reusable_teacher, tiny_model_config, world_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -27,21 +26,14 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def sp(tmp_path_factory, world):
-  from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
-  cfg, kb, _ = world
-  texts = [d.text for d in W.generate_documents(kb, cfg, "t", 150, clean=True)]
-  path = str(tmp_path_factory.mktemp("tok") / "tokenizer.model")
-  TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, path, 400)
-  return SentencePieceTokenizer(path)
+def sp(tmp_path_factory):
+  return world_tokenizer(str(tmp_path_factory.mktemp("tok") / "tokenizer.model"),
+                         [P.pair_prompt("p", "a", "b", "quality")])
 
 
 @pytest.fixture(scope="module")
 def tiny_teacher(sp):
-  mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256)
-  from earlyrl_jax.models.transformer import Transformer
-  graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
-  return T.Teacher(graphdef, params, sp, mc, None, P.PromptLimits(80, 100, 100))
+  return random_teacher(sp, max_seq_len=256)
 
 
 # ------------------------------------------------------------------ verdicts
@@ -367,15 +359,10 @@ def test_save_load_roundtrip(tmp_path, tiny_teacher, sp):
 
 
 def test_teacher_is_reused_when_config_unchanged(tmp_path, tiny_teacher, sp, monkeypatch):
-  import shutil
   from configs import teacher_tiny
   cfg = teacher_tiny.get_config()
   h = TT.config_hash(cfg)
-  path = str(tmp_path / "teacher")
-  T.save_teacher(path, tiny_teacher, h)
-  shutil.copy(sp.path, os.path.join(path, T.TOKENIZER_FILE))
-  with open(tmp_path / "teacher_report.json", "w") as f:
-    json.dump({"config_hash": h}, f)
+  save_reusable_teacher(tmp_path, tiny_teacher, sp, cfg)
 
   def no_training(*a, **k):
     raise AssertionError("retrained although the config hash is unchanged")

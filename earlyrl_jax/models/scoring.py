@@ -7,6 +7,10 @@ vocabulary projection runs one sequence chunk at a time under `lax.map`, with
 each chunk rematerialised in the backward pass, so no more than one
 `[B, chunk, V]` logits block is ever live (forward or backward).
 
+`gaps_from_hidden` / `Scorer.surprise` give, per token, how far the token's log-prob is below
+the model's first choice's (teacher/surprise.py): the same chunked pass with a max in place
+of the logsumexp.
+
 `Scorer` is the host-facing, jitted and bucketed batch scorer (same padding and
 sharding conventions as the sampler): rows are padded to a few row counts and
 lengths so a judge or a reference-policy pass never retraces per batch. On
@@ -41,13 +45,20 @@ def _chunk_logprobs(model, h_BxCxD, targets_BxC):
   return tgt - lse, lse
 
 
-def logprobs_from_hidden(model, h_BxTxD, targets_BxT, chunk_size: int | None = None):
-  """(log p(target), logsumexp) float32 [B, T] from final hidden states, chunked over T."""
+def _chunk_gaps(model, h_BxCxD, targets_BxC):
+  logits = model.logits_from_hidden(h_BxCxD)                       # float32 [B, C, V]
+  tgt = jnp.take_along_axis(logits, targets_BxC[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  return logits.max(axis=-1) - tgt          # log p(top token) - log p(target): the softmax's lse cancels
+
+
+def _map_chunks(fn, h_BxTxD, targets_BxT, chunk_size: int | None):
+  """fn(h [B, c, D], targets [B, c]) -> arrays [B, c], applied one sequence chunk at a time
+  (rematerialised in a backward pass) and stitched back to [B, T]."""
   B, T, D = h_BxTxD.shape
   c = max(1, min(int(chunk_size or DEFAULT_CHUNK), T))
   targets_BxT = jnp.asarray(targets_BxT, jnp.int32)
   if c >= T:
-    return jax.checkpoint(lambda h, t: _chunk_logprobs(model, h, t))(h_BxTxD, targets_BxT)
+    return jax.checkpoint(fn)(h_BxTxD, targets_BxT)
   n = -(-T // c)
   pad = n * c - T
   h = jnp.pad(h_BxTxD, ((0, 0), (0, pad), (0, 0)))
@@ -55,10 +66,21 @@ def logprobs_from_hidden(model, h_BxTxD, targets_BxT, chunk_size: int | None = N
   h_NxBxCxD = h.reshape(B, n, c, D).transpose(1, 0, 2, 3)
   t_NxBxC = tg.reshape(B, n, c).transpose(1, 0, 2)
   # Remat: the backward pass recomputes each chunk's logits instead of keeping all n of them.
-  body = jax.checkpoint(lambda xs: _chunk_logprobs(model, xs[0], xs[1]))
-  logp, lse = jax.lax.map(body, (h_NxBxCxD, t_NxBxC))
+  body = jax.checkpoint(lambda xs: fn(xs[0], xs[1]))
+  out = jax.lax.map(body, (h_NxBxCxD, t_NxBxC))
   unchunk = lambda a: a.transpose(1, 0, 2).reshape(B, n * c)[:, :T]
-  return unchunk(logp), unchunk(lse)
+  return jax.tree.map(unchunk, out)
+
+
+def logprobs_from_hidden(model, h_BxTxD, targets_BxT, chunk_size: int | None = None):
+  """(log p(target), logsumexp) float32 [B, T] from final hidden states, chunked over T."""
+  return _map_chunks(lambda h, t: _chunk_logprobs(model, h, t), h_BxTxD, targets_BxT, chunk_size)
+
+
+def gaps_from_hidden(model, h_BxTxD, targets_BxT, chunk_size: int | None = None):
+  """log p(most likely token) - log p(target), float32 [B, T] (>= 0; 0 where the target is the
+  model's first choice), chunked over T like `logprobs_from_hidden`."""
+  return _map_chunks(lambda h, t: _chunk_gaps(model, h, t), h_BxTxD, targets_BxT, chunk_size)
 
 
 def token_logprobs(model, tokens_BxT, targets_BxT, *, positions=None, segment_ids=None,
@@ -165,6 +187,7 @@ class Scorer:
     self.num_compilations = 0  # incremented each time a program is traced
     out = None if mesh is None else mesh_lib.named_sharding(mesh, ("batch", None))
     self._score = jax.jit(self._score_impl, out_shardings=out)
+    self._gaps = jax.jit(self._gaps_impl, out_shardings=out)
     self._verdict = jax.jit(self._verdict_impl, out_shardings=out)
 
   # ----------------------------------------------------------------- compiled parts
@@ -174,6 +197,12 @@ class Scorer:
     logp, _ = token_logprobs(model, tokens_BxL, targets_BxL, segment_ids=segs_BxL,
                              chunk_size=self.chunk_size)
     return logp
+
+  def _gaps_impl(self, params, tokens_BxL, targets_BxL, segs_BxL):
+    self.num_compilations += 1
+    model = nnx.merge(self.graphdef, params)
+    h, _ = model.hidden_states(tokens_BxL, segment_ids=segs_BxL)
+    return gaps_from_hidden(model, h, targets_BxL, self.chunk_size)
 
   def _verdict_impl(self, params, tokens_BxL, segs_BxL, last_B, cand_C):
     self.num_compilations += 1
@@ -201,16 +230,15 @@ class Scorer:
     rows = -(-rows // mult) * mult
     return rows, max(1, -(-n // rows)), L
 
-  def score(self, params, prompts: Sequence[Sequence[int]],
-            continuations: Sequence[Sequence[int]]) -> ScoreOutput:
-    """log p(continuation_i | prompt_i) per token, with row sums and counts."""
+  def _per_continuation_token(self, fn, name: str, params, prompts, continuations) -> np.ndarray:
+    """fn's value at each continuation token, float32 [n, longest continuation] (0 past a row's end)."""
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     conts = [np.asarray(c, np.int32).reshape(-1) for c in continuations]
     if len(prompts) != len(conts):
-      raise ValueError(f"score: {len(prompts)} prompts but {len(conts)} continuations")
+      raise ValueError(f"{name}: {len(prompts)} prompts but {len(conts)} continuations")
     for i, p in enumerate(prompts):
       if len(p) == 0:
-        raise ValueError(f"score: prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
+        raise ValueError(f"{name}: prompt {i} is empty: every prompt needs at least one token (e.g. BOS)")
     n = len(prompts)
     self._config(params)
     rows, batches, L = self._plan([len(p) + len(c) for p, c in zip(prompts, conts)])
@@ -227,12 +255,25 @@ class Scorer:
         tgts[r, :len(seq) - 1] = seq[1:]
         segs[r, :len(seq)] = 1
       with mesh_lib.use_mesh(self.mesh):
-        logp = local_rows(self._score(params, *put_rows(self.mesh, toks, tgts, segs)))
+        val = local_rows(fn(params, *put_rows(self.mesh, toks, tgts, segs)))
       for r, i in enumerate(idx):
         p, c = len(prompts[i]), len(conts[i])
-        out[i, :c] = logp[r, p - 1:p - 1 + c]
-    counts = np.array([len(c) for c in conts], np.int32)
+        out[i, :c] = val[r, p - 1:p - 1 + c]
+    return out
+
+  def score(self, params, prompts: Sequence[Sequence[int]],
+            continuations: Sequence[Sequence[int]]) -> ScoreOutput:
+    """log p(continuation_i | prompt_i) per token, with row sums and counts."""
+    out = self._per_continuation_token(self._score, "score", params, prompts, continuations)
+    counts = np.array([np.size(c) for c in continuations], np.int32)
     return ScoreOutput(token_logprobs=out, sums=out.sum(axis=1, dtype=np.float32), counts=counts)
+
+  def surprise(self, params, prompts: Sequence[Sequence[int]],
+               continuations: Sequence[Sequence[int]]) -> np.ndarray:
+    """Per continuation token, log p(the model's first choice) - log p(the token): float32
+    [n, longest continuation], 0 past a row's end. Large where the model confidently expected
+    something else (teacher/surprise.py)."""
+    return self._per_continuation_token(self._gaps, "surprise", params, prompts, continuations)
 
   def verdict_logprobs(self, params, prompts: Sequence[Sequence[int]],
                        candidate_ids: Sequence[int]) -> np.ndarray:

@@ -9,15 +9,18 @@ teacher rewrites by edits:
     prefix + suffix ──split──▶ s1 s2 s3 ──one CHECK verdict per sentence──▶ keep s1, drop s2, keep s3
                                                      (scorer: one forward row per CHECK)
     rewrite = s1 + s3 verbatim; if every sentence is dropped, the teacher continues the
-    prefix itself (compiled sampler, cut at its last sentence end)
+    prefix itself (compiled sampler, greedy, its first complete sentence)
 
 A fine suffix comes back byte for byte (every sentence kept); an unsafe insertion, a
 false claim, word salad, typos or a cut-off last sentence is dropped. The verdict at a
 CHECK sees the prefix and the sentences before it (causal), so all verdicts of a row
 come from the same prompt. With temperature > 0 the keep/drop decisions are sampled
 from those verdicts: the rewriter's GRPO (train_teacher.grpo) explores and reinforces
-them with the paper's reward. Teachers whose tokenizer lacks the edit markers (HF
-instruct models) use the generative `rewriter.Rewriter`.
+them with the paper's reward. At inference (`teacher.inference` in the teacher's config)
+the editor also drops a sentence its own LM finds surprising (teacher/surprise.py: a
+misspelt word, a false object) and the cut-off last sentence of a complete suffix.
+Teachers whose tokenizer lacks the edit markers (HF instruct models) use the generative
+`rewriter.Rewriter`.
 """
 from __future__ import annotations
 
@@ -35,11 +38,17 @@ class EditPlan:
   sentences: list[str]   # split_sentences(suffix): ''.join(sentences) == suffix
   ids: list[int]         # edit prompt token ids
   checks: list[int]      # index in ids of the CHECK after sentence i (i < len(checks))
+  drop_last: bool = False  # the last sentence is cut off (and not by a window): dropped unchecked
 
   def apply(self, keep: Sequence[bool]) -> str:
     """The suffix with dropped sentences removed (unchecked sentences are kept)."""
-    kept = [s for i, s in enumerate(self.sentences) if i >= len(keep) or keep[i]]
+    last = len(self.sentences) - 1
+    kept = [s for i, s in enumerate(self.sentences)
+            if (i >= len(keep) or keep[i]) and not (self.drop_last and i == last)]
     return "".join(kept).strip()
+
+
+SENTENCE_ENDS = (".", "?", "!")
 
 
 def trim_to_sentence_end(text: str) -> str:
@@ -48,16 +57,36 @@ def trim_to_sentence_end(text: str) -> str:
   return text[:cut + 1].strip() if cut > 0 else text.strip()
 
 
+def is_unfinished(sentence: str) -> bool:
+  return not sentence.rstrip().endswith(SENTENCE_ENDS)
+
+
+def first_sentences(text: str, n: int) -> str:
+  """The first n complete sentences of generated text ('' when the first is unfinished): a
+  greedy continuation of a small LM repeats itself after a sentence or two."""
+  out = []
+  for s in P.split_sentences(text.strip()):
+    if len(out) == n or is_unfinished(s):
+      break
+    out.append(s)
+  return "".join(out).strip()
+
+
 class EditRewriter:
   """Rewrites (prefix, suffix) pairs by per-sentence keep/drop verdicts of the teacher.
 
   window_cut: the suffix ends where a training window cut it (SIP, the rewrite job), so
   an unfinished last sentence is the window's edge, not a defect: it is kept unchecked.
   threshold: a sentence is dropped when P(drop) exceeds it (greedy rewriting).
+  surprise_threshold: a sentence is also dropped when its surprise under the teacher's own LM
+  (teacher/surprise.py) exceeds it, in nats; None: verdicts alone.
+  drop_unfinished: a last sentence without an end (and no window cut) is dropped unchecked.
+  write_sentences: complete sentences kept of a continuation written anew.
   """
 
   def __init__(self, teacher, *, max_new_tokens: int = 64, batch_size: int = 64,
-               window_cut: bool = False, threshold: float = 0.5):
+               window_cut: bool = False, threshold: float = 0.5, surprise_threshold: float | None = None,
+               drop_unfinished: bool = False, write_sentences: int = 1):
     from earlyrl_jax.models.scoring import Scorer
     from earlyrl_jax.sampling.sampler import Sampler
     from earlyrl_jax.teacher.judge import PromptEncoder
@@ -67,22 +96,32 @@ class EditRewriter:
     self.batch_size = batch_size
     self.window_cut = window_cut
     self.threshold = threshold
+    self.surprise_threshold = surprise_threshold
+    self.drop_unfinished = drop_unfinished
+    self.write_sentences = int(write_sentences)
     self.encoder = PromptEncoder(teacher.tokenizer, max_len=teacher.max_len, limits=teacher.limits)
     self.verdicts = P.verdict_ids(teacher.tokenizer, P.EDIT_VERDICTS)   # [keep, drop]
     self.scorer = Scorer(teacher.graphdef, mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
     self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
+    self.probe = None
+    if surprise_threshold is not None:
+      from earlyrl_jax.teacher.surprise import SurpriseProbe
+      self.probe = SurpriseProbe(teacher.graphdef, teacher.tokenizer, max_len=teacher.max_len,
+                                 scorer=self.scorer)
     self.calls = 0
     self.written = 0  # rewrites the teacher wrote anew (every sentence dropped)
 
   def plan(self, prefix: str, suffix: str) -> EditPlan:
     sentences = P.split_sentences(suffix)
     checked = sentences
-    if self.window_cut and sentences and not sentences[-1].rstrip().endswith((".", "?", "!")):
-      checked = sentences[:-1]
+    cut_off = bool(sentences) and is_unfinished(sentences[-1])
+    if cut_off and (self.window_cut or self.drop_unfinished):
+      checked = sentences[:-1]    # the window's edge (kept), or a cut-off sentence (dropped)
+    drop_last = cut_off and self.drop_unfinished and not self.window_cut
     if not checked:
-      return EditPlan(sentences, [], [])
+      return EditPlan(sentences, [], [], drop_last)
     ids, checks = self.encoder.edit(prefix, checked)
-    return EditPlan(sentences, ids, checks)
+    return EditPlan(sentences, ids, checks, drop_last)
 
   def drop_probs(self, params, plans: Sequence[EditPlan]) -> list[np.ndarray]:
     """P(drop) of each checked sentence: one scored row per CHECK, all inputs batched."""
@@ -114,17 +153,20 @@ class EditRewriter:
     return out
 
   def write_anew(self, params, prefixes: Sequence[str], key) -> list[str]:
-    """The teacher's own continuation of each prefix (greedy), cut at its last sentence end."""
+    """The teacher's own continuation of each prefix (greedy): its first `write_sentences`.
+
+    The prompt ends where the prefix's text ends: the tokenizer has no dummy prefix, so a
+    trailing space would be a lone '▁' piece the LM never saw before a word."""
     from earlyrl_jax.models.scoring import any_process
     if not any_process(bool(prefixes)):
       return []
     bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
     room = self.teacher.max_len - self.max_new_tokens
-    ids = [(bos + self.tokenizer.encode(p.rstrip() + " "))[-room:] for p in prefixes] or [bos or [0]]
+    ids = [(bos + self.tokenizer.encode(p.rstrip()))[-room:] or bos or [0] for p in prefixes] or [bos or [0]]
     eos = self.tokenizer.eos_id
     out = self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key,
                               temperature=0.0, stop_tokens=[eos] if eos is not None else ())
-    return [trim_to_sentence_end(t) for t in out.texts(self.tokenizer)][:len(prefixes)]
+    return [first_sentences(t, self.write_sentences) for t in out.texts(self.tokenizer)][:len(prefixes)]
 
   def edit(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
            rng=None) -> tuple[list[EditPlan], list[np.ndarray], list[str]]:
@@ -134,6 +176,9 @@ class EditRewriter:
       raise ValueError(f"prefixes ({len(prefixes)}) and suffixes ({len(suffixes)}) differ in length")
     plans = [self.plan(p, s) for p, s in zip(prefixes, suffixes)]
     keep = self.decide(self.drop_probs(params, plans), rng=rng, temperature=temperature)
+    if self.probe is not None:   # sentences the teacher's LM finds surprising go too
+      surprise = self.probe.sentences(params, prefixes, suffixes)
+      keep = [k & (s[:len(k)] <= self.surprise_threshold) for k, s in zip(keep, surprise)]
     texts = [pl.apply(k) for pl, k in zip(plans, keep)]
     empty = [i for i, t in enumerate(texts) if not t]
     fresh = self.write_anew(params, [prefixes[i] for i in empty], jax.random.fold_in(key, 1))

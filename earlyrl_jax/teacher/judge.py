@@ -250,6 +250,20 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 JUDGE_FORMATS = ("pairwise", "scored")
+MIXED_AXES = ("quality", "factuality")   # axes whose verdict can be mixed with surprise
+
+
+def check_mix(mix: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]]:
+  """{axis: (verdict weight, surprise weight)} for the pairwise axes, (1, 0) where unset."""
+  out = {axis: (1.0, 0.0) for axis in MIXED_AXES}
+  for axis, w in (mix or {}).items():
+    if axis not in MIXED_AXES:
+      raise ValueError(f"judge mix: axis {axis!r} is not one of {MIXED_AXES}")
+    vw, sw = (float(x) for x in w)
+    if vw < 0 or sw < 0 or vw == sw == 0:
+      raise ValueError(f"judge mix[{axis!r}]=({vw}, {sw}): weights must be >= 0, not both 0")
+    out[axis] = (vw, sw)
+  return out
 
 
 class LMJudge:
@@ -265,14 +279,25 @@ class LMJudge:
   comparison of scores, as a reward model makes it. Scored judging has no candidate order,
   so it has no position bias, and it needs C rows for C candidates (`score_axes`, which
   tournaments call) where all pairs in both orders need C(C-1).
+
+  mix {axis: (v, s)}: an axis's logit is v * (the verdict's logit) - s * (the candidate's
+  surprise under the judge's own LM, teacher/surprise.py: one extra forward row per distinct
+  candidate, no prompt, shared by the axes), so P(a > b) = sigmoid(v (l_a - l_b) - s (s_a - s_b))
+  in either format. v = 0 asks no verdict. Default (1, 0): the trained verdict alone.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
                limits: P.PromptLimits = P.DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
-               shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise"):
+               shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise",
+               mix: Mapping[str, Sequence[float]] | None = None):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
     self.judge_format = judge_format
+    self.mix = check_mix(mix)
+    self.probe = None
+    if any(sw for _, sw in self.mix.values()):
+      from earlyrl_jax.teacher.surprise import SurpriseProbe
+      self.probe = SurpriseProbe(graphdef, tokenizer, max_len=max_len, mesh=mesh)
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.encoder = PromptEncoder(tokenizer, max_len=max_len, limits=limits)
     self.batch_size = batch_size
@@ -332,11 +357,33 @@ class LMJudge:
     if self.judge_format == "scored":   # score each distinct candidate once, then compare scores
       la = self.score_axes(list(prefixes) * 2, list(a) + list(b), axes=axes, references=list(refs) * 2)
       return {axis: sigmoid(la[axis][:n] - la[axis][n:]) for axis in axes}
+    asked = [x for x in axes if self.mix[x][0] > 0]
     rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i])
-            for axis in axes for i in range(n)]
+            for axis in asked for i in range(n)]
     self.calls += len(rows)
-    p = two_way(self._score(rows, self.encoder.pair_ids))
-    return {axis: p[k * n:(k + 1) * n] for k, axis in enumerate(axes)}
+    p = two_way(self._score(rows, self.encoder.pair_ids)) if rows else np.zeros((0,), np.float32)
+    logit = {axis: np.log(np.clip(p[k * n:(k + 1) * n], 1e-6, 1 - 1e-6))
+             - np.log(np.clip(1 - p[k * n:(k + 1) * n], 1e-6, 1)) for k, axis in enumerate(asked)}
+    s = self._surprise(axes, list(prefixes) * 2, list(a) + list(b))
+    out = {}
+    for axis in axes:
+      vw, sw = self.mix[axis]
+      if sw == 0:
+        out[axis] = p[asked.index(axis) * n:(asked.index(axis) + 1) * n]
+      else:
+        v = vw * logit[axis] if vw > 0 else 0.0
+        out[axis] = sigmoid(v - sw * (s[:n] - s[n:])).astype(np.float32)
+    return out
+
+  def _surprise(self, axes, prefixes, candidates) -> np.ndarray | None:
+    """Each candidate's surprise [n] when an axis asked mixes it in (each distinct (prefix,
+    candidate) scored once), else None."""
+    if self.probe is None or not any(self.mix[x][1] for x in axes):
+      return None
+    keys: dict[tuple, int] = {}
+    slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
+    got = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys])
+    return got[slot] if len(slot) else np.zeros((0,), np.float32)
 
   def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
     """Per-candidate logits l = log P(good) - log P(bad) on each axis [n] (scored format only).
@@ -350,17 +397,25 @@ class LMJudge:
     n = len(prefixes)
     _check_rows(n, candidates=candidates, references=references)
     refs = references if references is not None else [None] * n
+    if n == 0 and jax.process_count() == 1:
+      return {axis: np.zeros((0,), np.float32) for axis in axes}
+    asked = [x for x in axes if self.mix.get(x, (1.0, 0.0))[0] > 0]
     keys: dict[tuple, int] = {}
     slot = [[keys.setdefault((axis, prefixes[i], candidates[i], refs[i] if axis == "factuality" else None),
-                             len(keys)) for i in range(n)] for axis in axes]
-    if not keys and jax.process_count() == 1:
-      return {axis: np.zeros((0,), np.float32) for axis in axes}
-    rows = [self.encoder.score_parts(p, c, axis, r) for axis, p, c, r in keys]
-    self.calls += len(rows)
-    lp = self._score(rows, self.encoder.score_ids).astype(np.float64)
-    logit = lp[:, 0] - lp[:, 1]
-    return {axis: logit[np.asarray(slot[k], np.int64)].astype(np.float32) if n else
-            np.zeros((0,), np.float32) for k, axis in enumerate(axes)}
+                             len(keys)) for i in range(n)] for axis in asked]
+    logit = np.zeros((0,), np.float64)
+    if asked:
+      rows = [self.encoder.score_parts(p, c, axis, r) for axis, p, c, r in keys]
+      self.calls += len(rows)
+      lp = self._score(rows, self.encoder.score_ids).astype(np.float64)
+      logit = lp[:, 0] - lp[:, 1]
+    s = self._surprise([x for x in axes if x in self.mix], prefixes, candidates)
+    out = {}
+    for axis in axes:
+      vw, sw = self.mix.get(axis, (1.0, 0.0))
+      v = vw * logit[np.asarray(slot[asked.index(axis)], np.int64)] if vw > 0 else 0.0
+      out[axis] = np.asarray(v - sw * s if sw else v, np.float32).reshape(n)
+    return out
 
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
     _check_axis(axis, ("safety",))

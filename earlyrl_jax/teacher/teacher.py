@@ -18,6 +18,37 @@ from typing import Any
 
 from earlyrl_jax.teacher import prompts as P
 
+# How a trained teacher is used (`teacher.inference` in its config; recorded in
+# teacher_config.json). These settings change no weight, so they are not part of the config hash:
+# changing them recomputes the report, not the teacher. Absent (HF teachers, older teachers):
+# the trained verdicts alone.
+INFERENCE_DEFAULTS = {
+    "edit_surprise": None,         # editor: drop a sentence whose surprise exceeds this (nats); None: off
+    "drop_unfinished": False,      # editor: drop a complete suffix's cut-off last sentence
+    "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judge.py)
+    "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
+}
+
+
+def inference_settings(given: dict | None) -> dict:
+  """INFERENCE_DEFAULTS updated by `given` (JSON-ready: mixes as lists); an unknown name or a
+  bad value is a ValueError."""
+  from earlyrl_jax.teacher.judge import check_mix
+  got = dict(given or {})
+  unknown = sorted(set(got) - set(INFERENCE_DEFAULTS))
+  if unknown:
+    raise ValueError(f"unknown settings {unknown}: expected {sorted(INFERENCE_DEFAULTS)}")
+  out = {**INFERENCE_DEFAULTS, **got}
+  mix = check_mix({"quality": out["quality_mix"], "factuality": out["factuality_mix"]})
+  out["quality_mix"], out["factuality_mix"] = list(mix["quality"]), list(mix["factuality"])
+  if out["edit_surprise"] is not None:
+    if not float(out["edit_surprise"]) > 0:
+      raise ValueError(f"edit_surprise={out['edit_surprise']!r}: expected a positive number of nats or None")
+    out["edit_surprise"] = float(out["edit_surprise"])
+  out["drop_unfinished"] = bool(out["drop_unfinished"])
+  return out
+
+
 CONFIG_FILE = "teacher_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 PARAMS_DIR = "params"
@@ -38,6 +69,11 @@ class Teacher:
     """'scored' or 'pairwise' (teacher/judge.py): what the embedded teacher was trained on;
     an HF instruct teacher is prompted pairwise."""
     return self.info.get("judge_format", "pairwise")
+
+  @property
+  def inference(self) -> dict:
+    """The inference settings this teacher is used with (INFERENCE_DEFAULTS where unset)."""
+    return inference_settings(self.info.get("inference"))
 
   @property
   def max_len(self) -> int:
@@ -62,6 +98,8 @@ class Teacher:
       else:
         kw.setdefault("model_cfg", self.model_cfg)
         kw.setdefault("judge_format", self.judge_format)
+        inf = self.inference
+        kw.setdefault("mix", {"quality": inf["quality_mix"], "factuality": inf["factuality_mix"]})
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
     gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
@@ -80,6 +118,8 @@ class Teacher:
       from earlyrl_jax.teacher.rewriter import Rewriter
       return Rewriter(self, **kw)
     from earlyrl_jax.teacher.editor import EditRewriter
+    kw.setdefault("surprise_threshold", self.inference["edit_surprise"])
+    kw.setdefault("drop_unfinished", self.inference["drop_unfinished"])
     return EditRewriter(self, window_cut=window_cut, **kw)
 
 
@@ -110,6 +150,11 @@ def save_teacher(path: str, teacher: Teacher, config_hash: str, extra: dict | No
   meta = {"config_hash": config_hash, "prompt_version": P.PROMPT_VERSION,
           "model": dataclasses.asdict(teacher.model_cfg), "limits": dataclasses.asdict(teacher.limits),
           **(extra or {})}
+  write_teacher_config(path, meta)
+
+
+def write_teacher_config(path: str, meta: dict) -> None:
+  """teacher_config.json, replaced atomically (a reader sees the old file or the new one)."""
   tmp = os.path.join(path, CONFIG_FILE + ".tmp")
   with open(tmp, "w") as f:
     json.dump(meta, f, indent=1)

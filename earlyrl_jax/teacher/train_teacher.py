@@ -74,12 +74,23 @@ def _log(msg: str) -> None:
 
 
 def config_hash(cfg) -> str:
-  """Hash of everything that determines the teacher (model, world, teacher section, prompts)."""
+  """Hash of everything that determines the teacher's weights (model, world, teacher section
+  but its `inference` settings, prompts)."""
+  teacher = {k: v for k, v in cfg.teacher.to_dict().items() if k != "inference"}
   blob = json.dumps({"model": cfg.model.to_dict(), "world": cfg.world.to_dict(),
-                     "teacher": cfg.teacher.to_dict(), "opt": cfg.opt.to_dict(), "seed": cfg.seed,
+                     "teacher": teacher, "opt": cfg.opt.to_dict(), "seed": cfg.seed,
                      "prompts": P.PROMPT_VERSION, "limits": dataclasses.asdict(_limits(cfg))},
                     sort_keys=True, default=str)
   return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def inference_settings(cfg) -> dict:
+  """`teacher.inference` as a plain dict (T.INFERENCE_DEFAULTS where unset), checked."""
+  sec = cfg.teacher.get("inference")
+  try:
+    return T.inference_settings(sec.to_dict() if sec is not None else None)
+  except ValueError as e:
+    raise configs.ConfigError(f"teacher.inference: {e}") from None
 
 
 def _limits(cfg) -> P.PromptLimits:
@@ -759,7 +770,7 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   judge = teacher.judge()
   oracle = OracleJudge(oracles)
   res: dict = {"config_hash": extra.get("config_hash"), "prompt_version": P.PROMPT_VERSION,
-               "judge_format": teacher.judge_format}
+               "judge_format": teacher.judge_format, "inference": teacher.inference}
   t0 = time.time()
   rows = {}
   for name, j in (("teacher", judge), ("oracle", oracle)):
@@ -798,6 +809,13 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   with open(os.path.join(workdir, "teacher_report.md"), "w") as f:
     f.write(_markdown(res))
   return res
+
+
+def _log_report(res: dict, workdir: str) -> None:
+  _log("teacher report: " + ", ".join(f"{k} {b['value']:.3f}{'' if b['met'] else ' (below bar)'}"
+                                      for k, b in res["bars"].items()
+                                      if isinstance(b["value"], (int, float))))
+  _log(f"teacher: report in {workdir}/teacher_report.md")
 
 
 def _pool(parts: list[dict]) -> float:
@@ -857,18 +875,27 @@ def run(cfg, workdir: str) -> dict:
   mesh = mesh_lib.mesh_from_config(cfg.mesh)
   kb = W.build_kb(cfg.world)
   oracles = W.Oracles(kb)
+  inference = inference_settings(cfg)
   meta = T.read_teacher_config(out_dir)
   if meta is not None and meta.get("config_hash") == h:
     _log(f"teacher: reusing {out_dir} (config hash {h} unchanged)")
+    stale = meta.get("inference") != inference
+    if stale:   # new inference settings: recorded with the teacher, its report recomputed
+      _log(f"teacher: inference settings now {inference} (were {meta.get('inference')})")
+      T.write_teacher_config(out_dir, {**meta, "inference": inference})
     teacher = T.load_teacher(out_dir, mesh=mesh)
     rep_path = os.path.join(workdir, "teacher_report.json")
-    if os.path.exists(rep_path):
+    if os.path.exists(rep_path) and not stale:
       with open(rep_path) as f:
-        return {"teacher": teacher, "report": json.load(f), "reused": True}
+        cached = json.load(f)
+      if cached.get("inference", inference) == inference:
+        return {"teacher": teacher, "report": cached, "reused": True}
     heldout = build_heldout(cfg, kb, oracles, teacher.tokenizer, mesh,
                             noisy_policies(cfg, kb, teacher.tokenizer, mesh) if tc.policy.steps else [])
-    return {"teacher": teacher, "report": report(cfg, workdir, teacher, oracles, heldout,
-                                                 {"config_hash": h, "reused": True}), "reused": True}
+    res = report(cfg, workdir, teacher, oracles, heldout,
+                 {"config_hash": h, "reused": True, "train_seconds": meta.get("train_seconds", 0.0)})
+    _log_report(res, workdir)
+    return {"teacher": teacher, "report": res, "reused": True}
 
   from flax import nnx
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
@@ -932,6 +959,7 @@ def run(cfg, workdir: str) -> dict:
   info = {"judge_format": tc.judge_format}
   teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits, info)
   params, grpo_stats = grpo(cfg, teacher, rewrites, mesh)
+  info = {**info, "inference": inference}   # GRPO trained the verdicts alone; use adds these
   teacher = T.Teacher(graphdef, params, tokenizer, model_cfg, mesh, limits, info)
   timings["grpo_s"] = time.time() - t0
   train_s = time.time() - t_start
@@ -946,8 +974,6 @@ def run(cfg, workdir: str) -> dict:
   res = report(cfg, workdir, teacher, oracles, heldout,
                {"config_hash": h, "train_seconds": train_s, "timings": timings, "sft_counts": counts,
                 **grpo_stats})
-  _log("teacher report: " + ", ".join(f"{k} {b['value']:.3f}{'' if b['met'] else ' (below bar)'}"
-                                      for k, b in res["bars"].items()
-                                      if isinstance(b["value"], (int, float))))
-  _log(f"teacher: total {time.time() - t_start:.0f}s; report in {workdir}/teacher_report.md")
+  _log_report(res, workdir)
+  _log(f"teacher: total {time.time() - t_start:.0f}s")
   return {"teacher": teacher, "report": res, "reused": False}

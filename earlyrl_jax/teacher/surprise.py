@@ -1,0 +1,105 @@
+"""Surprise: where the teacher's own language model confidently expected something else.
+
+A pretrained LM that knows the world's facts puts most of its mass on the true object of a
+claim ("The capital of Vornia is" -> "Kexheim"), on correctly spelt words and on grammatical
+word order. Per token, the gap
+
+    gap_t = log p(the model's first choice at t) - log p(the text's token at t)     (>= 0)
+
+is large only where the model was confident *and* the text disagrees: a false object, a
+misspelt word, word salad, an unsafe insertion into a factual text. A free choice (which
+entity a new sentence is about) has a flat distribution and a small gap, however unlikely
+the token. A sentence's surprise is its largest gap; a candidate's is its largest
+sentence's. No prompt, no verdict token, no training: one forward pass over
+prefix + candidate, the same pass a reference-policy score needs.
+
+    prefix ─┬─ junction ─ candidate = s1 s2 s3
+            ▼
+    BOS + encode(prefix + junction + candidate) ──Scorer.surprise──▶ gap per candidate token
+                                                   ──max within each sentence's tokens──▶ [3]
+
+Used by the embedded teacher at inference (`teacher.inference` in its config): the editor
+drops a sentence whose surprise exceeds a threshold, and the judge can read factuality as
+-surprise (teacher/judge.py). What surprise cannot see: a fact the teacher does not know
+(its own LM is wrong or unsure), and defects that are likely text (drift to another topic,
+a cut-off sentence).
+
+Token spans come from encoding the joined text once and cutting at each sentence's end
+(`len(encode(head + candidate[:end]))`), not from encoding sentences one by one: a
+SentencePiece model without a dummy prefix encodes a sentence's first word differently
+alone than after a space, and the gap of that one token would dominate the sentence.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from earlyrl_jax.teacher import prompts as P
+
+LIST_STARTS = ("- ", "Q:", "A:")  # world lines whose separator from the prefix is a newline
+
+
+def junction(prefix: str, candidate: str) -> str:
+  """The text between a prefix and its continuation: nothing when either side already has
+  whitespace there, a newline before a list item or a Q/A line, else one space (suffixes are
+  stored with their leading separator stripped)."""
+  if not prefix or prefix[-1].isspace() or candidate[:1].isspace():
+    return ""
+  return "\n" if candidate.startswith(LIST_STARTS) else " "
+
+
+def sentence_tokens(tokenizer, prefix: str, candidate: str, max_len: int):
+  """(prompt ids, candidate ids, [(start, end)] token span of each sentence in the candidate ids).
+
+  The prompt is BOS + the prefix (its start given up first when the row exceeds max_len);
+  a candidate longer than the budget is cut, and its sentences past the cut get empty spans.
+  """
+  bos = [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
+  head = prefix + junction(prefix, candidate)
+  full = tokenizer.encode(head + candidate)
+  n0 = min(len(tokenizer.encode(head.rstrip())), len(full)) if head.strip() else 0
+  spans, end, prev = [], 0, n0
+  for s in P.split_sentences(candidate):
+    end += len(s)
+    stop = end - (len(s) - len(s.rstrip()))           # the sentence's last non-space character
+    n1 = min(max(len(tokenizer.encode(head + candidate[:stop])), prev), len(full))
+    spans.append((prev - n0, n1 - n0))
+    prev = n1
+  body, cont = full[:n0], full[n0:max_len - 1 + n0]   # the candidate leaves >= 1 prompt token
+  spans = [(min(a, len(cont)), min(b, len(cont))) for a, b in spans]
+  keep = max(1, max_len - len(cont))
+  if len(bos) + len(body) > keep:                      # the prefix's start gives way
+    body = body[len(body) - max(0, keep - len(bos)):]
+  prompt = (bos + body)[-keep:]
+  if not prompt and cont:                              # no BOS, no prefix: the first token is context
+    prompt, cont = cont[:1], cont[1:]
+    spans = [(max(0, a - 1), max(0, b - 1)) for a, b in spans]
+  return prompt or [getattr(tokenizer, "pad_id", 0) or 0], cont, spans
+
+
+class SurpriseProbe:
+  """Per-sentence surprise of candidates under a Flax LM (any of ours, or an HF model loaded
+  through hf_io), batched through one `Scorer`."""
+
+  def __init__(self, graphdef, tokenizer, *, max_len: int, mesh=None, scorer=None):
+    from earlyrl_jax.models.scoring import Scorer
+    self.tokenizer = tokenizer
+    self.max_len = int(max_len)
+    self.scorer = scorer or Scorer(graphdef, mesh=mesh, pad_id=tokenizer.pad_id)
+    self.rows = 0  # candidates scored (one forward row each)
+
+  def sentences(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[np.ndarray]:
+    """Surprise of each sentence of each candidate (P.split_sentences order), float32 [n_sentences]."""
+    if len(prefixes) != len(candidates):
+      raise ValueError(f"surprise: {len(prefixes)} prefixes but {len(candidates)} candidates")
+    rows = [sentence_tokens(self.tokenizer, p, c, self.max_len) for p, c in zip(prefixes, candidates)]
+    self.rows += len(rows)
+    gaps = self.scorer.surprise(params, [r[0] for r in rows], [r[1] for r in rows])
+    return [np.array([gaps[i, a:b].max() if b > a else 0.0 for a, b in spans], np.float32)
+            for i, (_, _, spans) in enumerate(rows)]
+
+  def candidates(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+    """Each candidate's surprise (its most surprising sentence; 0 for an empty one), float32 [n]."""
+    per = self.sentences(params, prefixes, candidates)
+    return np.array([s.max() if s.size else 0.0 for s in per], np.float32)
