@@ -73,8 +73,24 @@ def test_probe_takes_each_sentences_largest_gap(teacher):
   for i, (p, c) in enumerate(zip(pre, cands)):
     spans = S.sentence_tokens(teacher.tokenizer, p, c, teacher.max_len)[2]
     np.testing.assert_allclose(got[i], [gaps[i, a:b].max() for a, b in spans], rtol=1e-6)
-  np.testing.assert_allclose(probe.candidates(teacher.params, pre, cands), [g.max() for g in got])
-  assert probe.candidates(teacher.params, ["Tal."], [""])[0] == 0.0   # nothing said, nothing surprising
+  every, claims = probe.candidates(teacher.params, pre, cands)
+  np.testing.assert_allclose(every, [g.max() for g in got])
+  np.testing.assert_array_equal(claims, every)                        # no broken-text rule: the same
+  assert probe.candidates(teacher.params, ["Tal."], [""])[0][0] == 0.0   # nothing said, nothing surprising
+  # Broken text (more than `tokens` gaps above `nats`) leaves factuality's surprise, not quality's.
+  gaps = probe.sentence_gaps(teacher.params, pre[:1], cands[:1])[0]
+  first = gaps[0]
+  nats = float(np.sort(first)[-2]) - 1e-4                             # the first sentence: 2 gaps above
+  every, claims = probe.candidates(teacher.params, pre[:1], cands[:1], broken=(nats, 1))
+  assert S.is_broken(first, (nats, 1)) and not S.is_broken(first, (nats, 2))
+  want = max([g.max() for g in gaps if not S.is_broken(g, (nats, 1))], default=0.0)
+  assert every[0] == pytest.approx(max(g.max() for g in gaps)) and claims[0] == pytest.approx(want)
+
+
+def test_a_false_claim_misses_once_broken_text_many_times():
+  assert not S.is_broken(np.array([0.5, 9.0, 0.2, 0.1]), (8.0, 2))     # one confident miss: a claim
+  assert S.is_broken(np.array([12.0, 9.0, 0.2, 15.0]), (8.0, 2))       # three: typos, salad
+  assert not S.is_broken(np.array([], np.float32), (8.0, 2))
 
 
 # ------------------------------------------------------------------ the editor
@@ -144,8 +160,10 @@ class _ConstScorer:
 @pytest.mark.parametrize("fmt", ["scored", "pairwise"])
 def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt):
   sur = {"Tal is old.": 2.0, "Tal is olld.": 9.0}
-  monkeypatch.setattr(S.SurpriseProbe, "candidates",
-                      lambda self, params, pre, cands: np.array([sur[c] for c in cands], np.float32))
+  claims = {"Tal is old.": 2.0, "Tal is olld.": 0.0}           # the typo is broken text, not a claim
+  monkeypatch.setattr(S.SurpriseProbe, "candidates", lambda self, params, pre, cands, broken=None: (
+      np.array([sur[c] for c in cands], np.float32),
+      np.array([(claims if broken else sur)[c] for c in cands], np.float32)))
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
   base = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
   mixed = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
@@ -159,6 +177,11 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
   calls = mixed.calls
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls
+  strict = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
+                     mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2))
+  p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
+  np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
+  np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.0 - 2.0)), rtol=1e-5)
 
 
 def test_mix_and_inference_settings_are_checked():
@@ -167,13 +190,16 @@ def test_mix_and_inference_settings_are_checked():
                      ({"quality": (1, -1)}, ">= 0")):
     with pytest.raises(ValueError, match=match):
       J.check_mix(bad)
-  got = T.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5)})
+  got = T.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
+  assert got["broken_sentence"] == [8.0, 2]
   assert got["edit_surprise"] == 6.0 and got["quality_mix"] == [1.0, 0.5]
   assert got["factuality_mix"] == [1.0, 0.0] and not got["drop_unfinished"]
   with pytest.raises(ValueError, match="unknown settings"):
     T.inference_settings({"edit_surprize": 6})
   with pytest.raises(ValueError, match="positive"):
     T.inference_settings({"edit_surprise": 0})
+  with pytest.raises(ValueError, match="broken_sentence"):
+    T.inference_settings({"broken_sentence": (0, 2)})
 
 
 # ------------------------------------------------------------------ settings vs the config hash

@@ -284,16 +284,21 @@ class LMJudge:
   surprise under the judge's own LM, teacher/surprise.py: one extra forward row per distinct
   candidate, no prompt, shared by the axes), so P(a > b) = sigmoid(v (l_a - l_b) - s (s_a - s_b))
   in either format. v = 0 asks no verdict. Default (1, 0): the trained verdict alone.
+  broken (nats, tokens): factuality's surprise leaves out sentences with more than `tokens`
+  tokens above `nats` (broken text, not a claim: teacher/surprise.py `is_broken`); quality's
+  counts every sentence.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
                limits: P.PromptLimits = P.DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
                shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise",
-               mix: Mapping[str, Sequence[float]] | None = None):
+               mix: Mapping[str, Sequence[float]] | None = None,
+               broken: Sequence[float] | None = None):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
     self.judge_format = judge_format
     self.mix = check_mix(mix)
+    self.broken = None if broken is None else (float(broken[0]), int(broken[1]))
     self.probe = None
     if any(sw for _, sw in self.mix.values()):
       from earlyrl_jax.teacher.surprise import SurpriseProbe
@@ -372,18 +377,20 @@ class LMJudge:
         out[axis] = p[asked.index(axis) * n:(asked.index(axis) + 1) * n]
       else:
         v = vw * logit[axis] if vw > 0 else 0.0
-        out[axis] = sigmoid(v - sw * (s[:n] - s[n:])).astype(np.float32)
+        out[axis] = sigmoid(v - sw * (s[axis][:n] - s[axis][n:])).astype(np.float32)
     return out
 
-  def _surprise(self, axes, prefixes, candidates) -> np.ndarray | None:
-    """Each candidate's surprise [n] when an axis asked mixes it in (each distinct (prefix,
-    candidate) scored once), else None."""
+  def _surprise(self, axes, prefixes, candidates) -> dict[str, np.ndarray] | None:
+    """{axis: each candidate's surprise [n]} when an axis asked mixes it in (each distinct
+    (prefix, candidate) scored once, one pass for all axes), else None."""
     if self.probe is None or not any(self.mix[x][1] for x in axes):
       return None
     keys: dict[tuple, int] = {}
     slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
-    got = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys])
-    return got[slot] if len(slot) else np.zeros((0,), np.float32)
+    every, claims = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys],
+                                          broken=self.broken)
+    pick = lambda x: x[slot] if len(slot) else np.zeros((0,), np.float32)
+    return {"quality": pick(every), "factuality": pick(claims)}
 
   def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
     """Per-candidate logits l = log P(good) - log P(bad) on each axis [n] (scored format only).
@@ -414,7 +421,7 @@ class LMJudge:
     for axis in axes:
       vw, sw = self.mix.get(axis, (1.0, 0.0))
       v = vw * logit[np.asarray(slot[asked.index(axis)], np.int64)] if vw > 0 else 0.0
-      out[axis] = np.asarray(v - sw * s if sw else v, np.float32).reshape(n)
+      out[axis] = np.asarray(v - sw * s[axis] if sw else v, np.float32).reshape(n)
     return out
 
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:

@@ -89,17 +89,41 @@ class SurpriseProbe:
     self.scorer = scorer or Scorer(graphdef, mesh=mesh, pad_id=tokenizer.pad_id)
     self.rows = 0  # candidates scored (one forward row each)
 
-  def sentences(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[np.ndarray]:
-    """Surprise of each sentence of each candidate (P.split_sentences order), float32 [n_sentences]."""
+  def sentence_gaps(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[list[np.ndarray]]:
+    """The gap of each token of each sentence of each candidate (P.split_sentences order)."""
     if len(prefixes) != len(candidates):
       raise ValueError(f"surprise: {len(prefixes)} prefixes but {len(candidates)} candidates")
     rows = [sentence_tokens(self.tokenizer, p, c, self.max_len) for p, c in zip(prefixes, candidates)]
     self.rows += len(rows)
     gaps = self.scorer.surprise(params, [r[0] for r in rows], [r[1] for r in rows])
-    return [np.array([gaps[i, a:b].max() if b > a else 0.0 for a, b in spans], np.float32)
-            for i, (_, _, spans) in enumerate(rows)]
+    return [[gaps[i, a:b] for a, b in spans] for i, (_, _, spans) in enumerate(rows)]
 
-  def candidates(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-    """Each candidate's surprise (its most surprising sentence; 0 for an empty one), float32 [n]."""
-    per = self.sentences(params, prefixes, candidates)
-    return np.array([s.max() if s.size else 0.0 for s in per], np.float32)
+  def sentences(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[np.ndarray]:
+    """Surprise of each sentence of each candidate (P.split_sentences order), float32 [n_sentences]."""
+    return [np.array([sentence_surprise(g) for g in per], np.float32)
+            for per in self.sentence_gaps(params, prefixes, candidates)]
+
+  def candidates(self, params, prefixes: Sequence[str], candidates: Sequence[str], *,
+                 broken: Sequence[float] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(surprise, claim surprise) of each candidate, float32 [n] each: its most surprising
+    sentence, and its most surprising sentence that is not broken text (`is_broken`); 0 where
+    there is none (an empty candidate says nothing surprising)."""
+    per = self.sentence_gaps(params, prefixes, candidates)
+    top = lambda gs: max([sentence_surprise(g) for g in gs], default=0.0)
+    every = np.array([top(gs) for gs in per], np.float32)
+    if broken is None:
+      return every, every
+    claims = np.array([top([g for g in gs if not is_broken(g, broken)]) for gs in per], np.float32)
+    return every, claims
+
+
+def sentence_surprise(gaps: np.ndarray) -> float:
+  return float(gaps.max()) if gaps.size else 0.0
+
+
+def is_broken(gaps: np.ndarray, broken: Sequence[float]) -> bool:
+  """More than `broken[1]` tokens above `broken[0]` nats: misspelt words, word salad, an
+  insult in a factual register. A false claim misses once (its object; the rest of the
+  sentence follows from it), so broken text is left out of factuality: the oracles count
+  only false claims there (held out, 0.76-0.80 -> 0.87-0.88 agreement at (8, 2))."""
+  return int((gaps > float(broken[0])).sum()) > int(broken[1])

@@ -27,6 +27,7 @@ INFERENCE_DEFAULTS = {
     "drop_unfinished": False,      # editor: drop a complete suffix's cut-off last sentence
     "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judge.py)
     "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
+    "broken_sentence": None,       # judge: (nats, tokens): factuality leaves out broken text; None: off
 }
 
 
@@ -46,6 +47,11 @@ def inference_settings(given: dict | None) -> dict:
       raise ValueError(f"edit_surprise={out['edit_surprise']!r}: expected a positive number of nats or None")
     out["edit_surprise"] = float(out["edit_surprise"])
   out["drop_unfinished"] = bool(out["drop_unfinished"])
+  if out["broken_sentence"] is not None:
+    nats, tokens = out["broken_sentence"]
+    if not (float(nats) > 0 and int(tokens) >= 0):
+      raise ValueError(f"broken_sentence={out['broken_sentence']!r}: expected (nats > 0, tokens >= 0) or None")
+    out["broken_sentence"] = [float(nats), int(tokens)]
   return out
 
 
@@ -100,6 +106,7 @@ class Teacher:
         kw.setdefault("judge_format", self.judge_format)
         inf = self.inference
         kw.setdefault("mix", {"quality": inf["quality_mix"], "factuality": inf["factuality_mix"]})
+        kw.setdefault("broken", inf["broken_sentence"])
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
     gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
