@@ -174,6 +174,11 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
     logit0 = np.log(p0 / (1 - p0))
     want = J.sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
     np.testing.assert_allclose(mixed.compare(pre, a, b, axis=axis, references=["r"]), want, rtol=1e-5)
+  sharp = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
+                    mix={"quality": (2.0, 0.0)})                    # a verdict weight alone scales it
+  p0 = base.compare(pre, a, b, axis="quality")
+  np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), J.sigmoid(2 * np.log(p0 / (1 - p0))),
+                             rtol=1e-5)
   calls = mixed.calls
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls

@@ -53,7 +53,7 @@ SENTENCE_ENDS = (".", "?", "!")
 
 def trim_to_sentence_end(text: str) -> str:
   """The text up to its last sentence end (generation stops mid-sentence at a token limit)."""
-  cut = max(text.rfind("."), text.rfind("?"), text.rfind("!"))
+  cut = max(text.rfind(end) for end in SENTENCE_ENDS)
   return text[:cut + 1].strip() if cut > 0 else text.strip()
 
 

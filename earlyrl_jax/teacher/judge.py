@@ -366,18 +366,19 @@ class LMJudge:
     rows = [self.encoder.pair_parts(prefixes[i], a[i], b[i], axis, refs[i])
             for axis in asked for i in range(n)]
     self.calls += len(rows)
-    p = two_way(self._score(rows, self.encoder.pair_ids)) if rows else np.zeros((0,), np.float32)
-    logit = {axis: np.log(np.clip(p[k * n:(k + 1) * n], 1e-6, 1 - 1e-6))
-             - np.log(np.clip(1 - p[k * n:(k + 1) * n], 1e-6, 1)) for k, axis in enumerate(asked)}
+    # [rows, 2]; asked whenever an axis needs a verdict (every process in lockstep, rows or none)
+    lp = self._score(rows, self.encoder.pair_ids).astype(np.float64) if asked else None
     s = self._surprise(axes, list(prefixes) * 2, list(a) + list(b))
     out = {}
-    for axis in axes:
+    for axis in axes:   # P(a > b) = softmax over the two mixed logits: v * log p(verdict) - s * surprise
       vw, sw = self.mix[axis]
-      if sw == 0:
-        out[axis] = p[asked.index(axis) * n:(asked.index(axis) + 1) * n]
-      else:
-        v = vw * logit[axis] if vw > 0 else 0.0
-        out[axis] = sigmoid(v - sw * (s[axis][:n] - s[axis][n:])).astype(np.float32)
+      mixed = np.zeros((n, 2))
+      if vw > 0:
+        k = asked.index(axis)
+        mixed += vw * lp[k * n:(k + 1) * n]
+      if sw > 0:
+        mixed -= sw * np.stack([s[axis][:n], s[axis][n:]], axis=1)
+      out[axis] = two_way(mixed)
     return out
 
   def _surprise(self, axes, prefixes, candidates) -> dict[str, np.ndarray] | None:

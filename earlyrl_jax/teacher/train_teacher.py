@@ -879,16 +879,15 @@ def run(cfg, workdir: str) -> dict:
   meta = T.read_teacher_config(out_dir)
   if meta is not None and meta.get("config_hash") == h:
     _log(f"teacher: reusing {out_dir} (config hash {h} unchanged)")
-    stale = meta.get("inference") != inference
-    if stale:   # new inference settings: recorded with the teacher, its report recomputed
+    if meta.get("inference") != inference:   # new settings: recorded with the teacher (report below)
       _log(f"teacher: inference settings now {inference} (were {meta.get('inference')})")
       T.write_teacher_config(out_dir, {**meta, "inference": inference})
     teacher = T.load_teacher(out_dir, mesh=mesh)
     rep_path = os.path.join(workdir, "teacher_report.json")
-    if os.path.exists(rep_path) and not stale:
+    if os.path.exists(rep_path):   # reused only when measured with these settings
       with open(rep_path) as f:
         cached = json.load(f)
-      if cached.get("inference", inference) == inference:
+      if cached.get("inference") == inference:
         return {"teacher": teacher, "report": cached, "reused": True}
     heldout = build_heldout(cfg, kb, oracles, teacher.tokenizer, mesh,
                             noisy_policies(cfg, kb, teacher.tokenizer, mesh) if tc.policy.steps else [])
