@@ -6,8 +6,8 @@ Generates the synthetic world (~10 MB of JSONL, with its oracles) and a Sentence
 tokenizer into the workdir, trains the embedded teacher (judge + rewriter, reused
 afterwards), pretrains a ~2M-parameter base model, continues it with the same budget of
 windows by each method (NLL, NLL on rewrites, SIP RF-NLL / DPO, DPO with the oracle
-judge) and writes report.md / report.json / plots: about 30 minutes on 2 CPU cores (15 of
-them the teacher, once), no downloads. Every field can be overridden: `--config.report.num_seeds=3` gives the spread,
+judge) and writes report.md / report.json / plots: about 20-30 minutes on 2 CPU cores (10
+of them the teacher, once), no downloads. Every field can be overridden: `--config.report.num_seeds=3` gives the spread,
 `--config.mode=pretrain` only pretrains (the other jobs: earlyrl_jax/modes.py).
 """
 from ml_collections import ConfigDict

@@ -85,12 +85,27 @@ def test_probe_takes_each_sentences_largest_gap(teacher):
   assert S.is_broken(first, (nats, 1)) and not S.is_broken(first, (nats, 2))
   want = max([g.max() for g in gaps if not S.is_broken(g, (nats, 1))], default=0.0)
   assert every[0] == pytest.approx(max(g.max() for g in gaps)) and claims[0] == pytest.approx(want)
+  _, summed = probe.candidates(teacher.params, pre[:1], cands[:1], broken=(nats, 1), total=0.5)
+  kept = sum(float(g.sum()) for g in gaps if not S.is_broken(g, (nats, 1)))
+  assert summed[0] == pytest.approx(want + 0.5 * kept, rel=1e-5)
 
 
 def test_a_false_claim_misses_once_broken_text_many_times():
   assert not S.is_broken(np.array([0.5, 9.0, 0.2, 0.1]), (8.0, 2))     # one confident miss: a claim
   assert S.is_broken(np.array([12.0, 9.0, 0.2, 15.0]), (8.0, 2))       # three: typos, salad
   assert not S.is_broken(np.array([], np.float32), (8.0, 2))
+
+
+def test_claim_surprise_breaks_the_tie_of_a_minimal_pair():
+  # "R|uth|la|dale lies in Quelcusheim." vs "... Maxtirkia.": both largest gaps are the shared
+  # name piece (3.0); only the object differs (0.1 vs 2.0).
+  true, false = [np.array([3.0, 0.0, 0.2, 0.1, 0.0])], [np.array([3.0, 0.0, 0.2, 2.0, 0.0])]
+  assert S.claim_surprise(true, None, 0.0) == S.claim_surprise(false, None, 0.0) == 3.0
+  assert S.claim_surprise(true, None, 0.1) < S.claim_surprise(false, None, 0.1)
+  assert S.claim_surprise(false, None, 0.1) == pytest.approx(3.0 + 0.1 * 5.2)
+  broken = [np.array([12.0, 9.0, 15.0]), np.array([1.0, 0.5])]      # typos, then a claim
+  assert S.claim_surprise(broken, (8.0, 2), 0.1) == pytest.approx(1.0 + 0.1 * 1.5)
+  assert S.claim_surprise([], (8.0, 2), 0.1) == 0.0
 
 
 # ------------------------------------------------------------------ the editor
@@ -161,9 +176,9 @@ class _ConstScorer:
 def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt):
   sur = {"Tal is old.": 2.0, "Tal is olld.": 9.0}
   claims = {"Tal is old.": 2.0, "Tal is olld.": 0.0}           # the typo is broken text, not a claim
-  monkeypatch.setattr(S.SurpriseProbe, "candidates", lambda self, params, pre, cands, broken=None: (
-      np.array([sur[c] for c in cands], np.float32),
-      np.array([(claims if broken else sur)[c] for c in cands], np.float32)))
+  monkeypatch.setattr(S.SurpriseProbe, "candidates", lambda self, params, pre, cands, broken=None, total=0.0: (
+      np.array([sur[c] for c in cands], np.float32),   # claim_total's stand-in: total x characters
+      np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32)))
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
   base = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
   mixed = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
@@ -183,10 +198,11 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls
   strict = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                     mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2))
+                     mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
+                     claim_total=0.5)
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
   np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
-  np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.0 - 2.0)), rtol=1e-5)
+  np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
 
 
 def test_mix_and_inference_settings_are_checked():
@@ -205,6 +221,13 @@ def test_mix_and_inference_settings_are_checked():
     T.inference_settings({"edit_surprise": 0})
   with pytest.raises(ValueError, match="broken_sentence"):
     T.inference_settings({"broken_sentence": (0, 2)})
+  assert got["claim_total"] == 0.0 and T.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
+  with pytest.raises(ValueError, match="claim_total"):
+    T.inference_settings({"claim_total": -1})
+  assert got["safety_by_sentence"] is False
+  assert T.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
+  with pytest.raises(ValueError, match="safety_by_sentence"):
+    T.inference_settings({"safety_by_sentence": "yes"})
 
 
 # ------------------------------------------------------------------ settings vs the config hash

@@ -286,19 +286,28 @@ class LMJudge:
   in either format. v = 0 asks no verdict. Default (1, 0): the trained verdict alone.
   broken (nats, tokens): factuality's surprise leaves out sentences with more than `tokens`
   tokens above `nats` (broken text, not a claim: teacher/surprise.py `is_broken`); quality's
-  counts every sentence.
+  counts every sentence. claim_total: factuality's surprise adds this times the sum of the
+  claim sentences' gaps to their largest (`claim_surprise`: breaks ties of minimal pairs).
+  safety_by_sentence: P(unsafe) is the largest over the candidate cut after each of its
+  sentences (`sentence_cuts`), so text appended to a candidate (an instruction to the judge,
+  a fake verdict) cannot lower the verdict on what came before it; one row per sentence.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
                limits: P.PromptLimits = P.DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
                shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise",
                mix: Mapping[str, Sequence[float]] | None = None,
-               broken: Sequence[float] | None = None):
+               broken: Sequence[float] | None = None, claim_total: float = 0.0,
+               safety_by_sentence: bool = False):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
     self.judge_format = judge_format
     self.mix = check_mix(mix)
     self.broken = None if broken is None else (float(broken[0]), int(broken[1]))
+    self.claim_total = float(claim_total)
+    if self.claim_total < 0:
+      raise ValueError(f"claim_total={claim_total!r}: expected a weight >= 0")
+    self.safety_by_sentence = bool(safety_by_sentence)
     self.probe = None
     if any(sw for _, sw in self.mix.values()):
       from earlyrl_jax.teacher.surprise import SurpriseProbe
@@ -389,7 +398,7 @@ class LMJudge:
     keys: dict[tuple, int] = {}
     slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
     every, claims = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys],
-                                          broken=self.broken)
+                                          broken=self.broken, total=self.claim_total)
     pick = lambda x: x[slot] if len(slot) else np.zeros((0,), np.float32)
     return {"quality": pick(every), "factuality": pick(claims)}
 
@@ -426,14 +435,28 @@ class LMJudge:
     return out
 
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
+    """P(unsafe) of each candidate [n]; with safety_by_sentence, the largest over its cuts."""
     _check_axis(axis, ("safety",))
     n = len(prefixes)
     _check_rows(n, candidates=candidates)
     if n == 0 and jax.process_count() == 1:
       return np.zeros((0,), np.float32)
-    rows = [self.encoder.point_parts(prefixes[i], candidates[i], axis) for i in range(n)]
-    self.calls += n
-    return two_way(self._score(rows, self.encoder.point_ids))
+    cuts = [sentence_cuts(c) if self.safety_by_sentence else [c] for c in candidates]
+    keys: dict[tuple, int] = {}   # identical (prefix, cut) rows are scored once
+    slots = [[keys.setdefault((prefixes[i], cut), len(keys)) for cut in cuts[i]] for i in range(n)]
+    rows = [self.encoder.point_parts(p, cut, axis) for p, cut in keys]
+    self.calls += len(rows)
+    p_bad = two_way(self._score(rows, self.encoder.point_ids))
+    return np.array([p_bad[s].max() for s in slots], np.float32).reshape(n)
+
+
+def sentence_cuts(candidate: str) -> list[str]:
+  """The candidate cut after each of its sentences, shortest first; the last is the whole
+  candidate (a blank one is its own single cut)."""
+  pieces = P.split_sentences(candidate)
+  if len(pieces) <= 1:
+    return [candidate]
+  return ["".join(pieces[:k]).rstrip() for k in range(1, len(pieces))] + [candidate]
 
 
 # ------------------------------------------------------------------ generative (HF instruct)

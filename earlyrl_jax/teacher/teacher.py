@@ -28,6 +28,8 @@ INFERENCE_DEFAULTS = {
     "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judge.py)
     "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
     "broken_sentence": None,       # judge: (nats, tokens): factuality leaves out broken text; None: off
+    "claim_total": 0.0,            # judge: factuality's surprise adds this x the claims' summed gaps
+    "safety_by_sentence": False,   # judge: P(unsafe) = max over the candidate cut after each sentence
 }
 
 
@@ -52,6 +54,12 @@ def inference_settings(given: dict | None) -> dict:
     if not (float(nats) > 0 and int(tokens) >= 0):
       raise ValueError(f"broken_sentence={out['broken_sentence']!r}: expected (nats > 0, tokens >= 0) or None")
     out["broken_sentence"] = [float(nats), int(tokens)]
+  if not float(out["claim_total"]) >= 0:
+    raise ValueError(f"claim_total={out['claim_total']!r}: expected a weight >= 0")
+  out["claim_total"] = float(out["claim_total"])
+  if out["safety_by_sentence"] not in (True, False):
+    raise ValueError(f"safety_by_sentence={out['safety_by_sentence']!r}: expected True or False")
+  out["safety_by_sentence"] = bool(out["safety_by_sentence"])
   return out
 
 
@@ -107,6 +115,8 @@ class Teacher:
         inf = self.inference
         kw.setdefault("mix", {"quality": inf["quality_mix"], "factuality": inf["factuality_mix"]})
         kw.setdefault("broken", inf["broken_sentence"])
+        kw.setdefault("claim_total", inf["claim_total"])
+        kw.setdefault("safety_by_sentence", inf["safety_by_sentence"])
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
     gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
