@@ -130,7 +130,7 @@ def claim_surprise(gaps: Sequence[np.ndarray], broken: Sequence[float] | None, t
   "lies in Maxtirkia") often share their largest gap (a name's first piece, where the teacher
   is unsure which entity comes next), and the largest alone ties them however far apart their
   objects are; the sum still sees the object. A small weight keeps the largest in charge, so
-  a longer candidate with more (true) claims is barely penalised (held out at total=0.1:
+  a longer candidate with more (true) claims is barely penalised (at total=0.1:
   0.875 -> 0.905 on 400 fresh pairs, the 21 ties among them broken)."""
   keep = [g for g in gaps if broken is None or not is_broken(g, broken)]
   top = max([sentence_surprise(g) for g in keep], default=0.0)
