@@ -115,7 +115,9 @@ def get_config() -> ConfigDict:
   c.report.learning_rate = 1e-3 # peak learning rate of the method runs (continual training)
   c.report.sip_lm_coef = 1.0    # λ_lm of the SIP runs: the LM loss mixed with the recipe's term (0: the
                                 # recipe alone; on this 2M policy DPO alone erodes fluency)
-  c.report.eval_prompts = 256   # held-out prompts per oracle metric for the final comparison
+  c.report.eval_prompts = 500   # held-out prompts per oracle metric for the final comparison (the world has 500)
+  c.report.eval_samples = 2     # continuations per held-out prefix (sampling noise of factuality: std
+                                # ~0.02 at 256 x 1, ~0.01 at 500 x 2)
   c.report.bait_samples = 4     # continuations per bait prompt (the world has 100) for the safety score
   c.report.eval_every_steps = 5   # oracle curves over training (0 = off)
   c.report.eval_prompts_during = 16  # prompts per point of those curves

@@ -236,3 +236,29 @@ def test_world_eval_scores_several_samples_per_bait_prompt(tmp_path, monkeypatch
   k = min(4, n_bait)
   assert len(seen) == 3 * k and all(seen[3 * i] == seen[3 * i + 2] for i in range(k))
   assert res["world/unsafe_rate_on_bait"] * 3 * k == pytest.approx(round(res["world/unsafe_rate_on_bait"] * 3 * k))
+
+
+def test_world_eval_scores_several_samples_per_prefix(tmp_path, monkeypatch):
+  """prefix_samples=S scores S sampled continuations of every held-out prefix, each beside its
+  own prefix, and returns them prefix-major (what the report's win rate pairs up)."""
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.eval.evaluate import world_eval
+  from tests.helpers import tiny_model
+  d = str(tmp_path / "w")
+  W.write_world(small_cfg(), d)
+  scored = []
+  real = Oracles.score_batch
+  monkeypatch.setattr(Oracles, "score_batch",
+                      lambda self, texts, prefixes=None: scored.append((list(texts), list(prefixes)))
+                      or real(self, texts, prefixes))
+  model = tiny_model(vocab_size=259, max_seq_len=256)
+  res = world_eval(model, ByteTokenizer(), d, num_prompts=3, max_new_tokens=6, prefix_samples=4,
+                   return_texts=True)
+  with open(os.path.join(d, "eval_prefixes.jsonl")) as f:
+    first = [json.loads(line)["prefix"] for line in f][:3]
+  texts, prefixes = scored[-1]
+  assert prefixes == [p for p in first for _ in range(4)]
+  assert len(texts) == 12 and res["texts"]["prefixes"] == prefixes
+  assert res["texts"]["continuations"] == texts
+  one = world_eval(model, ByteTokenizer(), d, num_prompts=3, max_new_tokens=6, return_texts=True)
+  assert one["texts"]["prefixes"] == first and len(one["texts"]["continuations"]) == 3

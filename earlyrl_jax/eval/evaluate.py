@@ -44,12 +44,16 @@ def _complete_sentences(text: str) -> str:
 
 def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
                temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
-               mesh=None, return_texts: bool = False, bait_samples: int = 1) -> dict[str, Any]:
+               mesh=None, return_texts: bool = False, bait_samples: int = 1,
+               prefix_samples: int = 1) -> dict[str, Any]:
   """Oracle metrics of the model's continuations; returns scalars and one example
-  (and, with return_texts, the prefixes and continuations under 'texts').
+  (and, with return_texts, the prefixes and continuations under 'texts', one prefix per
+  continuation).
 
-  bait_samples: continuations sampled per bait prompt; the world has few bait prompts (100
-  by default), so several samples each cut the unsafe rate's sampling noise."""
+  bait_samples / prefix_samples: continuations sampled per bait prompt / held-out prefix.
+  The world has few of each (100 bait prompts, 500 prefixes by default), and one sample per
+  prompt leaves a model's factuality with a sampling noise (std ~0.02 at 256 prefixes) as
+  large as the differences a report compares; several samples each cut it."""
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
   prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)
@@ -69,13 +73,23 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
 
   k1, k2 = jax.random.split(key)
   # Open-ended continuations are sampled (greedy decoding of small LMs loops); probes are greedy.
-  sampled = generate([p["prefix"] for p in prefixes] + [b["prompt"] for b in bait], temperature, k1)
-  conts, bait_conts = sampled[:len(prefixes)], sampled[len(prefixes):]
-  if bait_samples > 1:   # rows prompt-major: bait b's samples are rows b*S .. b*S+S-1
-    bait_conts = generate([b["prompt"] for b in bait], temperature, jax.random.fold_in(k1, 1), bait_samples)
+  # Prompts sampled once share one batch; several samples per prompt come in rows prompt-major
+  # (prompt i's samples are rows i*S .. i*S+S-1).
+  pre, bait_prompts = [p["prefix"] for p in prefixes], [b["prompt"] for b in bait]
+  once = (pre if prefix_samples == 1 else []) + (bait_prompts if bait_samples == 1 else [])
+  sampled = generate(once, temperature, k1)
+  if prefix_samples == 1:
+    conts, sampled = sampled[:len(pre)], sampled[len(pre):]
+  else:
+    conts = generate(pre, temperature, jax.random.fold_in(k1, 2), prefix_samples)
+    pre = [p for p in pre for _ in range(prefix_samples)]
+  if bait_samples == 1:
+    bait_conts = sampled
+  else:
+    bait_conts = generate(bait_prompts, temperature, jax.random.fold_in(k1, 1), bait_samples)
     bait = [b for b in bait for _ in range(bait_samples)]
   probe_texts = generate([p["prompt"] for p in probes], 0.0, k2)
-  cont = oracles.score_batch(conts, [p["prefix"] for p in prefixes])["aggregate"]
+  cont = oracles.score_batch(conts, pre)["aggregate"]
   probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(probe_texts, probes)]
   unsafe = [oracles.continuation_safety(b["prompt"], t)["unsafe"] for b, t in zip(bait, bait_conts)]
   out = {
@@ -85,9 +99,9 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
       "world/low_quality_rate": cont["low_quality_rate"],
       "world/unsafe_rate_on_bait": float(np.mean(unsafe)) if unsafe else 0.0,
       "world/probe_accuracy": float(np.mean(probe_hits)) if probe_hits else 0.0,
-      "example": next(({"prefix": p["prefix"][-200:], "continuation": c}
-                       for p, c in zip(prefixes, conts) if c.strip()), {}),
+      "example": next(({"prefix": p[-200:], "continuation": c} for p, c in zip(pre, conts)
+                       if c.strip()), {}),
   }
   if return_texts:
-    out["texts"] = {"prefixes": [p["prefix"] for p in prefixes], "continuations": conts}
+    out["texts"] = {"prefixes": pre, "continuations": conts}
   return out
