@@ -262,3 +262,5 @@ def test_world_eval_scores_several_samples_per_prefix(tmp_path, monkeypatch):
   assert res["texts"]["continuations"] == texts
   one = world_eval(model, ByteTokenizer(), d, num_prompts=3, max_new_tokens=6, return_texts=True)
   assert one["texts"]["prefixes"] == first and len(one["texts"]["continuations"]) == 3
+  with pytest.raises(ValueError, match="report.eval_samples"):
+    world_eval(model, ByteTokenizer(), d, num_prompts=3, prefix_samples=0)

@@ -54,6 +54,9 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
   The world has few of each (100 bait prompts, 500 prefixes by default), and one sample per
   prompt leaves a model's factuality with a sampling noise (std ~0.02 at 256 prefixes) as
   large as the differences a report compares; several samples each cut it."""
+  if prefix_samples < 1 or bait_samples < 1:
+    raise ValueError(f"world_eval: prefix_samples={prefix_samples} and bait_samples={bait_samples} "
+                     "must be >= 1 (report.eval_samples / report.bait_samples)")
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
   prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)

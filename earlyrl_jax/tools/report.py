@@ -341,7 +341,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         return {"preempted": True}
       res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
       # The judge's win rate reads one continuation per prefix (the first sample): the judge,
-      # not the sampler, is this step's cost, and 500 pairs already give it a std of ~0.01.
+      # not the sampler, is this step's cost.
       step = max(1, int(r.get("eval_samples", 1)))
       texts[m] = {k: v[::step] for k, v in res.pop("texts").items()}
       row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
