@@ -61,6 +61,11 @@ def get_config() -> ConfigDict:
   c.data.min_prefix_len = 16         # first cut point in a document
 
   c.world = default_world_config()   # synthetic world generator (earlyrl_jax/world/)
+  # Misconceptions: 30% of the facts have one wrong object that the corpus states in 70% of their
+  # mentions (web misinformation, which next-token training learns and a teacher that knows better
+  # can correct; one-off false claims, world.false_fact_rate, it averages away). The report's
+  # factuality is measured on them. 0 = none (docs/method.md, a synthetic world with ground truth).
+  c.world.myth_rate = 0.3
   c.world_dir = ""                   # '' = WORKDIR/world (generated there when missing)
 
   c.opt = ConfigDict()
@@ -118,7 +123,7 @@ def get_config() -> ConfigDict:
   c.report.eval_prompts = 500   # held-out prompts per oracle metric for the final comparison (the world has 500)
   c.report.eval_samples = 2     # continuations per held-out prefix (sampling noise of factuality: std
                                 # ~0.02 at 256 x 1, ~0.01 at 500 x 2)
-  c.report.bait_samples = 4     # continuations per bait prompt (the world has 100) for the safety score
+  c.report.bait_samples = 8     # continuations per bait prompt (the world has 100) for the safety score
   c.report.eval_every_steps = 5   # oracle curves over training (0 = off)
   c.report.eval_prompts_during = 16  # prompts per point of those curves
 

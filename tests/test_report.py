@@ -106,3 +106,26 @@ def test_claim_level_factuality_is_barred_too():
   b = report.bars(report.summarise(per_seed), {}, per_seed)["sip_dpo"]
   assert b["factuality"]["met"] and not b["claim_factuality"]["met"]
   assert b["claim_factuality"]["gain"] == pytest.approx(-0.09)
+
+
+def test_markdown_shows_the_myths_stated_only_in_a_world_with_misconceptions():
+  cfg = _cfg()
+  row = {"factuality": 0.5, "claim_factuality": 0.5, "safety": 0.4, "quality": 0.6,
+         "win_rate_vs_nll": 0.5, "false_claim_rate": 0.5, "unsafe_rate_on_bait": 0.6}
+  plain = report._markdown(report.summarise({"nll": [row]}), {}, cfg, 60.0)
+  assert "myths stated" not in plain and "| nll | 0.500 | 0.400 | 0.600 | 0.500 | 0.500 | 0.600 |" in plain
+  mythic = report._markdown(report.summarise({"nll": [{**row, "myth_rate": 0.75}]}), {}, cfg, 60.0)
+  assert "| myths stated |" in mythic and "| nll | 0.500 | 0.400 | 0.600 | 0.500 | 0.500 | 0.600 | 0.750 |" in mythic
+  assert "|---|---|---|---|---|---|---|---|" in mythic
+
+
+def test_myths_avoided_is_barred_in_a_world_with_misconceptions():
+  per_seed = {"nll": [{"factuality": 0.5, "safety": 0.4, "myths_avoided": 0.75},
+                      {"factuality": 0.5, "safety": 0.4, "myths_avoided": 0.77}],
+              "sip_dpo": [{"factuality": 0.5, "safety": 0.4, "myths_avoided": 0.85},
+                          {"factuality": 0.5, "safety": 0.4, "myths_avoided": 0.86}]}
+  b = report.bars(report.summarise(per_seed), {}, per_seed)["sip_dpo"]
+  assert b["myths_avoided"]["gain"] == pytest.approx(0.095) and b["myths_avoided"]["met"]
+  assert "claim_factuality" not in b   # only the metrics the rows carry
+  text = "\n".join(report._bar_lines(report.bars(report.summarise(per_seed), {}, per_seed)))
+  assert "| sip_dpo | myths_avoided | +0.095 |" in text

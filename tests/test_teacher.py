@@ -415,6 +415,12 @@ def test_teacher_is_reused_when_config_unchanged(tmp_path, tiny_teacher, sp, mon
   monkeypatch.setattr(TT, "train_lm", no_training)
   out = TT.run(cfg, str(tmp_path))
   assert out["reused"] and out["report"]["config_hash"] == h
+  # The corpus's misconceptions are not in the clean documents it learns from: same weights.
+  cfg_myths = teacher_tiny.get_config()
+  cfg_myths.world.myth_rate, cfg_myths.world.myth_share = 0.2, 0.9
+  assert TT.config_hash(cfg_myths) == h
+  cfg_myths.world.false_fact_rate += 0.01   # the rest of the world still counts
+  assert TT.config_hash(cfg_myths) != h
   cfg2 = teacher_tiny.get_config()
   cfg2.teacher.sft.steps += 1
   assert TT.config_hash(cfg2) != h

@@ -264,3 +264,65 @@ def test_world_eval_scores_several_samples_per_prefix(tmp_path, monkeypatch):
   assert one["texts"]["prefixes"] == first and len(one["texts"]["continuations"]) == 3
   with pytest.raises(ValueError, match="report.eval_samples"):
     world_eval(model, ByteTokenizer(), d, num_prompts=3, prefix_samples=0)
+
+
+def test_misconceptions_are_one_wrong_object_the_corpus_repeats(tmp_path):
+  """world.myth_rate: a share of the facts gets one fixed wrong object, stated in place of the
+  truth in about myth_share of the corpus's mentions (never in clean documents); the facts
+  themselves, and a world without misconceptions, are unchanged."""
+  plain = W.build_kb(small_cfg())
+  cfg = small_cfg(myth_rate=0.25, myth_share=0.7)
+  kb = W.build_kb(cfg)
+  assert kb.facts == plain.facts and not plain.myths
+  assert len(kb.myths) == round(0.25 * len(kb.facts))
+  assert all(kb.myths[k] != kb.facts[k] for k in kb.myths)
+  oracles = Oracles(kb)
+  stated = {"myth": 0, "truth": 0, "other": 0}
+  for doc in W.generate_documents(kb, cfg, "train", 1500):
+    for c in oracles.factuality(doc.text)["claims"]:
+      key = (c["subject"], c["relation"])
+      if key in kb.myths:
+        stated["myth" if c["object"] == str(kb.myths[key]) else
+               "truth" if c["object"] == str(kb.facts[key]) else "other"] += 1
+  n = sum(stated.values())
+  assert n > 500 and abs(stated["myth"] / n - 0.7) < 0.06, stated
+  for doc in W.generate_documents(kb, cfg, "train", 300, clean=True):
+    assert all(c["verdict"] != "false" for c in oracles.factuality(doc.text)["claims"])
+  # kb.json keeps the misconceptions (the report's myth_rate reads them); without any, no key.
+  W.write_world(cfg, str(tmp_path / "m"))
+  assert W.KnowledgeBase.load(str(tmp_path / "m")).myths == kb.myths
+  W.write_world(small_cfg(), str(tmp_path / "p"))
+  assert "myths" not in json.load(open(tmp_path / "p" / W.KB_FILE))
+  with pytest.raises(ValueError, match="world.myth_rate"):
+    W.build_kb(small_cfg(myth_rate=1.5))
+
+
+def test_myth_rate_counts_claims_about_misconceived_facts():
+  from earlyrl_jax.eval.evaluate import myth_rate
+  kb = W.build_kb(small_cfg(myth_rate=0.3))
+  (s, r), wrong = sorted(kb.myths.items())[0]
+  template = W.RELATIONS[r][2][0]
+  myth, truth = template.format(s=s, o=wrong), template.format(s=s, o=kb.facts[(s, r)])
+  oracles = Oracles(kb)
+  assert myth_rate(oracles, [myth, truth, "Little else is recorded."]) == 0.5
+  assert myth_rate(oracles, [myth + " " + myth]) == 1.0
+  assert myth_rate(oracles, ["Nothing here."]) == 0.0
+
+
+def test_a_world_generated_from_another_config_is_refused(tmp_path):
+  """A workdir's world is reused only when the `world` section matches the one it was written
+  with; a field an older world lacks counts as its default."""
+  from earlyrl_jax.configs import ConfigError
+  from earlyrl_jax.train.loop import check_world_matches
+  d = tmp_path / "w"
+  W.write_world(small_cfg(), str(d))
+  manifest = str(d / W.MANIFEST)
+  check_world_matches(small_cfg(), manifest)
+  with pytest.raises(ConfigError, match=r"world.myth_rate=0.3, but the world in .* was generated with 0.0"):
+    check_world_matches(small_cfg(myth_rate=0.3), manifest)
+  m = json.load(open(manifest))
+  del m["config"]["myth_rate"], m["config"]["myth_share"]  # written before misconceptions existed
+  json.dump(m, open(manifest, "w"))
+  check_world_matches(small_cfg(), manifest)
+  with pytest.raises(ConfigError, match="world.myth_rate"):
+    check_world_matches(small_cfg(myth_rate=0.3), manifest)

@@ -42,6 +42,15 @@ def _complete_sentences(text: str) -> str:
   return text[:cut + 1] if cut >= 0 else text
 
 
+def myth_rate(oracles: Oracles, texts: list[str]) -> float:
+  """Of the claims about misconceived facts (world.myth_rate), the share that state the myth:
+  the misinformation a model learnt from its corpus (0 when no such claim is made)."""
+  myths = oracles.kb.myths
+  hits = [str(myths[(c["subject"], c["relation"])]) == c["object"]
+          for t in texts for c in oracles.factuality(t)["claims"] if (c["subject"], c["relation"]) in myths]
+  return float(np.mean(hits)) if hits else 0.0
+
+
 def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
                temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
                mesh=None, return_texts: bool = False, bait_samples: int = 1,
@@ -105,6 +114,8 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
       "example": next(({"prefix": p[-200:], "continuation": c} for p, c in zip(pre, conts)
                        if c.strip()), {}),
   }
+  if oracles.kb.myths:
+    out["world/myth_rate"] = myth_rate(oracles, conts)
   if return_texts:
     out["texts"] = {"prefixes": pre, "continuations": conts}
   return out

@@ -77,7 +77,10 @@ def config_hash(cfg) -> str:
   """Hash of everything that determines the teacher's weights (model, world, teacher section
   but its `inference` settings, prompts)."""
   teacher = {k: v for k, v in cfg.teacher.to_dict().items() if k != "inference"}
-  blob = json.dumps({"model": cfg.model.to_dict(), "world": cfg.world.to_dict(),
+  # The teacher learns from clean documents: the corpus's misconceptions (world.myth_*) are
+  # not in them, so they do not change its weights.
+  world = {k: v for k, v in cfg.world.to_dict().items() if not k.startswith("myth_")}
+  blob = json.dumps({"model": cfg.model.to_dict(), "world": world,
                      "teacher": teacher, "opt": cfg.opt.to_dict(), "seed": cfg.seed,
                      "prompts": P.PROMPT_VERSION, "limits": dataclasses.asdict(_limits(cfg))},
                     sort_keys=True, default=str)

@@ -146,8 +146,10 @@ def summarise(per_seed: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
 SIP_METHODS = tuple(m for m, o in METHODS.items() if o["judge"] != "none")
 # Oracle metrics the bars compare. factuality averages correct / checked claims per
 # continuation (1 without a checkable claim), so saying less raises it; claim_factuality
-# is 1 - false / checked claims over all continuations, which it does not.
-BAR_METRICS = ("factuality", "claim_factuality", "safety")
+# is 1 - false / checked claims over all continuations, which it does not; myths_avoided
+# (a world with misconceptions) is 1 - the share of claims about misconceived facts that
+# state the misconception: the misinformation unlearnt, apart from what the model never knew.
+BAR_METRICS = ("factuality", "claim_factuality", "myths_avoided", "safety")
 
 
 def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = None) -> dict[str, dict]:
@@ -213,23 +215,27 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
            f"`{cfg.sip.judge_scheme}` (`sip_dpo_pivot` / `sip_dpo_adaptive`: that scheme instead); "
            f"{r.eval_prompts} held-out prompts per metric ({int(r.get('eval_samples', 1))} "
            f"continuations per prefix, {r.bait_samples} per bait prompt); "
-           f"{r.num_seeds} seed(s). Total {elapsed / 60:.1f} min.", "",
-           "| method | factuality | safety | quality | win rate vs nll | false claims | unsafe on bait |",
-           "|---|---|---|---|---|---|---|"]
+           f"{r.num_seeds} seed(s). Total {elapsed / 60:.1f} min.", ""]
+  myths = any("myth_rate" in row for row in summary.values())
+  keys = ("factuality", "safety", "quality", "win_rate_vs_nll", "false_claim_rate",
+          "unsafe_rate_on_bait") + (("myth_rate",) if myths else ())
+  lines += ["| method | factuality | safety | quality | win rate vs nll | false claims | unsafe on bait |"
+            + (" myths stated |" if myths else ""), "|---" * (len(keys) + 1) + "|"]
 
   def cell(row, k):
     v = row.get(k, float("nan"))
     s = row.get(f"{k}_spread", 0.0)
     return f"{v:.3f}" + (f" ± {s:.3f}" if s else "")
   for m, row in summary.items():
-    lines.append(f"| {m} | " + " | ".join(cell(row, k) for k in (
-        "factuality", "safety", "quality", "win_rate_vs_nll", "false_claim_rate", "unsafe_rate_on_bait")) + " |")
+    lines.append(f"| {m} | " + " | ".join(cell(row, k) for k in keys) + " |")
   lines += ["", "factuality = the mean over continuations of held-out prefixes of correct / checked "
             "claims (1 for a continuation without a checkable claim); false claims = false / checked "
             "claims over all continuations; safety = 1 − unsafe continuations of bait prompts; "
             "quality = oracle quality "
             "of the continuations; win rate = the teacher judge's P(method's continuation better "
-            "than nll's), both orders averaged. ± is the standard deviation over seeds.", ""]
+            "than nll's), both orders averaged. ± is the standard deviation over seeds."
+            + (" myths stated = of the claims about the world's misconceived facts "
+               "(world.myth_rate), the share that state the misconception." if myths else ""), ""]
   lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
     lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds):", ""]
@@ -350,6 +356,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
              "unsafe_rate_on_bait": res["world/unsafe_rate_on_bait"],
              "probe_accuracy": res["world/probe_accuracy"],
              "low_quality_rate": res["world/low_quality_rate"], "minutes": (time.time() - t0) / 60}
+      if "world/myth_rate" in res:  # a world with misconceptions (world.myth_rate)
+        row["myth_rate"] = res["world/myth_rate"]
+        row["myths_avoided"] = 1.0 - res["world/myth_rate"]
       per_seed[m].append(row)
       lines = _metrics(os.path.join(run_dir, "metrics.jsonl"))
       if seed == 0:

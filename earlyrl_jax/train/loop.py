@@ -93,6 +93,22 @@ def world_dir_of(cfg, workdir: str) -> str:
   return cfg.get("world_dir") or os.path.join(workdir, "world")
 
 
+def check_world_matches(world_cfg, manifest_path: str) -> None:
+  """An existing world is reused only when it was generated from this `world` section: a run
+  on another world than its config says would be silently wrong (fields a world written
+  before they existed lacks count as their defaults)."""
+  from earlyrl_jax import world
+  with open(manifest_path, encoding="utf-8") as f:
+    written = json.load(f).get("config", {})
+  defaults = world.default_world_config().to_dict()
+  for k, v in sorted(world_cfg.to_dict().items()):
+    old = written.get(k, defaults.get(k))
+    if old != v:
+      raise configs.ConfigError(
+          f"world.{k}={v!r}, but the world in {os.path.dirname(manifest_path)} was generated with "
+          f"{old!r}: use another --workdir (or world_dir), delete that world, or set world.{k}={old!r}")
+
+
 def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
   """(train globs, eval globs) for `data.corpus`; generates the synthetic world if needed."""
   d = cfg.data
@@ -100,12 +116,14 @@ def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
     return d.train_files, d.eval_files
   from earlyrl_jax import world
   world_dir = world_dir_of(cfg, workdir)
-  if is_main() and not os.path.exists(os.path.join(world_dir, world.MANIFEST)):
+  manifest_path = os.path.join(world_dir, world.MANIFEST)
+  if is_main() and not os.path.exists(manifest_path):
     t0 = time.time()
     manifest = world.write_world(cfg.world, world_dir)
     log(f"wrote the synthetic world to {world_dir}: {manifest['num_train_documents']} train "
         f"documents in {time.time() - t0:.1f}s")
   sync("world")
+  check_world_matches(cfg.world, manifest_path)
   return (d.train_files or os.path.join(world_dir, world.TRAIN_GLOB),
           d.eval_files or os.path.join(world_dir, world.EVAL_DOCS))
 

@@ -7,6 +7,7 @@ clean-looking prefix is often followed by a defective suffix -- the situation
 the rewriter and judge exist for:
 
   false_fact   a claim whose object contradicts the knowledge base
+  myth         a misconceived fact stated with the wrong object the corpus repeats (world.myth_rate)
   unsafe       a recipe for an invented toxin, a targeted insult at a named
                person, or leaked (invented) personal data
   low_quality  repetition loop, word salad, truncation, typos, off-topic drift
@@ -19,34 +20,18 @@ import re
 
 from earlyrl_jax.world.grammar import (
     CONNECTIVES, FILLERS, HEADER, INSULT, INSULT_ADJ, INSULT_NOUN, LOW_QUALITY_KINDS, PII, QUESTIONS,
-    RECIPE, RELATIONS, UNSAFE_CATEGORIES, WORD_LISTS, KnowledgeBase, parse_claim)
+    RECIPE, RELATIONS, UNSAFE_CATEGORIES, KnowledgeBase, parse_claim)
 
 
 @dataclasses.dataclass
 class Sentence:
   text: str
-  kind: str  # fact | filler | question | header | unsafe:<cat> | lq:<kind> | false_fact
+  kind: str  # fact | filler | question | header | unsafe:<cat> | lq:<kind> | false_fact | myth
   separator: str = " "  # what precedes it when joined
 
 
-def _wrong_object(kb: KnowledgeBase, subject: str, relation: str, rng: random.Random):
-  true = kb.facts[(subject, relation)]
-  okind = RELATIONS[relation][1]
-  while True:
-    if okind in ("year",):
-      o = true + rng.choice((-1, 1)) * rng.randint(3, 150)
-    elif okind == "number":
-      o = max(1, true + rng.choice((-1, 1)) * rng.randint(5, 400))
-    elif okind in WORD_LISTS:
-      o = rng.choice(WORD_LISTS[okind])
-    else:
-      o = rng.choice(kb.entities[okind])
-    if o != true:
-      return o
-
-
 def fact_sentence(kb, subject, relation, rng, *, false: bool = False, connective: bool = True) -> Sentence:
-  obj = _wrong_object(kb, subject, relation, rng) if false else kb.facts[(subject, relation)]
+  obj = kb.wrong_object(subject, relation, rng) if false else kb.facts[(subject, relation)]
   template = rng.choice(RELATIONS[relation][2])
   text = template.format(s=subject, o=obj)
   if connective and rng.random() < 0.2:
@@ -150,7 +135,7 @@ def layout(kb, topic, sentences: list[Sentence], rng) -> list[Sentence]:
   if form < 0.25:
     out, asked = [], set()
     for s in sentences:
-      q = _question_for(kb, s.text) if s.kind in ("fact", "false_fact") else None
+      q = _question_for(kb, s.text) if s.kind in ("fact", "false_fact", "myth") else None
       if q and q not in asked:
         asked.add(q)
         out.append(Sentence("Q: " + q, "question", "\n" if out else ""))
@@ -195,6 +180,8 @@ def make_document(kb: KnowledgeBase, cfg, rng: random.Random, doc_id: str,
   topic = rng.choice(kb.entities[rng.choice(kinds)])
   sents = clean_sentences(kb, topic, rng, rng.randint(5, 12))
   defects = []
+  if kb.myths and not clean:
+    sents = _spread_myths(kb, sents, float(cfg.get("myth_share", 0.0)), rng, defects)
 
   def position(n):
     half = n // 2
@@ -225,6 +212,19 @@ def make_document(kb: KnowledgeBase, cfg, rng: random.Random, doc_id: str,
     sents = sents[:cut] + degrade(sents[cut:], kind, kb, rng, topic)
     defects.append({"type": "low_quality", "kind": kind, "sentence": cut})
   return Document(doc_id, join(sents), topic, defects, sents)
+
+
+def _spread_myths(kb, sents: list[Sentence], share: float, rng, defects: list[dict]) -> list[Sentence]:
+  """States each misconceived fact's myth instead of the truth with probability `share`."""
+  out = []
+  for i, s in enumerate(sents):
+    claim = parse_claim(s.text) if s.kind == "fact" else None
+    if claim is not None and (claim[0], claim[1]) in kb.myths and rng.random() < share:
+      head, _, tail = s.text.rpartition(str(claim[2]))  # the object is the claim's last slot
+      s = Sentence(head + str(kb.myths[(claim[0], claim[1])]) + tail, "myth", s.separator)
+      defects.append({"type": "myth", "sentence": i})
+    out.append(s)
+  return out
 
 
 def _doc_rng(seed: int, split: str, i: int) -> random.Random:

@@ -42,6 +42,11 @@ def default_world_config() -> ConfigDict:
   c.unsafe_rate = 0.10          # fraction with an unsafe passage
   c.low_quality_rate = 0.15     # fraction with a low-quality stretch
   c.defect_in_second_half = 0.8 # share of defects placed in the second half
+  # Popular misconceptions: a share of the facts has one fixed wrong object that the corpus repeats
+  # (web misinformation, which next-token training learns), unlike false_fact_rate's one-off errors
+  # (a different wrong object each time, which it averages away). 0 = none (the world is unchanged).
+  c.myth_rate = 0.0             # share of (subject, relation) facts with a misconception
+  c.myth_share = 0.7            # share of a misconceived fact's mentions that state the misconception
   c.num_preference_pairs = 2000
   c.num_rewrite_examples = 2000
   c.num_factual_probes = 300
@@ -127,9 +132,11 @@ _TOXIN_SUFFIX = ("bane", "rot", "blight")
 
 @dataclasses.dataclass
 class KnowledgeBase:
-  """Entities by kind and facts[(subject, relation)] = object (name, year or word)."""
+  """Entities by kind and facts[(subject, relation)] = object (name, year or word); myths[(subject,
+  relation)] = the wrong object the corpus repeats for a misconceived fact (world.myth_rate)."""
   entities: dict[str, list[str]]
   facts: dict[tuple[str, str], Any]
+  myths: dict[tuple[str, str], Any] = dataclasses.field(default_factory=dict)
 
   def kind_of(self, name: str) -> str | None:
     return self._kinds.get(name)
@@ -156,13 +163,33 @@ class KnowledgeBase:
     return [r for r, (sk, _, _) in RELATIONS.items() if sk == kind and (subject, r) in self.facts]
 
   def to_json(self) -> dict:
-    return {"entities": self.entities,
-            "facts": [[s, r, o] for (s, r), o in sorted(self.facts.items())]}
+    out = {"entities": self.entities,
+           "facts": [[s, r, o] for (s, r), o in sorted(self.facts.items())]}
+    if self.myths:  # absent without misconceptions: such a world's files are unchanged
+      out["myths"] = [[s, r, o] for (s, r), o in sorted(self.myths.items())]
+    return out
 
   @classmethod
   def from_json(cls, d: dict) -> "KnowledgeBase":
     return cls(entities={k: list(v) for k, v in d["entities"].items()},
-               facts={(s, r): o for s, r, o in d["facts"]})
+               facts={(s, r): o for s, r, o in d["facts"]},
+               myths={(s, r): o for s, r, o in d.get("myths", ())})
+
+  def wrong_object(self, subject: str, relation: str, rng: random.Random):
+    """An object of the right kind that contradicts the fact (a false claim's object)."""
+    true = self.facts[(subject, relation)]
+    okind = RELATIONS[relation][1]
+    while True:
+      if okind == "year":
+        o = true + rng.choice((-1, 1)) * rng.randint(3, 150)
+      elif okind == "number":
+        o = max(1, true + rng.choice((-1, 1)) * rng.randint(5, 400))
+      elif okind in WORD_LISTS:
+        o = rng.choice(WORD_LISTS[okind])
+      else:
+        o = rng.choice(self.entities[okind])
+      if o != true:
+        return o
 
   @classmethod
   def load(cls, path: str) -> "KnowledgeBase":
@@ -222,7 +249,15 @@ def build_kb(cfg) -> KnowledgeBase:
     f[(s, "color")] = rng.choice(COLORS)
   for t in ents["toxin"]:
     f[(t, "banned_in")] = rng.choice(ents["country"])
-  return KnowledgeBase(ents, f)
+  kb = KnowledgeBase(ents, f)
+  rate = float(cfg.get("myth_rate", 0.0))
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"world.myth_rate={rate} must be in [0, 1]")
+  if rate > 0:  # its own stream: the facts above are the same with or without misconceptions
+    mrng = random.Random(f"myths-{cfg.seed}")
+    for key in mrng.sample(sorted(f), round(rate * len(f))):
+      kb.myths[key] = kb.wrong_object(*key, mrng)
+  return kb
 
 
 # --------------------------------------------------------------------------- claim parsing

@@ -101,7 +101,7 @@ def write_world(cfg, out_dir: str) -> dict:
     train_texts.add(hash(doc.text))
     counts["train_documents"] += 1
     for t in {d["type"] for d in doc.defects}:
-      measured[t] += 1
+      measured[t] = measured.get(t, 0) + 1  # 'myth' only in a world with misconceptions
   for w in writers:
     w.close()
 
@@ -156,7 +156,8 @@ def write_world(cfg, out_dir: str) -> dict:
       "facts": len(kb.facts),
       "defect_rates_configured": {"false_fact": cfg.false_fact_rate, "unsafe": cfg.unsafe_rate,
                                   "low_quality": cfg.low_quality_rate},
-      "defect_rates_measured": {t: measured[t] / max(1, counts["train_documents"]) for t in DEFECT_TYPES},
+      "defect_rates_measured": {t: n / max(1, counts["train_documents"]) for t, n in measured.items()},
+      "myths": len(kb.myths),  # misconceived facts (world.myth_rate)
       "train_files": TRAIN_GLOB,
   }
   _write_json(os.path.join(out_dir, MANIFEST), manifest)  # written last: marks a complete world
