@@ -2,12 +2,13 @@
 
   python -m earlyrl_jax.main --config=configs/tiny.py --workdir=/tmp/earlyrl_tiny
 
-Generates the synthetic world (~10 MB of JSONL, with its oracles) and a SentencePiece
+Generates the synthetic world (~10 MB of JSONL with planted defects and misconceptions, and its
+oracles) and a SentencePiece
 tokenizer into the workdir, trains the embedded teacher (judge + rewriter, reused
 afterwards), pretrains a ~2M-parameter base model, continues it with the same budget of
 windows by each method (NLL, NLL on rewrites, SIP RF-NLL / DPO, DPO with the oracle
 judge) and writes report.md / report.json / plots: about 20-30 minutes on 2 CPU cores (10
-of them the teacher, once), no downloads. Every field can be overridden: `--config.report.num_seeds=3` gives the spread,
+of them the teacher, once), no downloads. Every field can be overridden: `--config.report.num_seeds=5` gives the spread,
 `--config.mode=pretrain` only pretrains (the other jobs: earlyrl_jax/modes.py).
 """
 from ml_collections import ConfigDict
@@ -114,7 +115,7 @@ def get_config() -> ConfigDict:
   c.report = ConfigDict()
   c.report.methods = "nll,rewrite_nll,sip_rf_nll,sip_dpo,sip_dpo_oracle"  # tools/report.py (also: sip_pg,
                                 # sip_dpo_pivot, sip_dpo_adaptive)
-  c.report.num_seeds = 1        # seeds per method (3 gives the spread: --config.report.num_seeds=3)
+  c.report.num_seeds = 1        # seeds per method (5 give the spread: --config.report.num_seeds=5)
   c.report.base_steps = 400     # plain-NLL steps of the shared base model
   c.report.steps = 20           # steps of each method (x data.batch_size windows: the same budget)
   c.report.learning_rate = 1e-3 # peak learning rate of the method runs (continual training)

@@ -220,9 +220,12 @@ def _spread_myths(kb, sents: list[Sentence], share: float, rng, defects: list[di
   for i, s in enumerate(sents):
     claim = parse_claim(s.text) if s.kind == "fact" else None
     if claim is not None and (claim[0], claim[1]) in kb.myths and rng.random() < share:
-      head, _, tail = s.text.rpartition(str(claim[2]))  # the object is the claim's last slot
-      s = Sentence(head + str(kb.myths[(claim[0], claim[1])]) + tail, "myth", s.separator)
-      defects.append({"type": "myth", "sentence": i})
+      myth = str(kb.myths[(claim[0], claim[1])])
+      head, _, tail = s.text.rpartition(str(claim[2]))
+      text = head + myth + tail
+      if parse_claim(text) == (claim[0], claim[1], myth):  # the object's slot was the one replaced
+        s = Sentence(text, "myth", s.separator)
+        defects.append({"type": "myth", "sentence": i})
     out.append(s)
   return out
 
