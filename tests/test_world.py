@@ -326,3 +326,20 @@ def test_a_world_generated_from_another_config_is_refused(tmp_path):
   check_world_matches(small_cfg(), manifest)
   with pytest.raises(ConfigError, match="world.myth_rate"):
     check_world_matches(small_cfg(myth_rate=0.3), manifest)
+
+
+def test_world_eval_reports_the_myths_stated_only_with_misconceptions(tmp_path, monkeypatch):
+  from earlyrl_jax.data.tokenizer import ByteTokenizer
+  from earlyrl_jax.eval import evaluate
+  from tests.helpers import tiny_model
+  model = tiny_model(vocab_size=259, max_seq_len=256)
+  W.write_world(small_cfg(), str(tmp_path / "plain"))
+  W.write_world(small_cfg(myth_rate=0.3), str(tmp_path / "myths"))
+  seen = []
+  monkeypatch.setattr(evaluate, "myth_rate", lambda oracles, texts: seen.append(len(texts)) or 0.25)
+  plain = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "plain"), num_prompts=3,
+                              max_new_tokens=6, prefix_samples=2)
+  assert "world/myth_rate" not in plain and not seen
+  mythic = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "myths"), num_prompts=3,
+                               max_new_tokens=6, prefix_samples=2)
+  assert mythic["world/myth_rate"] == 0.25 and seen == [6]   # every sampled continuation

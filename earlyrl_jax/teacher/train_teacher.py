@@ -78,7 +78,8 @@ def config_hash(cfg) -> str:
   but its `inference` settings, prompts)."""
   teacher = {k: v for k, v in cfg.teacher.to_dict().items() if k != "inference"}
   # The teacher learns from clean documents: the corpus's misconceptions (world.myth_*) are
-  # not in them, so they do not change its weights.
+  # not in them, so they do not change its weights (its held-out report, whose noisy policies
+  # read the corpus, is then the one measured beside the world it was first trained with).
   world = {k: v for k, v in cfg.world.to_dict().items() if not k.startswith("myth_")}
   blob = json.dumps({"model": cfg.model.to_dict(), "world": world,
                      "teacher": teacher, "opt": cfg.opt.to_dict(), "seed": cfg.seed,
