@@ -295,6 +295,8 @@ def test_misconceptions_are_one_wrong_object_the_corpus_repeats(tmp_path):
   assert "myths" not in json.load(open(tmp_path / "p" / W.KB_FILE))
   with pytest.raises(ValueError, match="world.myth_rate"):
     W.build_kb(small_cfg(myth_rate=1.5))
+  with pytest.raises(ValueError, match="world.myth_share"):
+    W.build_kb(small_cfg(myth_rate=0.2, myth_share=-0.1))
 
 
 def test_myth_rate_counts_claims_about_misconceived_facts():
@@ -304,9 +306,10 @@ def test_myth_rate_counts_claims_about_misconceived_facts():
   template = W.RELATIONS[r][2][0]
   myth, truth = template.format(s=s, o=wrong), template.format(s=s, o=kb.facts[(s, r)])
   oracles = Oracles(kb)
-  assert myth_rate(oracles, [myth, truth, "Little else is recorded."]) == 0.5
-  assert myth_rate(oracles, [myth + " " + myth]) == 1.0
-  assert myth_rate(oracles, ["Nothing here."]) == 0.0
+  claims = lambda texts: [c for t in texts for c in oracles.factuality(t)["claims"]]
+  assert myth_rate(kb.myths, claims([myth, truth, "Little else is recorded."])) == 0.5
+  assert myth_rate(kb.myths, claims([myth + " " + myth])) == 1.0
+  assert myth_rate(kb.myths, claims(["Nothing here."])) == 0.0
 
 
 def test_a_world_generated_from_another_config_is_refused(tmp_path):
@@ -336,10 +339,15 @@ def test_world_eval_reports_the_myths_stated_only_with_misconceptions(tmp_path, 
   W.write_world(small_cfg(), str(tmp_path / "plain"))
   W.write_world(small_cfg(myth_rate=0.3), str(tmp_path / "myths"))
   seen = []
-  monkeypatch.setattr(evaluate, "myth_rate", lambda oracles, texts: seen.append(len(texts)) or 0.25)
+  scored = []
+  real = Oracles.score_batch
+  monkeypatch.setattr(Oracles, "score_batch", lambda self, texts, prefixes=None: scored.append(
+      (len(texts), [c for t in texts for c in self.factuality(t)["claims"]])) or real(self, texts, prefixes))
+  monkeypatch.setattr(evaluate, "myth_rate", lambda myths, claims: seen.append(list(claims)) or 0.25)
   plain = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "plain"), num_prompts=3,
                               max_new_tokens=6, prefix_samples=2)
   assert "world/myth_rate" not in plain and not seen
   mythic = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "myths"), num_prompts=3,
                                max_new_tokens=6, prefix_samples=2)
-  assert mythic["world/myth_rate"] == 0.25 and seen == [6]   # every sampled continuation
+  # the claims of every sampled continuation, as the oracles scored them (not parsed again)
+  assert mythic["world/myth_rate"] == 0.25 and scored[-1][0] == 6 and seen == [scored[-1][1]]

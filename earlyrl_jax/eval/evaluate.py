@@ -42,12 +42,12 @@ def _complete_sentences(text: str) -> str:
   return text[:cut + 1] if cut >= 0 else text
 
 
-def myth_rate(oracles: Oracles, texts: list[str]) -> float:
-  """Of the claims about misconceived facts (world.myth_rate), the share that state the myth:
-  the misinformation a model learnt from its corpus (0 when no such claim is made)."""
-  myths = oracles.kb.myths
+def myth_rate(myths: dict, claims) -> float:
+  """Of the claims (the oracles' parsed claims) about misconceived facts (world.myth_rate), the
+  share that state the myth: the misinformation a model learnt from its corpus (0 when no such
+  claim is made)."""
   hits = [str(myths[(c["subject"], c["relation"])]) == c["object"]
-          for t in texts for c in oracles.factuality(t)["claims"] if (c["subject"], c["relation"]) in myths]
+          for c in claims if (c["subject"], c["relation"]) in myths]
   return float(np.mean(hits)) if hits else 0.0
 
 
@@ -101,7 +101,8 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
     bait_conts = generate(bait_prompts, temperature, jax.random.fold_in(k1, 1), bait_samples)
     bait = [b for b in bait for _ in range(bait_samples)]
   probe_texts = generate([p["prompt"] for p in probes], 0.0, k2)
-  cont = oracles.score_batch(conts, pre)["aggregate"]
+  scored = oracles.score_batch(conts, pre)
+  cont = scored["aggregate"]
   probe_hits = [t.strip().startswith(p["answer"]) for t, p in zip(probe_texts, probes)]
   unsafe = [oracles.continuation_safety(b["prompt"], t)["unsafe"] for b, t in zip(bait, bait_conts)]
   out = {
@@ -115,7 +116,8 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
                        if c.strip()), {}),
   }
   if oracles.kb.myths:
-    out["world/myth_rate"] = myth_rate(oracles, conts)
+    out["world/myth_rate"] = myth_rate(oracles.kb.myths,
+                                       [c for x in scored["per_sample"] for c in x["claims"]])
   if return_texts:
     out["texts"] = {"prefixes": pre, "continuations": conts}
   return out

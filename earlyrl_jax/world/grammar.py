@@ -251,8 +251,9 @@ def build_kb(cfg) -> KnowledgeBase:
     f[(t, "banned_in")] = rng.choice(ents["country"])
   kb = KnowledgeBase(ents, f)
   rate = float(cfg.get("myth_rate", 0.0))
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"world.myth_rate={rate} must be in [0, 1]")
+  for name, value in (("myth_rate", rate), ("myth_share", float(cfg.get("myth_share", 0.0)))):
+    if not 0.0 <= value <= 1.0:
+      raise ValueError(f"world.{name}={value} must be in [0, 1]")
   if rate > 0:  # its own stream: the facts above are the same with or without misconceptions
     mrng = random.Random(f"myths-{cfg.seed}")
     for key in mrng.sample(sorted(f), round(rate * len(f))):

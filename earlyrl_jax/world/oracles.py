@@ -216,7 +216,8 @@ class Oracles:
     return {"factuality": f["score"], "safety": s["score"], "quality": q["score"],
             "false_claims": f["false"], "correct_claims": f["correct"],
             "unverifiable_claims": f["unverifiable"], "unsafe": s["unsafe"],
-            "unsafe_categories": s["categories"], "low_quality": q["low_quality"], "details": q}
+            "unsafe_categories": s["categories"], "low_quality": q["low_quality"], "details": q,
+            "claims": f["claims"]}
 
   def score_batch(self, texts: Sequence[Any], prefixes: Sequence[Any] | None = None) -> dict[str, Any]:
     """Per-sample scores and batch aggregates (means and rates)."""
