@@ -250,11 +250,39 @@ class PrecomputedRewrites:
     return msg
 
 
-def sip_rewriter(run, teacher):
-  """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None."""
+class MemoRewriter:
+  """A rewriter that remembers its greedy rewrites by window (`window_key`).
+
+  Why: the report continues several methods from one base model on the same windows, and the
+  teacher's greedy rewrite of a window is the same for each of them; the first run makes it, the
+  others look it up (their `time/rewrite` is then ~0). Sampled rewrites (temperature > 0) always
+  go to the teacher."""
+
+  def __init__(self, rewriter, memo: dict[str, str]):
+    self.rewriter, self.memo = rewriter, memo
+
+  def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key=None,
+              temperature: float = 0.0, max_new_tokens: int | None = None) -> list[str]:
+    if temperature > 0 or max_new_tokens is not None:
+      return self.rewriter.rewrite(prefixes, suffixes, key=key, temperature=temperature,
+                                   max_new_tokens=max_new_tokens)
+    keys = [window_key(p, s) for p, s in zip(prefixes, suffixes)]
+    missing = [i for i, k in enumerate(keys) if k not in self.memo]
+    if missing:
+      made = self.rewriter.rewrite([prefixes[i] for i in missing], [suffixes[i] for i in missing],
+                                   key=key, temperature=0.0)
+      self.memo.update(zip((keys[i] for i in missing), made))
+    return [self.memo[k] for k in keys]
+
+
+def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
+  """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None.
+
+  memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    return teacher.rewriter(window_cut=True)
+    rewriter = teacher.rewriter(window_cut=True)
+    return rewriter if memo is None else MemoRewriter(rewriter, memo)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
     return PrecomputedRewrites.load(directory, expected=windowing(run.cfg.data, run.tokenizer))

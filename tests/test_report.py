@@ -37,13 +37,23 @@ def test_summary_gives_mean_and_spread_over_seeds():
 
 
 def test_win_share_trend_compares_first_and_last_fifth():
-  lines = [{"step": i, "sip/win_share_rollout": i / 9} for i in range(10)]
+  lines = [{"step": i, "sip/win_share_rollout": i / 9, "sip/reward_rollout": 0.5 + i / 90,
+            "sip/reward_original": 0.7} for i in range(10)]
   t = report.win_share_trend(lines)
-  assert t["first_fifth"] < t["last_fifth"]
+  assert t["first_fifth"] == pytest.approx(0.5 / 9) and t["last_fifth"] == pytest.approx(8.5 / 9)
+  assert t["change"] == pytest.approx(8 / 9)
+  assert t["reward_gap_first"] == pytest.approx(0.5 / 90 - 0.2)
+  assert t["reward_gap_last"] == pytest.approx(8.5 / 90 - 0.2)
   assert report.win_share_trend(lines[:3]) is None
-  m = report.mean_trends({"a": [t, {"first_fifth": 0.5, "last_fifth": 0.1}], "b": []})
-  assert m == {"a": {"first_fifth": pytest.approx((t["first_fifth"] + 0.5) / 2),
-                     "last_fifth": pytest.approx((t["last_fifth"] + 0.1) / 2), "seeds": 2}}
+  assert "reward_gap_first" not in report.win_share_trend(
+      [{"step": i, "sip/win_share_rollout": 0.1} for i in range(5)])
+  down = {"first_fifth": 0.5, "last_fifth": 0.1, "change": -0.4}
+  m = report.mean_trends({"a": [t, down], "b": []})
+  assert set(m) == {"a"} and m["a"]["seeds"] == 2
+  assert m["a"]["first_fifth"] == pytest.approx((t["first_fifth"] + 0.5) / 2)
+  assert m["a"]["change"] == pytest.approx((8 / 9 - 0.4) / 2)
+  assert m["a"]["change_spread"] == pytest.approx((8 / 9 + 0.4) / 2)  # std of two values
+  assert "reward_gap_first" not in m["a"]  # only one seed logged it
 
 
 class _LengthJudge:
@@ -78,7 +88,7 @@ def test_bars_need_a_gain_beyond_twice_the_spread_and_several_seeds():
       "rewrite_nll": [{"factuality": 0.55, "safety": 0.50}, {"factuality": 0.55, "safety": 0.50}],
       "sip_dpo": [{"factuality": 0.60, "safety": 0.43}, {"factuality": 0.62, "safety": 0.47}]}
   summary = report.summarise(per_seed)
-  trends = {"sip_dpo": {"first_fifth": 0.2, "last_fifth": 0.4}}
+  trends = {"sip_dpo": {"first_fifth": 0.2, "last_fifth": 0.4, "change_spread": 0.15, "seeds": 2}}
   b = report.bars(summary, trends, per_seed)["sip_dpo"]
   f, s = b["factuality"], b["safety"]
   assert f["gain"] == pytest.approx(0.10) and f["spread"] == pytest.approx(0.01)
@@ -87,15 +97,17 @@ def test_bars_need_a_gain_beyond_twice_the_spread_and_several_seeds():
   assert s["paired_spread"] == pytest.approx(0.01) and not s["met"] and s["met_paired"]
   assert f["vs_rewrite_nll"] == pytest.approx(0.06)
   assert b["rollout_win_share_rises"] is True
+  assert b["rollout_win_share_rises_beyond_spread"] is False  # +0.2 against 2 x 0.15
   one_seed = report.summarise({"nll": [{"factuality": 0.5, "safety": 0.4}],
                                "sip_dpo": [{"factuality": 0.9, "safety": 0.9}]})
   one = report.bars(one_seed, {})["sip_dpo"]
   assert not one["factuality"]["met"] and not one["factuality"]["met_paired"]  # no spread measured
   assert one["rollout_win_share_rises"] is None
+  assert one["rollout_win_share_rises_beyond_spread"] is None
   text = "\n".join(report._bar_lines(report.bars(summary, trends, per_seed)))
   assert "| sip_dpo | factuality | +0.100 | 0.020 / 0.000 | yes / yes | +0.060 |" in text
   assert "| sip_dpo | safety | +0.040 | 0.040 / 0.020 | no / yes | -0.050 |" in text
-  assert "sip_dpo yes" in text
+  assert "sip_dpo yes / no" in text
 
 
 def test_claim_level_factuality_is_barred_too():
@@ -129,3 +141,53 @@ def test_myths_avoided_is_barred_in_a_world_with_misconceptions():
   assert "claim_factuality" not in b   # only the metrics the rows carry
   text = "\n".join(report._bar_lines(report.bars(report.summarise(per_seed), {}, per_seed)))
   assert "| sip_dpo | myths_avoided | +0.095 |" in text
+
+
+def test_the_report_runs_every_method_per_seed_and_writes_table_bars_and_trends(tmp_path, monkeypatch):
+  """End to end on a small world with a random tiny teacher (its verdicts are noise): two seeds,
+  three methods, report.json / report.md with spreads and bars, and the teacher rewrites each
+  window once per seed however many methods train on it."""
+  import json
+  import os
+  from earlyrl_jax.teacher import teacher as Tch
+  from tests.test_placement import write_tiny_teacher
+  from tests.test_train import tiny_cfg
+  asked = []
+  original = Tch.Teacher.rewriter
+
+  def counting_rewriter(self, **kw):
+    inner = original(self, **kw)
+
+    class Counting:
+      def rewrite(self, prefixes, suffixes, **k):
+        asked.extend(suffixes)
+        return inner.rewrite(prefixes, suffixes, **k)
+    return Counting()
+  monkeypatch.setattr(Tch.Teacher, "rewriter", counting_rewriter)
+  cfg = tiny_cfg(mode="report", **{
+      "teacher.path": write_tiny_teacher(str(tmp_path)), "report.methods": "rewrite_nll,sip_dpo",
+      "report.num_seeds": 2, "report.base_steps": 4, "report.steps": 5, "report.eval_prompts": 4,
+      "report.eval_samples": 1, "report.bait_samples": 1, "report.eval_every_steps": 0,
+      "sip.num_rollouts": 2, "sip.judge_scheme": "pivot", "data.batch_size": 8,
+      "log_every_steps": 1, "model.n_layers": 1, "data.prefix_len": 24, "data.suffix_len": 12,
+      "data.min_prefix_len": 8})
+  workdir = str(tmp_path / "report")
+  out = report.run(cfg, workdir)
+  data = json.load(open(os.path.join(workdir, "report.json")))
+  assert list(data["methods"]) == ["nll", "rewrite_nll", "sip_dpo"]  # nll is always the baseline
+  for m, row in data["methods"].items():
+    assert row["seeds"] == 2 and 0.0 <= row["factuality"] <= 1.0 and 0.0 <= row["safety"] <= 1.0
+    assert "factuality_spread" in row and len(data["per_seed"][m]) == 2
+  assert data["methods"]["nll"]["win_rate_vs_nll"] == 0.5
+  assert 0.0 <= data["methods"]["sip_dpo"]["win_rate_vs_nll"] <= 1.0
+  bars = data["bars"]["sip_dpo"]
+  assert {"factuality", "safety"} <= set(bars) and "rollout_win_share_rises_beyond_spread" in bars
+  trend = data["rollout_win_share"]["sip_dpo"]
+  assert trend["seeds"] == 2 and "change_spread" in trend and "reward_gap_first" in trend
+  text = open(os.path.join(workdir, "report.md")).read()
+  assert "| sip_dpo | factuality |" in text and "reward gap" in text
+  assert os.path.exists(os.path.join(workdir, "win_share.png"))  # no oracle curves: eval_every_steps=0
+  assert not os.path.exists(os.path.join(workdir, "oracle_scores.png"))
+  # 2 seeds x 5 steps x 8 windows at most (fewer if a window repeats); without sharing, twice that.
+  assert 0 < len(asked) <= 2 * 5 * 8
+  assert out["methods"] == data["methods"]

@@ -275,3 +275,27 @@ def test_judge_fields_average_both_orders():
   assert out[1]["p_unsafe_rewrite"] == 0.25
   with pytest.raises(ConfigError, match="rewrite_job.shard_size: must be >= 1"):
     RJ.job_config(_cfg("c", "t", **{"rewrite_job.shard_size": 0}))
+
+
+class _CountingRewriter:
+  """Rewrites by upper-casing; records every window it was asked."""
+
+  def __init__(self):
+    self.asked = []
+
+  def rewrite(self, prefixes, suffixes, *, key=None, temperature=0.0, max_new_tokens=None):
+    self.asked += list(suffixes)
+    return [s.upper() + (f"@{temperature}" if temperature else "") for s in suffixes]
+
+
+def test_memo_rewriter_asks_the_teacher_once_per_window_and_keeps_order():
+  inner, memo = _CountingRewriter(), {}
+  a = RJ.MemoRewriter(inner, memo)
+  assert a.rewrite(["p", "p"], ["one", "two"]) == ["ONE", "TWO"]
+  # A second run sharing the memo (the report's next method): only the new window is rewritten,
+  # and the answer keeps the batch's order; the same suffix after another prefix is another window.
+  b = RJ.MemoRewriter(inner, memo)
+  assert b.rewrite(["p", "q", "p"], ["two", "one", "three"]) == ["TWO", "ONE", "THREE"]
+  assert inner.asked == ["one", "two", "one", "three"]
+  # Sampled rewrites differ per call: never remembered.
+  assert b.rewrite(["p"], ["one"], temperature=0.7) == ["ONE@0.7"] and len(memo) == 4

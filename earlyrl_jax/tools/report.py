@@ -90,20 +90,42 @@ def _curve(lines: list[dict], key: str) -> tuple[list[int], list[float]]:
   return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _fifths(ys: list[float]) -> tuple[float, float]:
+  n = max(1, len(ys) // 5)
+  return float(np.mean(ys[:n])), float(np.mean(ys[-n:]))
+
+
 def win_share_trend(lines: list[dict], key: str = "sip/win_share_rollout") -> dict[str, float] | None:
-  """Mean rollout win share over the first and the last fifth of the logged steps."""
+  """Rollout win share over the first and the last fifth of the logged steps, and the same for
+  the judged reward gap (mean reward of the rollouts minus the original's).
+
+  Why the gap too: the win share is an argmax over K + 2 candidates on 16-odd windows a step,
+  so it moves by chance; the gap says whether the judge rates the rollouts any better."""
   _, ys = _curve(lines, key)
   if len(ys) < 5:
     return None
-  n = max(1, len(ys) // 5)
-  return {"first_fifth": float(np.mean(ys[:n])), "last_fifth": float(np.mean(ys[-n:]))}
+  first, last = _fifths(ys)
+  out = {"first_fifth": first, "last_fifth": last, "change": last - first}
+  gaps = [l["sip/reward_rollout"] - l["sip/reward_original"] for l in lines
+          if isinstance(l.get("sip/reward_rollout"), (int, float))
+          and isinstance(l.get("sip/reward_original"), (int, float))]
+  if len(gaps) >= 5:
+    g0, g1 = _fifths(gaps)
+    out.update(reward_gap_first=g0, reward_gap_last=g1)
+  return out
 
 
 def mean_trends(seed_trends: dict[str, list[dict]]) -> dict[str, dict[str, float]]:
-  """Per method: the first- and last-fifth win shares averaged over seeds."""
-  return {m: {"first_fifth": float(np.mean([t["first_fifth"] for t in ts])),
-              "last_fifth": float(np.mean([t["last_fifth"] for t in ts])), "seeds": len(ts)}
-          for m, ts in seed_trends.items() if ts}
+  """Per method: each trend field averaged over seeds, and the seed spread of the change."""
+  out = {}
+  for m, ts in seed_trends.items():
+    if not ts:
+      continue
+    row = {k: float(np.mean([t[k] for t in ts])) for k in ts[0] if all(k in t for t in ts)}
+    row["change_spread"] = float(np.std([t["last_fifth"] - t["first_fifth"] for t in ts]))
+    row["seeds"] = len(ts)
+    out[m] = row
+  return out
 
 
 def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
@@ -160,7 +182,8 @@ def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = N
   gain; a seed fixes the base model and the windows that both runs share, so this is the
   spread of the comparison itself. `met` needs seeds > 1 (one seed has no spread) and
   gain > 2 * spread; `met_paired` the same with the paired spread. The rollout win share
-  must rise (last vs first fifth of the logged steps)."""
+  must rise (last vs first fifth of the logged steps, mean over seeds); `..._beyond_spread`
+  asks the same of the rise as of a gain: more than twice its std over seeds."""
   out = {}
   nll = summary.get("nll")
   for m in SIP_METHODS:
@@ -182,6 +205,10 @@ def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = N
         res[k]["vs_rewrite_nll"] = row[k] - summary["rewrite_nll"][k]
     t = trends.get(m)
     res["rollout_win_share_rises"] = None if t is None else bool(t["last_fifth"] > t["first_fifth"])
+    # The same test as the oracle bars: the rise against twice its seed spread.
+    res["rollout_win_share_rises_beyond_spread"] = (
+        None if t is None else bool(t.get("seeds", 1) > 1 and t["last_fifth"] - t["first_fifth"]
+                                    > 2 * t.get("change_spread", 0.0)))
     out[m] = res
   return out
 
@@ -202,8 +229,10 @@ def _bar_lines(b: dict) -> list[str]:
         vs = f"{x['vs_rewrite_nll']:+.3f}" if "vs_rewrite_nll" in x else "n/a"
         lines.append(f"| {m} | {k} | {x['gain']:+.3f} | {2 * x['spread']:.3f} / {2 * x['paired_spread']:.3f} | "
                      f"{yes(x['met'])} / {yes(x['met_paired'])} | {vs} |")
-  lines += ["", "Rollout win share rises (last fifth of the steps above the first): " + ", ".join(
-      f"{m} {yes(r['rollout_win_share_rises'])}" for m, r in b.items()), ""]
+  lines += ["", "Rollout win share rises (last fifth of the steps above the first / by more than "
+            "2 × the seed spread of the rise): " + ", ".join(
+                f"{m} {yes(r['rollout_win_share_rises'])} / "
+                f"{yes(r.get('rollout_win_share_rises_beyond_spread'))}" for m, r in b.items()), ""]
   return lines
 
 
@@ -238,9 +267,14 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
                "(world.myth_rate), the share that state the misconception." if myths else ""), ""]
   lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
-    lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds):", ""]
+    lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds; ± the "
+              "seed spread of the change) and the judged reward of the rollouts minus the "
+              "original's over the same fifths:", ""]
     for m, t in trends.items():
-      lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f}")
+      gap = (f"; reward gap {t['reward_gap_first']:+.3f} -> {t['reward_gap_last']:+.3f}"
+             if "reward_gap_first" in t else "")
+      lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f} "
+                   f"(change {t['change']:+.3f} ± {t.get('change_spread', 0.0):.3f}){gap}")
   return "\n".join(lines) + "\n"
 
 
@@ -254,20 +288,22 @@ def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
     loop.log("report: matplotlib is not installed; skipping plots (pip install matplotlib)")
     return []
   written = []
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for ax, key in zip(axes, ("world/factuality", "world/unsafe_rate_on_bait", "world/quality")):
-    for m, lines in curves.items():
-      xs, ys = _curve(lines, key)
-      if xs:
-        ax.plot(xs, ys, marker="o", label=m)
-    ax.set_title(key.split("/")[1])
-    ax.set_xlabel("step")
-  axes[0].legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(workdir, "oracle_scores.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  written.append(path)
+  keys = ("world/factuality", "world/unsafe_rate_on_bait", "world/quality")
+  if any(_curve(lines, k)[0] for lines in curves.values() for k in keys):  # report.eval_every_steps > 0
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key in zip(axes, keys):
+      for m, lines in curves.items():
+        xs, ys = _curve(lines, key)
+        if xs:
+          ax.plot(xs, ys, marker="o", label=m)
+      ax.set_title(key.split("/")[1])
+      ax.set_xlabel("step")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path = os.path.join(workdir, "oracle_scores.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
   sip_runs = {m: l for m, l in curves.items() if any("sip/win_share_rollout" in x for x in l)}
   if sip_runs:
     fig, axes = plt.subplots(1, len(sip_runs), figsize=(4.2 * len(sip_runs), 3.4), squeeze=False)
@@ -337,13 +373,15 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     if not finished(loop.train(base_cfg, base_dir), base_cfg, base_dir):
       return {"preempted": True}
     texts = {}
+    # The seed's runs share their windows: the teacher rewrites each once (rewrite_job.MemoRewriter).
+    rewrite_memo: dict[str, str] = {}
     for m in methods:
       done += 1
       run_dir = os.path.join(workdir, "runs", f"{m}-s{seed}")
       t0 = time.time()
       loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
       sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
-      if not finished(sip.run(sub, run_dir), sub, run_dir):
+      if not finished(sip.run(sub, run_dir, rewrite_memo=rewrite_memo), sub, run_dir):
         return {"preempted": True}
       res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
       # The judge's win rate reads one continuation per prefix (the first sample): the judge,

@@ -287,7 +287,7 @@ def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:
   return run.graphdef, params, run.shardings.params
 
 
-def sip_job(run: loop.Run, teacher) -> loop.Job:
+def sip_job(run: loop.Run, teacher, rewrite_memo: dict[str, str] | None = None) -> loop.Job:
   cfg, d = run.cfg, run.cfg.data
   objective = objective_from_config(cfg.sip)
   host_windows = d.batch_size // jax.process_count()
@@ -296,7 +296,7 @@ def sip_job(run: loop.Run, teacher) -> loop.Job:
       process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
   judge = build_judge(cfg, run, teacher)
   from earlyrl_jax.rewrite_job import sip_rewriter  # the teacher, precomputed shards, or none
-  rewriter = sip_rewriter(run, teacher)
+  rewriter = sip_rewriter(run, teacher, rewrite_memo)
   producer = SIPProducer(run, objective, judge, rewriter, windows)
   frozen = {}
   if objective.needs_reference:
@@ -392,9 +392,11 @@ def load_teacher_for(cfg, workdir: str, mesh):
   return teacher
 
 
-def run(cfg, workdir: str) -> dict[str, Any]:
-  """`mode='sip'`: self-improving pretraining (runs or resumes)."""
+def run(cfg, workdir: str, *, rewrite_memo: dict[str, str] | None = None) -> dict[str, Any]:
+  """`mode='sip'`: self-improving pretraining (runs or resumes).
+
+  rewrite_memo: greedy rewrites by window, shared by runs over the same windows (the report)."""
   r = loop.setup(cfg, workdir)  # the policy's mesh: every device, or those the teacher leaves
   needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
   teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None
-  return loop.train_loop(r, sip_job(r, teacher))
+  return loop.train_loop(r, sip_job(r, teacher, rewrite_memo))
