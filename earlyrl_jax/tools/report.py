@@ -273,8 +273,9 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
     for m, t in trends.items():
       gap = (f"; reward gap {t['reward_gap_first']:+.3f} -> {t['reward_gap_last']:+.3f}"
              if "reward_gap_first" in t else "")
+      spread = f" ± {t['change_spread']:.3f}" if t.get("seeds", 1) > 1 else ""  # one seed: none
       lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f} "
-                   f"(change {t['change']:+.3f} ± {t.get('change_spread', 0.0):.3f}){gap}")
+                   f"(change {t['change']:+.3f}{spread}){gap}")
   return "\n".join(lines) + "\n"
 
 
