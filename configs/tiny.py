@@ -6,7 +6,7 @@ Generates the synthetic world (~10 MB of JSONL with planted defects and misconce
 its oracles) and a SentencePiece tokenizer into the workdir, trains the embedded teacher (judge
 + rewriter, reused afterwards), pretrains a ~2M-parameter base model, continues it with the
 same budget of windows by each method (NLL, NLL on rewrites, SIP RF-NLL / DPO, DPO with the
-oracle judge) and writes report.md / report.json / plots: about 18-30 minutes on 2 CPU cores
+oracle judge) and writes report.md / report.json / plots: about 21 minutes on 2 CPU cores
 (9 of them the teacher, once), no downloads. Every field can be overridden:
 `--config.report.num_seeds=5` gives the spread, `--config.mode=pretrain` only pretrains (the
 other jobs: earlyrl_jax/modes.py).
