@@ -123,6 +123,28 @@ ck.close()
 
 
 
+_GATHER_WORKER = r'''
+import json, time
+from earlyrl_jax.parallel import distributed
+distributed.initialize()
+import jax
+from earlyrl_jax.models.scoring import agree_max, lockstep_chunks
+me = jax.process_index()
+if me == 1:
+  time.sleep(1.0)  # the hosts arrive apart: the first one waits, nothing is lost
+rows = [distributed.host_allgather([me, 10 * me + k, -k]).tolist() for k in range(3)]
+empty = distributed.host_allgather([]).shape
+chunks = len(lockstep_chunks(5 if me == 0 else 17, 4))   # the host with most rows decides: 5 calls
+client = distributed._coordination_client()
+try:   # call 0's key was deleted by this process once every process had read it
+  client.key_value_try_get(f"{distributed._KEY_PREFIX}/0/{me}")
+  deleted = False
+except Exception:
+  deleted = True
+print("OUT", json.dumps(dict(rows=rows, empty=list(empty), chunks=chunks, deleted=deleted,
+                             most=agree_max(me, 7 - me))), flush=True)
+'''
+
 
 def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
   n = 37  # not a multiple of the host count
@@ -150,6 +172,24 @@ def test_two_processes_read_disjoint_documents_that_cover_the_data(tmp_path):
   for mine, docs in zip(packed, seen):
     assert set(mine) <= set(docs)
     assert len(set(mine)) >= len(docs) // 2
+
+
+def test_two_processes_gather_host_values_without_a_device_program(tmp_path):
+  """`host_allgather` (the key-value store): rows in process order, hosts arriving apart,
+  the bucket/chunk agreements built on it, and its keys cleaned up behind it."""
+  script = tmp_path / "worker.py"
+  script.write_text(_GATHER_WORKER)
+  port = _free_port()
+  procs = [_spawn([str(script)], port, pid) for pid in range(2)]
+  logs = [p.communicate(timeout=120)[0] for p in procs]
+  _assert_all_succeeded(procs, logs)
+  outs = [json.loads(log.split("OUT ", 1)[1].splitlines()[0]) for log in logs]
+  for out in outs:
+    assert out["rows"] == [[[0, k, -k], [1, 10 + k, -k]] for k in range(3)]
+    assert out["empty"] == [2, 0]
+    assert out["chunks"] == 5
+    assert out["deleted"] is True
+    assert out["most"] == [1, 7]
 
 
 def test_two_processes_agree_on_the_preemption_step(tmp_path):

@@ -101,9 +101,8 @@ def agree_max(*values: int) -> tuple[int, ...]:
   """Element-wise max over processes (identity on one process): bucket sizes every host agrees on."""
   if jax.process_count() == 1:
     return tuple(int(v) for v in values)
-  from jax.experimental import multihost_utils
-  got = multihost_utils.process_allgather(np.asarray(values, np.int64))
-  return tuple(int(v) for v in np.asarray(got).reshape(jax.process_count(), -1).max(axis=0))
+  from earlyrl_jax.parallel.distributed import host_allgather
+  return tuple(int(v) for v in host_allgather(values).max(axis=0))
 
 
 def any_process(flag: bool) -> bool:

@@ -26,7 +26,6 @@ from typing import Any
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -132,9 +131,8 @@ class Checkpointer:
       warnings.warn("JAX's preemption service is off (jax_enable_preemption_service); "
                     "hosts agree on preemption through a per-step all-gather instead")
       self._warned = True
-    from jax.experimental import multihost_utils
-    flags = multihost_utils.process_allgather(np.int32(self._sigterm))
-    return bool(np.max(flags))
+    from earlyrl_jax.parallel.distributed import host_allgather
+    return bool(host_allgather([int(self._sigterm)]).max())
 
   def wait(self) -> None:
     self._mngr.wait_until_finished()
