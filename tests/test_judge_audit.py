@@ -26,9 +26,9 @@ def test_pair_agreement_by_pair_kind_by_hand():
   assert got["original_vs_rollout"] == {"agreement": pytest.approx(2 / 3), "pairs": 3}
   assert got["rollout_vs_rollout"] == {"agreement": 0.5, "pairs": 1}
   assert got["agreement"] == pytest.approx(2.5 / 4) and got["pairs"] == 4
-  # NaN rewards (padding slots of ragged groups) are never counted
+  # NaN rewards (padding slots of ragged groups) are never counted; no pair left: null
   judge[1, 2] = np.nan
-  assert JA.pair_agreement(judge, oracle)["rollout_vs_rollout"]["pairs"] == 0
+  assert JA.pair_agreement(judge, oracle)["rollout_vs_rollout"] == {"agreement": None, "pairs": 0}
 
 
 def test_audit_reports_both_pairs_oracle_scores():
@@ -75,7 +75,7 @@ def test_oracle_judge_agrees_with_itself_end_to_end(world_run, tmp_path):
   assert (a["groups"], a["candidates"], a["rollouts"]) == (8, 4, 3)  # original + sip.num_rollouts
   assert a["axes"]["quality"]["pairs"] > 0
   for axis in a["axes"].values():
-    assert axis["pairs"] == 0 or axis["agreement"] == 1.0
+    assert axis["pairs"] == 0 and axis["agreement"] is None or axis["agreement"] == 1.0
   assert a["judge_pair"] == a["oracle_pair"]
 
 

@@ -57,10 +57,11 @@ def pair_agreement(judge_GxC: np.ndarray, oracle_GxC: np.ndarray, *, eps: float 
         continue
       hits[PAIR_KINDS[0] if x == 0 else PAIR_KINDS[1]].append(
           0.5 if abs(dj) <= eps else float(np.sign(dj) == np.sign(do)))
+  share = lambda v: float(np.mean(v)) if v else None  # None (JSON null): no pair to judge
   every = hits[PAIR_KINDS[0]] + hits[PAIR_KINDS[1]]
-  out: dict[str, Any] = {"agreement": float(np.mean(every)) if every else float("nan"), "pairs": len(every)}
+  out: dict[str, Any] = {"agreement": share(every), "pairs": len(every)}
   for k in PAIR_KINDS:
-    out[k] = {"agreement": float(np.mean(hits[k])) if hits[k] else float("nan"), "pairs": len(hits[k])}
+    out[k] = {"agreement": share(hits[k]), "pairs": len(hits[k])}
   return out
 
 
@@ -105,7 +106,7 @@ def format_audit(a: dict[str, Any]) -> str:
            "agreement = share of the pairs the oracles order that the judge orders alike"]
   lines.append(f"  {'axis':11s} {'all pairs':>16s} {'original/rollout':>18s} {'rollout/rollout':>18s}")
   for axis, r in a["axes"].items():
-    cell = lambda d: f"{d['agreement']:.3f} ({d['pairs']})"
+    cell = lambda d: "-" if d["agreement"] is None else f"{d['agreement']:.3f} ({d['pairs']})"
     lines.append(f"  {axis:11s} {cell(r):>16s} {cell(r[PAIR_KINDS[0]]):>18s} {cell(r[PAIR_KINDS[1]]):>18s}")
   for who in ("judge_pair", "oracle_pair"):
     p = a[who]
