@@ -117,9 +117,8 @@ def format_audit(a: dict[str, Any]) -> str:
 
 
 def _teacher_dir(cfg, run_dir: str) -> str:
-  if cfg.teacher.path:
-    return cfg.teacher.path
-  return os.path.join(cfg.teacher.workdir or os.path.join(run_dir, "teacher_run"), "teacher")
+  from earlyrl_jax.train.sip import teacher_workdir
+  return cfg.teacher.path or os.path.join(teacher_workdir(cfg, run_dir), "teacher")
 
 
 def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", num_prefixes: int = 64,

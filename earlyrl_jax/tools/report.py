@@ -56,7 +56,7 @@ def run_config(cfg, workdir: str, name: str, seed: int, *, base_dir: str, tokeni
   sub.seed = seed
   sub.world_dir = loop.world_dir_of(cfg, workdir)
   sub.data.tokenizer_path = tokenizer_path
-  sub.teacher.workdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+  sub.teacher.workdir = sip.teacher_workdir(cfg, workdir)
   sub.eval_world_prompts = 0  # the report evaluates every final model itself, alike
   if name == "base":
     sub.mode = "pretrain"

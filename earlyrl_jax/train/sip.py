@@ -369,6 +369,11 @@ def _check_teacher_fits(path: str, mesh, field: str) -> None:
                               f"not divisible by it")
 
 
+def teacher_workdir(cfg, workdir: str) -> str:
+  """Where the embedded teacher is trained and reused: `teacher.workdir`, or WORKDIR/teacher_run."""
+  return cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+
+
 def load_teacher_for(cfg, workdir: str, mesh):
   """The configured teacher: `teacher.path`, or the embedded teacher (trained once, then reused).
 
@@ -381,7 +386,7 @@ def load_teacher_for(cfg, workdir: str, mesh):
     path = cfg.teacher.path
   else:
     from earlyrl_jax.teacher import train_teacher
-    tdir = cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
+    tdir = teacher_workdir(cfg, workdir)
     train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
     path = os.path.join(tdir, "teacher")
   _check_teacher_fits(path, tmesh, field)
