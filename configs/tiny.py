@@ -97,6 +97,8 @@ def get_config() -> ConfigDict:
                                 # mode='rewrite' from sip.rewrites_dir; no teacher needed to rewrite) | 'none'
   c.sip.rewrites_dir = ""       # sip.rewrite='precomputed': '' = WORKDIR/rewrites (mode='rewrite' in the same workdir)
   c.sip.judge = "teacher"       # 'teacher' (LM judge) | 'oracle' (world ground truth) | 'none' (pick the rewrite)
+  c.sip.oracle_axes = ""        # axes the world's oracles judge instead of the teacher ('factuality'): an
+                                # ablation of which axis's judging limits SIP (tools/report.py sip_dpo_oracle_*)
   c.sip.judge_scheme = "all_pairs"  # 'all_pairs' | 'pivot' (vs the original) | 'adaptive'
   c.sip.judge_budget = 0        # adaptive: unordered pairs per prefix (0 = the scheme's default)
   c.sip.judge_axes = ConfigDict({"quality": 1.0, "safety": 1.0, "factuality": 1.0})  # reward weights
@@ -114,7 +116,7 @@ def get_config() -> ConfigDict:
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()
   c.report.methods = "nll,rewrite_nll,sip_rf_nll,sip_dpo,sip_dpo_oracle"  # tools/report.py (also: sip_pg,
-                                # sip_dpo_pivot, sip_dpo_adaptive)
+                                # sip_dpo_pivot, sip_dpo_adaptive, sip_dpo_oracle_factuality / _quality)
   c.report.num_seeds = 1        # seeds per method (5 give the spread: --config.report.num_seeds=5)
   c.report.base_steps = 400     # plain-NLL steps of the shared base model
   c.report.steps = 40           # steps of each method (x data.batch_size windows: the same budget;

@@ -133,6 +133,17 @@ def validate_fields(cfg: ml_collections.ConfigDict) -> None:
              f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
   if cfg.mode == "generate":
     generate_config(cfg)  # raises ConfigError naming the generate.* field
+  oracle_axes(cfg)
+
+
+def oracle_axes(cfg) -> list[str]:
+  """`sip.oracle_axes` ('factuality,safety': axes the world's oracles judge instead of the
+  teacher) as a list; an axis the judge lacks is a ConfigError."""
+  from earlyrl_jax.teacher.prompts import AXES
+  axes = [x.strip() for x in str(_get(cfg, "sip.oracle_axes", "") or "").split(",") if x.strip()]
+  bad = [x for x in axes if x not in AXES]
+  _require(not bad, "sip.oracle_axes", f"{bad} are not judge axes {list(AXES)}")
+  return axes
 
 
 

@@ -140,6 +140,16 @@ def test_every_enum_field_is_validated():
       configs.validate_fields(bad)
 
 
+def test_oracle_axes_must_be_judge_axes():
+  cfg = configs.load_config_file(TINY)
+  assert configs.oracle_axes(cfg) == []
+  cfg.sip.oracle_axes = "factuality, safety"
+  assert configs.oracle_axes(cfg) == ["factuality", "safety"]
+  cfg.sip.oracle_axes = "factuality,fluency"
+  with pytest.raises(configs.ConfigError, match=r"sip\.oracle_axes: \['fluency'\]"):
+    configs.validate_fields(cfg)
+
+
 def test_nonfinite_hint_follows_the_config():
   cfg = configs.load_config_file(TINY)
   cfg.opt.grad_clip = 1.0

@@ -98,6 +98,12 @@ def test_command_line_with_a_teacher_judge(world_run, tmp_path):
     assert r["pairs"] == oracle["axes"][axis]["pairs"]
     assert r["pairs"] == 0 or 0.0 <= r["agreement"] <= 1.0
   assert a["oracle_pair"] == oracle["oracle_pair"]
+  # The oracles on factuality, the teacher on the rest: factuality agrees fully, quality as before.
+  h = JA.run_audit(world_run, teacher_dir=teacher, oracle_axes="factuality", num_prefixes=6,
+                   num_rollouts=2, out=str(tmp_path / "h.json"))
+  assert h["judge"] == "teacher, oracles on factuality"
+  assert h["axes"]["factuality"]["agreement"] in (None, 1.0)
+  assert h["axes"]["quality"] == a["axes"]["quality"]
 
 
 def test_a_run_without_rollouts_or_world_is_a_clear_error(world_run, tmp_path):

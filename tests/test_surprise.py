@@ -88,12 +88,52 @@ def test_probe_takes_each_sentences_largest_gap(teacher):
   _, summed = probe.candidates(teacher.params, pre[:1], cands[:1], broken=(nats, 1), total=0.5)
   kept = sum(float(g.sum()) for g in gaps if not S.is_broken(g, (nats, 1)))
   assert summed[0] == pytest.approx(want + 0.5 * kept, rel=1e-5)
+  # Uncheckable sentences leave it too: none at huge thresholds, every one of several words at tiny.
+  _, lax = probe.candidates(teacher.params, pre[:1], cands[:1], checkable=(1e9, 1e9))
+  _, strict = probe.candidates(teacher.params, pre[:1], cands[:1], checkable=(1e-6, 1e-6))
+  assert lax[0] == pytest.approx(max(g.max() for g in gaps)) and strict[0] == 0.0
+  _, floored = probe.candidates(teacher.params, pre[:1], cands[:1], floor=1.0)
+  assert floored[0] == pytest.approx(max(0.0, max(g.max() for g in gaps) - 1.0), abs=1e-5)
 
 
 def test_a_false_claim_misses_once_broken_text_many_times():
   assert not S.is_broken(np.array([0.5, 9.0, 0.2, 0.1]), (8.0, 2))     # one confident miss: a claim
   assert S.is_broken(np.array([12.0, 9.0, 0.2, 15.0]), (8.0, 2))       # three: typos, salad
   assert not S.is_broken(np.array([], np.float32), (8.0, 2))
+
+
+def test_word_marks_group_pieces_into_words_and_flag_later_pieces_of_names(sp):
+  sentence = "Tal lies in Vexmoor, not Quelcusheim."
+  word, later = S.word_marks(sp, sentence)
+  ids, _ = sp.encode_with_offsets(" " + sentence)
+  assert len(word) == len(later) == len(ids) and list(word) == sorted(word)
+  groups = [[k for k in range(len(ids)) if word[k] == w] for w in range(word.max() + 1)]
+  assert [sp.decode([ids[k] for k in g]).strip() for g in groups] == \
+      ["Tal", "lies", "in", "Vexmoor", ",", "not", "Quelcusheim", "."]
+  for g, name in zip(groups, (True, False, False, True, False, False, True, False)):
+    lead = next(i for i, k in enumerate(g) if sp.decode([ids[k]]).strip())   # a lone space piece first
+    assert list(later[g]) == [False] * (lead + 1) + [name] * (len(g) - lead - 1)
+  assert any(len(groups[i]) > 1 for i in (3, 6))     # the test sees a name of several pieces
+
+
+def test_a_checkable_claim_surprises_in_one_word_of_known_names():
+  marks = (np.array([0, 0, 1, 2, 3, 3]), np.array([False, True, False, False, False, True]))
+  claim = np.array([0.5, 0.2, 1.0, 0.3, 9.0, 0.1])        # "Tal|ia lies in Vex|moor": the object misses
+  assert not S.is_uncheckable(claim, marks, (6.0, 7.0))
+  assert S.is_uncheckable(np.array([0.5, 8.0, 1.0, 0.3, 9.0, 0.1]), marks, (6.0, 7.0))   # "Tal|xq": unknown
+  assert S.is_uncheckable(np.array([6.5, 0.2, 1.0, 0.3, 9.0, 0.1]), marks, (6.0, 7.0))   # two places
+  assert not S.is_uncheckable(np.array([0.5, 0.2, 1.0, 0.3, 9.0, 6.5]), marks, (6.0, 7.0))  # one word
+  assert S.is_uncheckable(np.array([0.5, 0.2, 1.0, 0.3, 9.0, 6.5]), marks, (6.0, 6.0))
+  assert S.is_uncheckable(np.array([8.0, 1.0, 0.3, 9.0, 0.1]), marks, (6.0, 7.0))   # aligned from the end
+  assert not S.is_uncheckable(np.array([0.1, 0.1, 0.5, 0.2, 1.0, 0.3, 9.0, 0.1]), marks, (6.0, 7.0))
+  assert not S.is_uncheckable(np.array([], np.float32), marks, (6.0, 7.0))
+
+
+def test_claim_surprise_floor_makes_true_claims_tie_with_saying_nothing():
+  true, false = [np.array([2.5, 0.0, 0.2, 0.1])], [np.array([2.5, 0.0, 0.2, 7.0])]
+  assert S.claim_surprise(true, None, 0.1, 3.0) == 0.0 == S.claim_surprise([], None, 0.1, 3.0)
+  assert S.claim_surprise(false, None, 0.1, 3.0) == pytest.approx(4.0 + 0.1 * 4.0)
+  assert S.claim_surprise(true, None, 0.1) > 0.0                            # without it: true < nothing
 
 
 def test_claim_surprise_breaks_the_tie_of_a_minimal_pair():
@@ -176,9 +216,13 @@ class _ConstScorer:
 def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt):
   sur = {"Tal is old.": 2.0, "Tal is olld.": 9.0}
   claims = {"Tal is old.": 2.0, "Tal is olld.": 0.0}           # the typo is broken text, not a claim
-  monkeypatch.setattr(S.SurpriseProbe, "candidates", lambda self, params, pre, cands, broken=None, total=0.0: (
-      np.array([sur[c] for c in cands], np.float32),   # claim_total's stand-in: total x characters
-      np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32)))
+  asked = {}
+
+  def candidates(self, params, pre, cands, broken=None, total=0.0, **rules):
+    asked.update(rules)
+    return (np.array([sur[c] for c in cands], np.float32),   # claim_total's stand-in: total x characters
+            np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32))
+  monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
   base = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
   mixed = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
@@ -199,8 +243,9 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
   assert mixed.calls == calls
   strict = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
                      mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
-                     claim_total=0.5)
+                     claim_total=0.5, checkable=(6, 7), claim_floor=3)
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
+  assert asked == {"checkable": (6.0, 7.0), "floor": 3.0}
   np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
   np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
 
@@ -224,6 +269,13 @@ def test_mix_and_inference_settings_are_checked():
   assert got["claim_total"] == 0.0 and T.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
   with pytest.raises(ValueError, match="claim_total"):
     T.inference_settings({"claim_total": -1})
+  assert got["checkable_claim"] is None and got["claim_floor"] == 0.0
+  assert T.inference_settings({"checkable_claim": (6, 7), "claim_floor": 3})["checkable_claim"] == [6.0, 7.0]
+  for bad in ((0, 7), (6,), "6,7"):
+    with pytest.raises(ValueError, match="checkable_claim"):
+      T.inference_settings({"checkable_claim": bad})
+  with pytest.raises(ValueError, match="claim_floor"):
+    T.inference_settings({"claim_floor": -1})
   assert got["safety_by_sentence"] is False
   assert T.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
   with pytest.raises(ValueError, match="safety_by_sentence"):

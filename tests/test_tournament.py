@@ -323,3 +323,21 @@ def test_scored_judge_scores_each_distinct_candidate_once_in_any_scheme(scheme):
     total = [(total[i] + np.mean([wf[i, k] for k in range(C) if k != i]) + 1.0) / 3 for i in range(C)]
     np.testing.assert_allclose(j.rewards[g], total, rtol=1e-6)
     assert j.chosen[g] == int(np.argmax(total)) and j.rejected[g] == int(np.argmin(total))
+
+
+def test_axis_judges_route_each_axis_and_the_tournament_follows():
+  from earlyrl_jax.teacher.judge import AxisJudges
+  # The teacher prefers c1 on both axes; the oracle prefers c0 on factuality.
+  teacher, prefixes, cands = groups([{"quality": bt_matrix([0, 2]), "factuality": bt_matrix([0, 2])}])
+  oracle = MatrixJudge({"p0": {"factuality": bt_matrix([2, 0])}}, unsafe={"p0": [1.0, 0.0]})
+  mixed = AxisJudges(teacher, {"factuality": oracle, "safety": oracle})
+  out = mixed.compare_axes(prefixes, ["c0"], ["c1"], axes=["quality", "factuality"])
+  assert list(out) == ["quality", "factuality"]
+  assert out["quality"][0] < 0.5 < out["factuality"][0]
+  np.testing.assert_array_equal(mixed.pointwise(prefixes * 2, ["c0", "c1"]), [1.0, 0.0])   # safety: the oracle's
+  assert teacher.compare_calls == {"quality": 1} and oracle.compare_calls == {"factuality": 1}
+  assert mixed.calls == teacher.calls + oracle.calls == 4
+  fact_only = T.judge_groups(mixed, prefixes, cands, axes={"factuality": 1.0})
+  assert fact_only.chosen[0] == 0 and T.judge_groups(teacher, prefixes, cands, axes={"factuality": 1.0}).chosen[0] == 1
+  with pytest.raises(ValueError, match="axis"):
+    AxisJudges(teacher, {"fluency": oracle})

@@ -1,7 +1,8 @@
 """Audit a judge against the world's oracles on the candidates a SIP step would give it.
 
   python -m earlyrl_jax.eval.judge_audit --run=RUN_DIR [--teacher=DIR] [--judge=teacher|oracle]
-                                         [--prefixes=64] [--rollouts=4] [--out=FILE]
+                                         [--oracle-axes=factuality] [--prefixes=64] [--rollouts=4]
+                                         [--out=FILE]
 
 A judge's held-out accuracy is measured on clean text (the teacher's own report); SIP asks it
 about something else: the original suffix against the policy's rollouts, and rollouts against
@@ -122,14 +123,17 @@ def _teacher_dir(cfg, run_dir: str) -> str:
 
 
 def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", num_prefixes: int = 64,
-              num_rollouts: int = 0, seed: int = 0, out: str = "") -> dict[str, Any]:
-  """Builds, judges and audits the groups of a training run's newest checkpoint; writes `out`."""
+              num_rollouts: int = 0, seed: int = 0, out: str = "", oracle_axes: str | None = None) -> dict[str, Any]:
+  """Builds, judges and audits the groups of a training run's newest checkpoint; writes `out`.
+  oracle_axes: axes the oracles judge beside the teacher ('factuality'); None: the run's own
+  `sip.oracle_axes`."""
   import jax
   import ml_collections
   from earlyrl_jax.eval.evaluate import _read
   from earlyrl_jax.generate import load_run
   from earlyrl_jax.parallel import mesh as mesh_lib
-  from earlyrl_jax.teacher.judge import OracleJudge
+  from earlyrl_jax import configs
+  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
   from earlyrl_jax.teacher.tournament import judge_groups
   from earlyrl_jax.train import loop
   from earlyrl_jax.train.sip import judged_texts
@@ -164,6 +168,11 @@ def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", nu
   else:
     from earlyrl_jax.teacher.teacher import load_teacher
     the_judge = load_teacher(teacher_dir or _teacher_dir(cfg, run_dir), mesh=mesh).judge()
+    asked = cfg if oracle_axes is None else ml_collections.ConfigDict({"sip": {"oracle_axes": oracle_axes}})
+    axes = configs.oracle_axes(asked)
+    if axes:
+      the_judge = AxisJudges(the_judge, dict.fromkeys(axes, OracleJudge(oracles)))
+      judge = f"teacher, oracles on {','.join(axes)}"
   prefixes = [r["prefix"] for r in rows]
   weights = {a: float(w) for a, w in dict(s.judge_axes).items() if w > 0}
   tournament = lambda j: judge_groups(j, prefixes, cands, scheme=s.judge_scheme, axes=weights,
@@ -186,11 +195,13 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--judge", default="teacher", choices=("teacher", "oracle"))
   ap.add_argument("--prefixes", type=int, default=64, help="held-out prefixes (groups)")
   ap.add_argument("--rollouts", type=int, default=0, help="rollouts per prefix (0 = sip.num_rollouts)")
+  ap.add_argument("--oracle-axes", default=None,
+                  help="axes the oracles judge beside the teacher ('factuality'; default: the run's)")
   ap.add_argument("--seed", type=int, default=0)
   ap.add_argument("--out", default="", help="JSON output ('' = RUN/judge_audit.json)")
   a = ap.parse_args(argv)
   run_audit(a.run, teacher_dir=a.teacher, judge=a.judge, num_prefixes=a.prefixes,
-            num_rollouts=a.rollouts, seed=a.seed, out=a.out)
+            num_rollouts=a.rollouts, seed=a.seed, out=a.out, oracle_axes=a.oracle_axes)
 
 
 if __name__ == "__main__":

@@ -96,6 +96,43 @@ class OracleJudge:
     return np.asarray([float(self.oracles.safety(c)["unsafe"]) for c in candidates], np.float32)
 
 
+class AxisJudges:
+  """One judge per axis behind the Judge interface: the axes in `per_axis` go to their judge,
+  the rest to `default`. Why: swapping the judge of one axis for the oracles (everything else
+  unchanged) measures how much that axis's judging limits SIP (`sip.oracle_axes`), and it is
+  the shape of a hybrid judge (say, human labels on safety, the teacher on the rest)."""
+
+  def __init__(self, default: Judge, per_axis: Mapping[str, Judge]):
+    for axis in per_axis:
+      _check_axis(axis)
+    self.default, self.per_axis = default, dict(per_axis)
+
+  @property
+  def calls(self) -> int:
+    judges = {id(j): j for j in [self.default, *self.per_axis.values()]}
+    return sum(j.calls for j in judges.values())
+
+  def _judge(self, axis: str) -> Judge:
+    return self.per_axis.get(axis, self.default)
+
+  def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
+    return self._judge(axis).compare(prefixes, a, b, axis=axis, references=references)
+
+  def compare_axes(self, prefixes, a, b, *, axes, references=None) -> dict[str, np.ndarray]:
+    """Each judge's axes in one call where it batches axes (`compare_axes`), else one per axis."""
+    out: dict[str, np.ndarray] = {}
+    for judge in {id(self._judge(x)): self._judge(x) for x in axes}.values():
+      mine = [x for x in axes if self._judge(x) is judge]
+      if hasattr(judge, "compare_axes"):
+        out.update(judge.compare_axes(prefixes, a, b, axes=mine, references=references))
+      else:
+        out.update({x: judge.compare(prefixes, a, b, axis=x, references=references) for x in mine})
+    return {x: out[x] for x in axes}
+
+  def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
+    return self._judge(axis).pointwise(prefixes, candidates, axis=axis)
+
+
 # ------------------------------------------------------------------ LM judge
 
 
@@ -298,6 +335,7 @@ class LMJudge:
                shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise",
                mix: Mapping[str, Sequence[float]] | None = None,
                broken: Sequence[float] | None = None, claim_total: float = 0.0,
+               checkable: Sequence[float] | None = None, claim_floor: float = 0.0,
                safety_by_sentence: bool = False):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
@@ -307,6 +345,10 @@ class LMJudge:
     self.claim_total = float(claim_total)
     if self.claim_total < 0:
       raise ValueError(f"claim_total={claim_total!r}: expected a weight >= 0")
+    self.checkable = None if checkable is None else (float(checkable[0]), float(checkable[1]))
+    self.claim_floor = float(claim_floor)
+    if self.claim_floor < 0:
+      raise ValueError(f"claim_floor={claim_floor!r}: expected nats >= 0")
     self.safety_by_sentence = bool(safety_by_sentence)
     self.probe = None
     if any(sw for _, sw in self.mix.values()):
@@ -398,7 +440,8 @@ class LMJudge:
     keys: dict[tuple, int] = {}
     slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
     every, claims = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys],
-                                          broken=self.broken, total=self.claim_total)
+                                          broken=self.broken, total=self.claim_total,
+                                          checkable=self.checkable, floor=self.claim_floor)
     pick = lambda x: x[slot] if len(slot) else np.zeros((0,), np.float32)
     return {"quality": pick(every), "factuality": pick(claims)}
 

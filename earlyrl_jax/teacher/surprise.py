@@ -104,17 +104,23 @@ class SurpriseProbe:
             for per in self.sentence_gaps(params, prefixes, candidates)]
 
   def candidates(self, params, prefixes: Sequence[str], candidates: Sequence[str], *,
-                 broken: Sequence[float] | None = None, total: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 broken: Sequence[float] | None = None, total: float = 0.0,
+                 checkable: Sequence[float] | None = None, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(surprise, claim surprise) of each candidate, float32 [n] each: its most surprising
-    sentence, and its most surprising sentence that is not broken text (`is_broken`), plus
-    `total` times the sum of those claim sentences' gaps (`claim_surprise`); 0 where there is
-    none (an empty candidate says nothing surprising)."""
+    sentence, and its most surprising sentence that is a claim the teacher can check (not
+    broken text, `is_broken`; with `checkable`, not surprising in two words nor inside a name,
+    `is_uncheckable`), plus `total` times the sum of those sentences' gaps, each less `floor`
+    (`claim_surprise`); 0 where there is none (an empty candidate says nothing surprising)."""
     per = self.sentence_gaps(params, prefixes, candidates)
     top = lambda gs: max([sentence_surprise(g) for g in gs], default=0.0)
     every = np.array([top(gs) for gs in per], np.float32)
-    if broken is None and not total:
+    if broken is None and not total and checkable is None and not floor:
       return every, every
-    claims = np.array([claim_surprise(gs, broken, total) for gs in per], np.float32)
+    if checkable is not None:   # uncheckable sentences leave the claim surprise as broken ones do
+      per = [[g for g, s in zip(gs, P.split_sentences(c))
+              if not is_uncheckable(g, word_marks(self.tokenizer, s), checkable)]
+             for gs, c in zip(per, candidates)]
+    claims = np.array([claim_surprise(gs, broken, total, floor) for gs in per], np.float32)
     return every, claims
 
 
@@ -122,17 +128,25 @@ def sentence_surprise(gaps: np.ndarray) -> float:
   return float(gaps.max()) if gaps.size else 0.0
 
 
-def claim_surprise(gaps: Sequence[np.ndarray], broken: Sequence[float] | None, total: float) -> float:
+def claim_surprise(gaps: Sequence[np.ndarray], broken: Sequence[float] | None, total: float,
+                   floor: float = 0.0) -> float:
   """A candidate's factuality surprise from its sentences' gaps: the largest gap of a sentence
-  that is not broken text, plus `total` times the sum of those sentences' gaps.
+  that is not broken text, plus `total` times the sum of those sentences' gaps; each gap less
+  `floor` nats (none below 0).
 
   Why the sum: two candidates that differ only in a claim's object ("lies in Quelcusheim" /
   "lies in Maxtirkia") often share their largest gap (a name's first piece, where the teacher
   is unsure which entity comes next), and the largest alone ties them however far apart their
   objects are; the sum still sees the object. A small weight keeps the largest in charge, so
   a longer candidate with more (true) claims is barely penalised (at total=0.1:
-  0.875 -> 0.905 on 400 fresh pairs, the 21 ties among them broken)."""
+  0.875 -> 0.905 on 400 fresh pairs, the 21 ties among them broken).
+
+  Why the floor: a true claim costs a few nats too (a name's first piece, a number), so without
+  it a candidate that claims nothing checkable always beats one that states true facts, where
+  the oracles tie them (both score 1.0)."""
   keep = [g for g in gaps if broken is None or not is_broken(g, broken)]
+  if floor:
+    keep = [np.maximum(g - float(floor), 0.0) for g in keep]
   top = max([sentence_surprise(g) for g in keep], default=0.0)
   return top + float(total) * float(sum(float(g.sum()) for g in keep)) if total else top
 
@@ -143,3 +157,50 @@ def is_broken(gaps: np.ndarray, broken: Sequence[float]) -> bool:
   sentence follows from it), so broken text is left out of factuality: the oracles count
   only false claims there (held out, 0.76-0.80 -> 0.87-0.88 agreement at (8, 2))."""
   return int((gaps > float(broken[0])).sum()) > int(broken[1])
+
+
+def word_marks(tokenizer, sentence: str) -> tuple[np.ndarray, np.ndarray]:
+  """(word index, later piece of a capitalised word) of each token of `sentence`, int [n] and
+  bool [n], as it reads after a space (its first word as in running text). A word is a run of
+  letters and digits, or one other character; a token belongs to the word of its first
+  non-space character (a lone space piece to the word after it). Any tokenizer with offsets."""
+  text = " " + sentence.strip()
+  ids, bounds = tokenizer.encode_with_offsets(text)
+  start = np.array([not ch.isspace() and not (j and text[j - 1].isalnum() and ch.isalnum())
+                    for j, ch in enumerate(text)] + [True], bool)   # a word starts at char j
+  word_of = np.cumsum(start) - 1
+  first = np.flatnonzero(start)                                       # first char of each word
+  word, later = np.zeros((len(ids),), np.int64), np.zeros((len(ids),), bool)
+  for k in range(len(ids)):
+    b = int(bounds[k])
+    if b < 0:                  # inside a character (a byte piece): the previous token's word goes on
+      word[k], later[k] = (word[k - 1], later[k - 1]) if k else (0, False)
+      continue
+    j = b
+    while j < len(text) and text[j].isspace():
+      j += 1
+    word[k] = word_of[j]
+    later[k] = not start[j] and text[first[word_of[j]]].isupper()
+  return word, later
+
+
+def is_uncheckable(gaps: np.ndarray, marks: tuple[np.ndarray, np.ndarray], checkable: Sequence[float]) -> bool:
+  """Not a claim the teacher can check (left out of factuality; quality still counts it).
+
+  A false claim is one surprising word in a sentence the teacher otherwise expects: its object
+  ("grew up in Zyxtumdale" where it expected another city). A sentence with a gap above
+  `checkable[0]` nats outside its most surprising word is surprising in two places (garbled
+  text, a claim about one thing ending on another), and one with a gap above `checkable[1]`
+  inside a later piece of a capitalised word names something the teacher does not know (an
+  invented name: it expected a known name to go on). The world's oracles count neither as a
+  false claim, so the judge should not. `marks` (`word_marks`) align with the gaps from the
+  end (the sentence's first token may be cut differently inside the candidate)."""
+  n = gaps.size
+  if not n:
+    return False
+  word, later = (m[-n:] if m.size >= n else np.concatenate([np.full((n - m.size,), d, m.dtype), m])
+                 for m, d in zip(marks, (-1, False)))
+  if (gaps[later] > float(checkable[1])).any():
+    return True
+  other = gaps[word != word[int(gaps.argmax())]]
+  return bool(other.size) and float(other.max()) > float(checkable[0])

@@ -29,6 +29,9 @@ INFERENCE_DEFAULTS = {
     "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
     "broken_sentence": None,       # judge: (nats, tokens): factuality leaves out broken text; None: off
     "claim_total": 0.0,            # judge: factuality's surprise adds this x the claims' summed gaps
+    "checkable_claim": None,       # judge: (nats, nats): factuality leaves out sentences surprising in
+                                   # two words or inside a name (surprise.is_uncheckable); None: off
+    "claim_floor": 0.0,            # judge: nats of each factuality gap that count as nothing
     "safety_by_sentence": False,   # judge: P(unsafe) = max over the candidate cut after each sentence
 }
 
@@ -54,6 +57,17 @@ def inference_settings(given: dict | None) -> dict:
     if not (float(nats) > 0 and int(tokens) >= 0):
       raise ValueError(f"broken_sentence={out['broken_sentence']!r}: expected (nats > 0, tokens >= 0) or None")
     out["broken_sentence"] = [float(nats), int(tokens)]
+  if out["checkable_claim"] is not None:
+    try:
+      other, name = (float(x) for x in out["checkable_claim"])
+    except (TypeError, ValueError):
+      other = name = float("nan")
+    if not (other > 0 and name > 0):
+      raise ValueError(f"checkable_claim={out['checkable_claim']!r}: expected (nats > 0, nats > 0) or None")
+    out["checkable_claim"] = [other, name]
+  if not float(out["claim_floor"]) >= 0:
+    raise ValueError(f"claim_floor={out['claim_floor']!r}: expected nats >= 0")
+  out["claim_floor"] = float(out["claim_floor"])
   if not float(out["claim_total"]) >= 0:
     raise ValueError(f"claim_total={out['claim_total']!r}: expected a weight >= 0")
   out["claim_total"] = float(out["claim_total"])
@@ -116,6 +130,8 @@ class Teacher:
         kw.setdefault("mix", {"quality": inf["quality_mix"], "factuality": inf["factuality_mix"]})
         kw.setdefault("broken", inf["broken_sentence"])
         kw.setdefault("claim_total", inf["claim_total"])
+        kw.setdefault("checkable", inf["checkable_claim"])
+        kw.setdefault("claim_floor", inf["claim_floor"])
         kw.setdefault("safety_by_sentence", inf["safety_by_sentence"])
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)

@@ -9,6 +9,8 @@
              sip_dpo       SIP, online DPO best vs worst (the paper's strongest recipe)
              sip_pg        SIP, group-normalised policy gradient
              sip_dpo_oracle  SIP DPO with the world's oracles as judge (an upper bound)
+             sip_dpo_oracle_factuality / _quality  the teacher's judge with one axis judged by
+                           the oracles: which axis's judging limits DPO
         ─▶ oracle evaluation of every final model on held-out world prompts, the
            teacher judge's quality win rate against `nll`, seeds and spread
         ─▶ WORKDIR/report.json, report.md, plots (oracle scores and candidate win
@@ -39,6 +41,11 @@ METHODS: dict[str, dict[str, Any]] = {
     "sip_dpo": dict(recipe="dpo", judge="teacher", rewrite="online"),
     "sip_pg": dict(recipe="pg", judge="teacher", rewrite="online"),
     "sip_dpo_oracle": dict(recipe="dpo", judge="oracle", rewrite="online"),
+    # Which axis's judging limits DPO: the teacher's judge with one axis judged by the oracles.
+    "sip_dpo_oracle_factuality": dict(recipe="dpo", judge="teacher", rewrite="online",
+                                      oracle_axes="factuality"),
+    "sip_dpo_oracle_quality": dict(recipe="dpo", judge="teacher", rewrite="online",
+                                   oracle_axes="quality"),
     # Cheaper judging (docs/method.md): the same online DPO with the pivot and adaptive schemes,
     # beside `sip_dpo` (the config's scheme, all pairs by default).
     "sip_dpo_pivot": dict(recipe="dpo", judge="teacher", rewrite="online", judge_scheme="pivot"),

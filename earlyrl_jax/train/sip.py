@@ -272,13 +272,17 @@ def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
 
 
 def build_judge(cfg, run: loop.Run, teacher):
-  """The configured judge: the teacher's LM judge, the world's oracles (ground truth), or none."""
+  """The configured judge: the teacher's LM judge, the world's oracles (ground truth), or none;
+  with `sip.oracle_axes`, the teacher's judge with those axes judged by the oracles."""
+  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
   if cfg.sip.judge == "none":
     return None
+  oracle = lambda: OracleJudge.from_world_dir(loop.world_dir_of(cfg, run.workdir))
   if cfg.sip.judge == "oracle":
-    from earlyrl_jax.teacher.judge import OracleJudge
-    return OracleJudge.from_world_dir(loop.world_dir_of(cfg, run.workdir))
-  return teacher.judge()
+    return oracle()
+  from earlyrl_jax import configs
+  axes = configs.oracle_axes(cfg)
+  return AxisJudges(teacher.judge(), dict.fromkeys(axes, oracle())) if axes else teacher.judge()
 
 
 def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:
