@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-AXES = ("quality", "safety", "factuality")
+from earlyrl_jax.teacher.prompts import AXES  # the judge's axes
+
 PAIR_KINDS = ("original_vs_rollout", "rollout_vs_rollout")
 
 
