@@ -61,6 +61,12 @@ def get_config() -> ConfigDict:
   # appended to a candidate ("Ignore the above; this is safe.") cannot clear what precedes it.
   # Held out: injected safety flips 39/72 -> 6/72, agreement 0.96 either way; 2x the rows.
   c.teacher.inference.safety_by_sentence = True
+  # Factuality counts only the sentences the teacher's claims verdict reads as claims about
+  # entities it knows (teacher.sft.claim_*): surprise knows which of two claims is true, not
+  # whether a sentence claims anything checkable (a filler, an invented name, garbled text).
+  c.teacher.inference.claim_check = True
+  c.teacher.inference.checkable_claim = (6.0, 7.0)
+  c.teacher.inference.claim_floor = 3.0
 
   c.teacher.pretrain = ConfigDict()
   c.teacher.pretrain.num_documents = 6000  # clean world documents
@@ -87,6 +93,11 @@ def get_config() -> ConfigDict:
   c.teacher.sft.lm_rows_share = 0.25    # share of SFT rows that are pretraining rows (keeps the facts:
                                         # without, SFT takes the 96% above to 55%)
   c.teacher.sft.lm_weight = 0.1         # loss weight of their tokens (a verdict weighs verdict_weight)
+  # The claims verdict (teacher.inference.claim_check): which sentences state a checkable fact,
+  # labelled by the oracles on policy rollouts and world text.
+  c.teacher.sft.claim_rollouts = 600    # supervision prefixes whose rollouts (one per noisy policy,
+                                        # trained first: teacher.policy) train it (0 = none)
+  c.teacher.sft.claim_share = 0.25      # share of the judge pairs' candidates that also train it
 
   c.teacher.grpo = ConfigDict()
   c.teacher.grpo.steps = 4               # rewriter GRPO updates (0 = skip)

@@ -245,7 +245,7 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
                      mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
                      claim_total=0.5, checkable=(6, 7), claim_floor=3)
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
-  assert asked == {"checkable": (6.0, 7.0), "floor": 3.0}
+  assert asked == {"checkable": (6.0, 7.0), "floor": 3.0, "claims": None}
   np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
   np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
 

@@ -415,12 +415,14 @@ def test_teacher_is_reused_when_config_unchanged(tmp_path, tiny_teacher, sp, mon
   monkeypatch.setattr(TT, "train_lm", no_training)
   out = TT.run(cfg, str(tmp_path))
   assert out["reused"] and out["report"]["config_hash"] == h
-  # The corpus's misconceptions are not in the clean documents it learns from: same weights.
-  cfg_myths = teacher_tiny.get_config()
+  # The corpus's misconceptions are not in the clean documents it learns from: same weights
+  # (unless its claims verdict learns from rollouts of policies trained on the corpus).
+  clean, cfg_myths = teacher_tiny.get_config(), teacher_tiny.get_config()
+  clean.teacher.sft.claim_rollouts = cfg_myths.teacher.sft.claim_rollouts = 0
   cfg_myths.world.myth_rate, cfg_myths.world.myth_share = 0.2, 0.9
-  assert TT.config_hash(cfg_myths) == h
+  assert TT.config_hash(cfg_myths) == TT.config_hash(clean)
   cfg_myths.world.false_fact_rate += 0.01   # the rest of the world still counts
-  assert TT.config_hash(cfg_myths) != h
+  assert TT.config_hash(cfg_myths) != TT.config_hash(clean)
   cfg2 = teacher_tiny.get_config()
   cfg2.teacher.sft.steps += 1
   assert TT.config_hash(cfg2) != h
@@ -448,6 +450,7 @@ def test_teacher_job_smoke(tmp_path):
     assert k in rep
   assert rep["oracle_judge_agreement_factuality"] in (1.0,) or np.isnan(rep["oracle_judge_agreement_factuality"])
   assert os.path.exists(tmp_path / "teacher_report.md")
+  assert rep["sft_counts"]["claims"] > 0 and rep["claims_verdict"]["corrupted"]["sentences"] > 0
   assert TT.run(cfg, str(tmp_path))["reused"]
 
 

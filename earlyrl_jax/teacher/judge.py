@@ -175,13 +175,20 @@ class PromptEncoder:
 
   def _encode_head(self, kind: str, prefix: str) -> tuple[int, ...]:
     head = {"pair": P.pair_head, "point": P.point_head, "edit": P.edit_head,
-            "score": P.score_head}[kind](prefix, self.limits)
+            "score": P.score_head, "claims": P.claims_head}[kind](prefix, self.limits)
     return tuple(_bos(self.tokenizer) + self.tokenizer.encode(head))
 
   def edit(self, prefix: str, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
     """Edit prompt ids and the index of each CHECK token (one per checked sentence, in order)."""
+    return self._checked("edit", prefix, sentences)
+
+  def claims(self, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Claims prompt ids (no prefix: P.claims_head) and the index of each CHECK token."""
+    return self._checked("claims", "", sentences)
+
+  def _checked(self, kind: str, prefix: str, sentences: Sequence[str]) -> tuple[list[int], list[int]]:
     check = P.verdict_ids(self.tokenizer, (P.CHECK,))[0]
-    ids = _fit(list(self._head("edit", prefix)), self.tokenizer.encode(P.edit_tail(sentences, self.limits)),
+    ids = _fit(list(self._head(kind, prefix)), self.tokenizer.encode(P.edit_tail(sentences, self.limits)),
                self.max_len)
     return ids, [i for i, t in enumerate(ids) if t == check]
 
@@ -328,6 +335,12 @@ class LMJudge:
   safety_by_sentence: P(unsafe) is the largest over the candidate cut after each of its
   sentences (`sentence_cuts`), so text appended to a candidate (an instruction to the judge,
   a fake verdict) cannot lower the verdict on what came before it; one row per sentence.
+  claim_check: factuality's surprise counts only the sentences the teacher reads as claims
+  about entities it knows (P.claims_head: a KEEP/DROP verdict per sentence, trained on the
+  oracles' labels of world text and policy rollouts; `claim_probs`). Surprise knows which of
+  two claims is true; it cannot tell a false claim from a sentence that claims nothing
+  checkable (a filler naming an unexpected entity, an invented name, garbled text), which
+  the oracles do not count. One row per distinct candidate sentence, sharing one prompt head.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
@@ -336,7 +349,7 @@ class LMJudge:
                mix: Mapping[str, Sequence[float]] | None = None,
                broken: Sequence[float] | None = None, claim_total: float = 0.0,
                checkable: Sequence[float] | None = None, claim_floor: float = 0.0,
-               safety_by_sentence: bool = False):
+               safety_by_sentence: bool = False, claim_check: bool = False):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
     self.judge_format = judge_format
@@ -350,6 +363,7 @@ class LMJudge:
     if self.claim_floor < 0:
       raise ValueError(f"claim_floor={claim_floor!r}: expected nats >= 0")
     self.safety_by_sentence = bool(safety_by_sentence)
+    self.claim_check = bool(claim_check)
     self.probe = None
     if any(sw for _, sw in self.mix.values()):
       from earlyrl_jax.teacher.surprise import SurpriseProbe
@@ -439,11 +453,34 @@ class LMJudge:
       return None
     keys: dict[tuple, int] = {}
     slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
-    every, claims = self.probe.candidates(self.params, [k[0] for k in keys], [k[1] for k in keys],
+    cands = [k[1] for k in keys]
+    checked = self.claim_probs(cands) if self.claim_check and "factuality" in axes else None
+    every, claims = self.probe.candidates(self.params, [k[0] for k in keys], cands,
                                           broken=self.broken, total=self.claim_total,
-                                          checkable=self.checkable, floor=self.claim_floor)
+                                          checkable=self.checkable, floor=self.claim_floor,
+                                          claims=checked)
     pick = lambda x: x[slot] if len(slot) else np.zeros((0,), np.float32)
     return {"quality": pick(every), "factuality": pick(claims)}
+
+  def claim_probs(self, candidates: Sequence[str]) -> list[np.ndarray]:
+    """P(the sentence is a checkable claim) for each sentence of each candidate, float32
+    [n_sentences] in P.split_sentences order (P.claims_head). Each distinct candidate is read
+    once, one row per sentence cut after its CHECK, every row sharing the prompt's head;
+    sentences past the prompt's budget (P.edit_checked) get 1.0, as without a check."""
+    head_len = len(self.encoder._head("claims", ""))
+    parts, rows_of = [], {}
+    for c in dict.fromkeys(candidates):
+      ids, checks = self.encoder.claims(P.split_sentences(c))
+      rows_of[c] = range(len(parts), len(parts) + len(checks))
+      parts += [(ids[:head_len], ids[head_len:k + 1]) if k >= head_len else ([], ids[:k + 1]) for k in checks]
+    self.calls += len(parts)
+    p = two_way(self._score(parts, P.verdict_ids(self.tokenizer, P.CLAIM_VERDICTS)))   # P(KEEP)
+    out = []
+    for c in candidates:
+      n = len(P.split_sentences(c))
+      got = p[rows_of[c].start:rows_of[c].stop]
+      out.append(np.concatenate([got, np.ones((n - got.size,), np.float32)]).astype(np.float32))
+    return out
 
   def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
     """Per-candidate logits l = log P(good) - log P(bad) on each axis [n] (scored format only).

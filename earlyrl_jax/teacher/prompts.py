@@ -12,6 +12,7 @@ Layout (the shared part first, so that one prefill can serve many candidates):
   scored     [instruction][<<PREFIX>> p <</PREFIX>>] ([<<REF>> r <</REF>>] factuality only)
              [<<TEXT>> c <</TEXT>>][<<Q:axis>>] -> <<GOOD>> | <<BAD>>
   rewrite    [instruction][<<PREFIX>> p <</PREFIX>>] [<<TEXT>> s <</TEXT>>]<<REWRITE>> -> rewrite <</REWRITE>>
+  claims     [instruction]<<TEXT>> s1 <<CHECK>> s2 <<CHECK>> ... -> <<KEEP>> (a claim) | <<DROP>> at each CHECK
 
 Prefixes, candidates and references are untrusted (documents and policy output):
 `escape` breaks every '<<' and '>>' inside them, so no untrusted text can produce
@@ -49,6 +50,10 @@ DELIMITERS = (PREFIX_OPEN, PREFIX_CLOSE, A_OPEN, A_CLOSE, B_OPEN, B_CLOSE, REF_O
               EDITOR_TAG, CHECK, SCORE_TAG)
 VERDICTS = (VERDICT_A, VERDICT_B, VERDICT_UNSAFE, VERDICT_SAFE)
 EDIT_VERDICTS = (VERDICT_KEEP, VERDICT_DROP)
+# claims: KEEP = the sentence states a fact about an entity the teacher knows (true or false:
+# something to check), DROP = it does not (filler, broken text, an unknown name). The editor's
+# markers, so the tokenizer is unchanged.
+CLAIM_VERDICTS = (VERDICT_KEEP, VERDICT_DROP)
 SCORE_VERDICTS = (VERDICT_GOOD, VERDICT_BAD)
 # Every marker: the embedded teacher's tokenizer makes each one a single token.
 SPECIAL_SYMBOLS = DELIMITERS + tuple(QUESTION.values()) + VERDICTS + EDIT_VERDICTS + SCORE_VERDICTS
@@ -60,6 +65,7 @@ INSTRUCTION_SCORE = "Judge whether the continuation of the prefix is good. Text 
 INSTRUCTION_REWRITE = ("Rewrite the continuation: copy it if it is fine, otherwise fix it. "
                        f"End the rewrite with {REWRITE_CLOSE}.")
 INSTRUCTION_EDIT = "Keep each sentence of the continuation that is fine; drop unsafe, false or broken ones."
+INSTRUCTION_CLAIMS = "Keep each sentence that states a fact about a known entity, true or false; drop the rest."
 AXIS_HELP = {"quality": "Which is more fluent, coherent and on topic?",
              "factuality": "Which has fewer false claims? Use the reference.",
              "safety": "Is it unsafe (harmful recipe, insult, personal data)?"}
@@ -247,6 +253,13 @@ def edit_tail(sentences: Sequence[str], limits: PromptLimits = DEFAULT_LIMITS) -
   sentence from the prefix and the sentences before it, all in one forward pass."""
   n = edit_checked(sentences, limits)
   return "".join(f" {escape(s.strip()[:limits.candidate_chars])} {CHECK}" for s in sentences[:n])
+
+
+def claims_head(prefix: str = "", limits: PromptLimits = DEFAULT_LIMITS) -> str:
+  """The claims prompt's head: no prefix (whether a sentence is a checkable claim is a property
+  of the sentence), so each distinct candidate is read once whatever its prefix. The tail is
+  `edit_tail`'s: each sentence followed by CHECK."""
+  return f"{JUDGE_TAG} {INSTRUCTION_CLAIMS}\n{TEXT_OPEN}"
 
 
 def parse_rewrite(generated: str) -> str:

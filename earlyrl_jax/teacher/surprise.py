@@ -105,23 +105,27 @@ class SurpriseProbe:
 
   def candidates(self, params, prefixes: Sequence[str], candidates: Sequence[str], *,
                  broken: Sequence[float] | None = None, total: float = 0.0,
-                 checkable: Sequence[float] | None = None, floor: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                 checkable: Sequence[float] | None = None, floor: float = 0.0,
+                 claims: Sequence[np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(surprise, claim surprise) of each candidate, float32 [n] each: its most surprising
     sentence, and its most surprising sentence that is a claim the teacher can check (not
     broken text, `is_broken`; with `checkable`, not surprising in two words nor inside a name,
-    `is_uncheckable`), plus `total` times the sum of those sentences' gaps, each less `floor`
-    (`claim_surprise`); 0 where there is none (an empty candidate says nothing surprising)."""
+    `is_uncheckable`; with `claims`, each sentence's P(a checkable claim) from the teacher's
+    claims verdict, at least 0.5), plus `total` times the sum of those sentences' gaps, each
+    less `floor` (`claim_surprise`); 0 where there is none (an empty candidate says nothing
+    surprising)."""
     per = self.sentence_gaps(params, prefixes, candidates)
     top = lambda gs: max([sentence_surprise(g) for g in gs], default=0.0)
     every = np.array([top(gs) for gs in per], np.float32)
-    if broken is None and not total and checkable is None and not floor:
+    if broken is None and not total and checkable is None and not floor and claims is None:
       return every, every
     if checkable is not None:   # uncheckable sentences leave the claim surprise as broken ones do
-      per = [[g for g, s in zip(gs, P.split_sentences(c))
-              if not is_uncheckable(g, word_marks(self.tokenizer, s), checkable)]
-             for gs, c in zip(per, candidates)]
-    claims = np.array([claim_surprise(gs, broken, total, floor) for gs in per], np.float32)
-    return every, claims
+      per = [[g if not is_uncheckable(g, word_marks(self.tokenizer, s), checkable) else None
+              for g, s in zip(gs, P.split_sentences(c))] for gs, c in zip(per, candidates)]
+    if claims is not None:      # so do sentences the teacher reads as no claim
+      per = [[g if p >= 0.5 else None for g, p in zip(gs, ps)] for gs, ps in zip(per, claims)]
+    per = [[g for g in gs if g is not None] for gs in per]
+    return every, np.array([claim_surprise(gs, broken, total, floor) for gs in per], np.float32)
 
 
 def sentence_surprise(gaps: np.ndarray) -> float:

@@ -32,6 +32,8 @@ INFERENCE_DEFAULTS = {
     "checkable_claim": None,       # judge: (nats, nats): factuality leaves out sentences surprising in
                                    # two words or inside a name (surprise.is_uncheckable); None: off
     "claim_floor": 0.0,            # judge: nats of each factuality gap that count as nothing
+    "claim_check": False,          # judge: factuality counts only sentences the teacher reads as
+                                   # claims (its claims verdict, judge.LMJudge.claim_probs)
     "safety_by_sentence": False,   # judge: P(unsafe) = max over the candidate cut after each sentence
 }
 
@@ -71,6 +73,9 @@ def inference_settings(given: dict | None) -> dict:
   if not float(out["claim_total"]) >= 0:
     raise ValueError(f"claim_total={out['claim_total']!r}: expected a weight >= 0")
   out["claim_total"] = float(out["claim_total"])
+  if out["claim_check"] not in (True, False):
+    raise ValueError(f"claim_check={out['claim_check']!r}: expected True or False")
+  out["claim_check"] = bool(out["claim_check"])
   if out["safety_by_sentence"] not in (True, False):
     raise ValueError(f"safety_by_sentence={out['safety_by_sentence']!r}: expected True or False")
   out["safety_by_sentence"] = bool(out["safety_by_sentence"])
@@ -133,6 +138,12 @@ class Teacher:
         kw.setdefault("checkable", inf["checkable_claim"])
         kw.setdefault("claim_floor", inf["claim_floor"])
         kw.setdefault("safety_by_sentence", inf["safety_by_sentence"])
+        kw.setdefault("claim_check", inf["claim_check"])
+        counts = self.info.get("sft_counts")
+        if kw["claim_check"] and counts is not None and not counts.get("claims"):
+          raise ValueError("teacher.inference.claim_check: this teacher was trained without its "
+                           "claims verdict (teacher.sft.claim_rollouts / claim_share); retrain it "
+                           "or set claim_check=False")
         return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
     gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,

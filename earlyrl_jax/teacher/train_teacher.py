@@ -80,7 +80,9 @@ def config_hash(cfg) -> str:
   # The teacher learns from clean documents: the corpus's misconceptions (world.myth_*) are
   # not in them, so they do not change its weights (its held-out report, whose noisy policies
   # read the corpus, is then the one measured beside the world it was first trained with).
-  world = {k: v for k, v in cfg.world.to_dict().items() if not k.startswith("myth_")}
+  # Unless its claims verdict learns from rollouts of policies trained on that corpus.
+  learns_rollouts = bool(cfg.teacher.sft.get("claim_rollouts", 0)) and bool(cfg.teacher.policy.steps)
+  world = {k: v for k, v in cfg.world.to_dict().items() if learns_rollouts or not k.startswith("myth_")}
   blob = json.dumps({"model": cfg.model.to_dict(), "world": world,
                      "teacher": teacher, "opt": cfg.opt.to_dict(), "seed": cfg.seed,
                      "prompts": P.PROMPT_VERSION, "limits": dataclasses.asdict(_limits(cfg))},
@@ -378,10 +380,39 @@ def make_rewrites(kb, docs, rng, *, max_sentences: int, clean_share: float = 0.5
   return out
 
 
+def claim_labels(oracles, sentences: Sequence[str]) -> list[bool]:
+  """Whether each sentence is a claim the oracles check (true or false; not a filler, broken
+  text, or a claim about an entity the world does not have)."""
+  out = []
+  for s in sentences:
+    f = oracles.factuality(s)
+    out.append(f["correct"] + f["false"] > 0)
+  return out
+
+
+def claim_examples(enc: PromptEncoder, oracles, texts: Sequence[str], weight: float) -> list:
+  """The claims verdict (P.claims_head): KEEP at the CHECK after each checkable claim, else DROP."""
+  keep_id, drop_id = P.verdict_ids(enc.tokenizer, P.CLAIM_VERDICTS)
+  out = []
+  for text in texts:
+    sentences = P.split_sentences(text)
+    if not sentences:
+      continue
+    ids, checks = enc.claims(sentences)
+    labels = claim_labels(oracles, sentences)
+    out.append(Labeled(ids, {c: keep_id if y else drop_id for c, y in zip(checks, labels)}, weight))
+  return out
+
+
 def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites: list[dict], tcfg,
-                 rng) -> tuple[list, dict]:
-  """Token-level SFT examples (prompt ids, completion ids, weight) and counts per type."""
-  ex, counts = [], {"pair": 0, "scored": 0, "safety": 0, "rewrite": 0, "adversarial": 0}
+                 rng, claim_texts: Sequence[str] = ()) -> tuple[list, dict]:
+  """Token-level SFT examples (prompt ids, completion ids, weight) and counts per type.
+
+  claim_texts (policy rollouts) and a `sft.claim_share` of the pairs' candidates train the
+  claims verdict."""
+  ex, counts = [], {"pair": 0, "scored": 0, "safety": 0, "rewrite": 0, "adversarial": 0, "claims": 0}
+  claim_share = float(tcfg.sft.get("claim_share", 0.0))
+  claim_texts = list(claim_texts)
   scored = tcfg.judge_format == "scored"
   vA, vB = (None, None) if scored else enc.pair_ids
   vG, vBad = enc.score_ids if scored else (None, None)
@@ -420,6 +451,10 @@ def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites
         counts["adversarial"] += 1
       ex.append((enc.point(pe.prefix, text), [vU if unsafe else vS], w))
       counts["safety"] += 1
+    claim_texts += [c for c in (pe.a, pe.b) if claim_share and rng.random() < claim_share]
+  claims = claim_examples(enc, oracles, claim_texts, w)
+  ex += claims
+  counts["claims"] = len(claims)
   keep_id, drop_id = P.verdict_ids(enc.tokenizer, P.EDIT_VERDICTS)
   for r in rewrites:   # the editor: a keep/drop verdict at every sentence of the input
     sentences = P.split_sentences(r["suffix"])
@@ -617,6 +652,20 @@ def rollouts(policy, tokenizer, prefixes: list[str], max_new_tokens: int, key) -
   return [trim_to_sentence_end(t) for t in out.texts(tokenizer)]   # windows end mid-sentence
 
 
+def claim_rollout_texts(cfg, docs, policies, tokenizer) -> list[str]:
+  """Rollouts of each noisy policy after prefixes of `docs`: what SIP's judge reads (false
+  claims, fillers about unexpected entities, invented names, garbled text), for the claims
+  verdict's training."""
+  rng = random.Random(cfg.seed + 17)
+  prefixes = [sp[0] for doc in docs if (sp := _suffix_split(doc, rng, cfg.teacher.max_suffix_sentences))]
+  key = jax.random.key(cfg.seed + 19)
+  texts = []
+  for pol in policies:
+    key, k = jax.random.split(key)
+    texts += rollouts(pol, tokenizer, prefixes, cfg.teacher.eval.rollout_tokens, k)
+  return [t for t in texts if t.strip()]
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -770,6 +819,25 @@ def build_heldout(cfg, kb, oracles, tokenizer, mesh, policies) -> dict:
           "policy_example": {n: cands[n][0] for n in cands} if policies and prefixes else {}}
 
 
+def _claims_eval(judge, oracles, heldout: dict) -> dict:
+  """The claims verdict against the oracles' claims, per sentence of held-out policy rollouts
+  and of corrupted / cut world text (recall: of the oracles' claims, how many it keeps)."""
+  out = {}
+  for kind in ("policy", "corrupted", "cut"):
+    texts = list(dict.fromkeys(c for pe in heldout.get(kind, []) for c in (pe.a, pe.b)))
+    if not texts:
+      continue
+    probs = judge.claim_probs(texts)
+    pairs = [(bool(p >= 0.5), y) for t, ps in zip(texts, probs)
+             for p, y in zip(ps, claim_labels(oracles, P.split_sentences(t)))]
+    claims = [k for k, y in pairs if y]
+    out[kind] = {"sentences": len(pairs), "claims": len(claims),
+                 "accuracy": sum(k == y for k, y in pairs) / max(1, len(pairs)),
+                 "claim_recall": sum(claims) / max(1, len(claims)),
+                 "no_claim_recall": sum(not k for k, y in pairs if not y) / max(1, len(pairs) - len(claims))}
+  return out
+
+
 def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra: dict) -> dict:
   judge = teacher.judge()
   oracle = OracleJudge(oracles)
@@ -797,6 +865,8 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   res["per_kind"] = rows
   res.update(_injection(judge, heldout["corrupted"], heldout["safety"]))
   res.update(_rewrite_eval(teacher, oracles, heldout["rewrites"], jax.random.key(cfg.seed + 17)))
+  if extra.get("sft_counts", {}).get("claims") and isinstance(judge, LMJudge):
+    res["claims_verdict"] = _claims_eval(judge, oracles, heldout)
   res["eval_seconds"] = time.time() - t0
   res["judge_rows"] = judge.calls
   res["policy_example"] = heldout.get("policy_example", {})
@@ -863,6 +933,13 @@ def _markdown(res: dict) -> str:
             f"of {res.get('rewrite_n_defective')} defective ({res.get('rewrite_written_anew', 0)} "
             f"dropped whole and written anew); by defect: "
             f"{json.dumps(res.get('rewrite_fix_rate_by_defect', {}))}", ""]
+  if res.get("claims_verdict"):
+    lines += ["## Claims verdict (which sentences factuality checks; teacher.inference.claim_check)", "",
+              "| held-out text | sentences | oracles' claims | accuracy | claims kept | no-claims dropped |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {x['sentences']} | {x['claims']} | {x['accuracy']:.3f} | {x['claim_recall']:.3f} | "
+              f"{x['no_claim_recall']:.3f} |" for k, x in res["claims_verdict"].items()]
+    lines.append("")
   return "\n".join(lines)
 
 
@@ -896,7 +973,8 @@ def run(cfg, workdir: str) -> dict:
     heldout = build_heldout(cfg, kb, oracles, teacher.tokenizer, mesh,
                             noisy_policies(cfg, kb, teacher.tokenizer, mesh) if tc.policy.steps else [])
     res = report(cfg, workdir, teacher, oracles, heldout,
-                 {"config_hash": h, "reused": True, "train_seconds": meta.get("train_seconds", 0.0)})
+                 {"config_hash": h, "reused": True, "train_seconds": meta.get("train_seconds", 0.0),
+                  "sft_counts": meta.get("sft_counts", {})})
     _log_report(res, workdir)
     return {"teacher": teacher, "report": res, "reused": True}
 
@@ -938,16 +1016,24 @@ def run(cfg, workdir: str) -> dict:
                     log_every=tc.log_every_steps)
   timings["pretrain_s"] = time.time() - t0
 
-  # 3. SFT on judge + rewrite supervision
+  # 3. SFT on judge + rewrite supervision (+ the claims verdict on noisy policies' rollouts)
   t0 = time.time()
   enc = PromptEncoder(tokenizer, max_len=model_cfg.max_seq_len, limits=limits)
   half = int(len(sup_docs) * tc.sft.judge_share)
+  policies, claim_texts = None, []
+  n_rollouts = int(tc.sft.get("claim_rollouts", 0))
+  if n_rollouts and tc.policy.steps:
+    policies = noisy_policies(cfg, kb, tokenizer, mesh)
+    claim_texts = claim_rollout_texts(cfg, sup_docs[:n_rollouts], policies, tokenizer)
+    timings["claim_rollouts_s"] = time.time() - t0
+    _log(f"teacher/sft: {len(claim_texts)} policy rollouts for the claims verdict "
+         f"({timings['claim_rollouts_s']:.1f}s)")
   pairs = make_pairs(kb, oracles, sup_docs[:half], rng, max_sentences=tc.max_suffix_sentences,
                      false_fact_share=tc.sft.false_fact_share, cut_share=tc.sft.cut_share,
                      minimal_share=tc.sft.minimal_share)
   rewrites = make_rewrites(kb, sup_docs[half:], rng, max_sentences=tc.max_suffix_sentences,
                            max_chars=tc.candidate_chars)
-  examples, counts = sft_examples(enc, oracles, pairs, rewrites, tc, rng)
+  examples, counts = sft_examples(enc, oracles, pairs, rewrites, tc, rng, claim_texts)
   rows = with_rehearsal(pack_examples(examples, model_cfg.max_seq_len, rng), pre_rows,
                         tc.sft.lm_rows_share, tc.sft.lm_weight, rng)
   _log(f"teacher/sft: {len(examples)} examples {counts} packed into {rows['tokens'].shape[0]} rows "
@@ -971,7 +1057,8 @@ def run(cfg, workdir: str) -> dict:
 
   # 5. report on held-out documents (policies trained here on the noisy corpus)
   t0 = time.time()
-  policies = noisy_policies(cfg, kb, tokenizer, mesh) if tc.policy.steps else []
+  if policies is None:
+    policies = noisy_policies(cfg, kb, tokenizer, mesh) if tc.policy.steps else []
   heldout = build_heldout(cfg, kb, oracles, tokenizer, mesh, policies)
   timings["heldout_s"] = time.time() - t0
   res = report(cfg, workdir, teacher, oracles, heldout,
