@@ -52,6 +52,14 @@ def set_fields(cfg, overrides: dict):
   return cfg
 
 
+def default_world():
+  """(world config, knowledge base, oracles) of the default synthetic world."""
+  from earlyrl_jax import world as W
+  cfg = W.default_world_config()
+  kb = W.build_kb(cfg)
+  return cfg, kb, W.Oracles(kb)
+
+
 def world_tokenizer(path: str, prompts: list[str], num_documents: int = 150, vocab_size: int = 400):
   """A SentencePiece tokenizer trained on clean world documents plus prompt markup (5 copies)."""
   from earlyrl_jax import world as W

@@ -16,14 +16,7 @@ from earlyrl_jax.teacher import prompts as P
 from earlyrl_jax.teacher import surprise as S
 from earlyrl_jax.teacher import teacher as T
 from earlyrl_jax.teacher import train_teacher as TT
-from tests.helpers import random_teacher, world_tokenizer
-
-
-@pytest.fixture(scope="module")
-def world():
-  cfg = W.default_world_config()
-  kb = W.build_kb(cfg)
-  return cfg, kb, W.Oracles(kb)
+from tests.helpers import default_world, random_teacher, world_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +35,8 @@ def _facts(kb):
   return true, false, f"Little else is recorded about {subj}.", unknown
 
 
-def test_the_oracles_label_true_and_false_claims_as_claims_and_nothing_else(world):
-  _, kb, oracles = world
+def test_the_oracles_label_true_and_false_claims_as_claims_and_nothing_else():
+  _, kb, oracles = default_world()
   true, false, filler, unknown = _facts(kb)
   assert TT.claim_labels(oracles, [true, false, filler, unknown, "Tal tal tal the of."]) == [
       True, True, False, False, False]
@@ -60,8 +53,8 @@ def test_claims_prompt_has_no_prefix_and_a_check_after_each_sentence(sp):
   assert P.claims_head("any prefix") == P.claims_head()        # a property of the sentence alone
 
 
-def test_claim_examples_put_keep_or_drop_at_each_check(world, sp):
-  _, kb, oracles = world
+def test_claim_examples_put_keep_or_drop_at_each_check(sp):
+  _, kb, oracles = default_world()
   true, false, filler, unknown = _facts(kb)
   enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 200, 100))
   keep, drop = P.verdict_ids(sp, P.CLAIM_VERDICTS)

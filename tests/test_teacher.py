@@ -15,14 +15,12 @@ from earlyrl_jax.teacher import prompts as P
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
 from earlyrl_jax.teacher import train_teacher as TT
-from tests.helpers import random_teacher, save_reusable_teacher, tiny_model_config, world_tokenizer
+from tests.helpers import default_world, random_teacher, save_reusable_teacher, tiny_model_config, world_tokenizer
 
 
 @pytest.fixture(scope="module")
 def world():
-  cfg = W.default_world_config()
-  kb = W.build_kb(cfg)
-  return cfg, kb, W.Oracles(kb)
+  return default_world()
 
 
 @pytest.fixture(scope="module")
