@@ -1,8 +1,8 @@
 """The teacher's claims verdict: which sentences state a fact the judge should check.
 
 Its prompt (no prefix, a CHECK after each sentence), its labels (the oracles' claims), how the
-judge reads it (one row per distinct sentence, unread sentences count as claims) and how
-factuality's surprise leaves out the sentences it reads as no claim."""
+judge reads it (one row per sentence of each distinct candidate; unread sentences count as
+claims) and how factuality's surprise leaves out the sentences it reads as no claim."""
 from __future__ import annotations
 
 import random

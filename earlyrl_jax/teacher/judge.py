@@ -340,7 +340,7 @@ class LMJudge:
   oracles' labels of world text and policy rollouts; `claim_probs`). Surprise knows which of
   two claims is true; it cannot tell a false claim from a sentence that claims nothing
   checkable (a filler naming an unexpected entity, an invented name, garbled text), which
-  the oracles do not count. One row per distinct candidate sentence, sharing one prompt head.
+  the oracles do not count. One row per sentence of each distinct candidate, one shared head.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
