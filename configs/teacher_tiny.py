@@ -4,7 +4,8 @@
 
 Pretrains on clean world documents and fact sheets, post-trains by SFT on the world's judge
 and rewrite supervision (scored verdicts with the oracles' graded scores as soft labels, safety
-pointwise, adversarial candidates, pretraining rows rehearsed beside them), runs the rewriter's
+pointwise, adversarial candidates, the claims verdict on rollouts of two small noisy policies,
+pretraining rows rehearsed beside them), runs the rewriter's
 GRPO, saves WORKDIR/teacher/ (reused while this config's hash is unchanged) and writes
 WORKDIR/teacher_report.{json,md} on held-out pairs. About 13 minutes of training plus 1-2 for
 the report on 2 CPU cores.
@@ -64,6 +65,11 @@ def get_config() -> ConfigDict:
   # Factuality counts only the sentences the teacher's claims verdict reads as claims about
   # entities it knows (teacher.sft.claim_*): surprise knows which of two claims is true, not
   # whether a sentence claims anything checkable (a filler, an invented name, garbled text).
+  # It also leaves out a sentence with a gap above 6 nats outside its most surprising word or
+  # above 7 inside a later piece of a name, and counts the first 3 nats of each gap as nothing.
+  # On SIP's rollouts DPO's rejected candidate goes from oracle factuality 0.55-0.72 to
+  # 0.40-0.50, and DPO's factuality gain over NLL from +0.057 to +0.117 (5 seeds); held-out
+  # factuality agreement on world text falls from 0.909 to 0.846.
   c.teacher.inference.claim_check = True
   c.teacher.inference.checkable_claim = (6.0, 7.0)
   c.teacher.inference.claim_floor = 3.0
