@@ -470,16 +470,16 @@ class LMJudge:
     head_len = len(self.encoder._head("claims", ""))
     parts, rows_of = [], {}
     for c in dict.fromkeys(candidates):
-      ids, checks = self.encoder.claims(P.split_sentences(c))
-      rows_of[c] = range(len(parts), len(parts) + len(checks))
+      sentences = P.split_sentences(c)
+      ids, checks = self.encoder.claims(sentences)
+      rows_of[c] = (len(parts), len(checks), len(sentences))
       parts += [(ids[:head_len], ids[head_len:k + 1]) if k >= head_len else ([], ids[:k + 1]) for k in checks]
     self.calls += len(parts)
     p = two_way(self._score(parts, P.verdict_ids(self.tokenizer, P.CLAIM_VERDICTS)))   # P(KEEP)
     out = []
     for c in candidates:
-      n = len(P.split_sentences(c))
-      got = p[rows_of[c].start:rows_of[c].stop]
-      out.append(np.concatenate([got, np.ones((n - got.size,), np.float32)]).astype(np.float32))
+      start, read, n = rows_of[c]
+      out.append(np.concatenate([p[start:start + read], np.ones((n - read,), np.float32)]).astype(np.float32))
     return out
 
   def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
