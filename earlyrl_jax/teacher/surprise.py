@@ -119,12 +119,13 @@ class SurpriseProbe:
     every = np.array([top(gs) for gs in per], np.float32)
     if broken is None and not total and checkable is None and not floor and claims is None:
       return every, every
-    if checkable is not None:   # uncheckable sentences leave the claim surprise as broken ones do
-      per = [[g if not is_uncheckable(g, word_marks(self.tokenizer, s), checkable) else None
-              for g, s in zip(gs, P.split_sentences(c))] for gs, c in zip(per, candidates)]
-    if claims is not None:      # so do sentences the teacher reads as no claim
-      per = [[g if p >= 0.5 else None for g, p in zip(gs, ps)] for gs, ps in zip(per, claims)]
-    per = [[g for g in gs if g is not None] for gs in per]
+    # Sentences the teacher reads as no claim, then uncheckable ones (only those left are
+    # encoded for their word marks), leave the claim surprise as broken ones do.
+    sents = [P.split_sentences(c) for c in candidates] if checkable is not None else None
+    per = [[g for j, g in enumerate(gs)
+            if (claims is None or claims[i][j] >= 0.5)
+            and (checkable is None or not is_uncheckable(g, word_marks(self.tokenizer, sents[i][j]), checkable))]
+           for i, gs in enumerate(per)]
     return every, np.array([claim_surprise(gs, broken, total, floor) for gs in per], np.float32)
 
 
