@@ -449,6 +449,7 @@ def test_teacher_job_smoke(tmp_path):
   assert rep["oracle_judge_agreement_factuality"] in (1.0,) or np.isnan(rep["oracle_judge_agreement_factuality"])
   assert os.path.exists(tmp_path / "teacher_report.md")
   assert rep["sft_counts"]["claims"] > 0 and rep["claims_verdict"]["corrupted"]["sentences"] > 0
+  assert "claim_rollouts_s" in rep["timings"]          # the noisy policies' rollouts trained it too
   assert TT.run(cfg, str(tmp_path))["reused"]
 
 
