@@ -28,10 +28,13 @@ CORE = [
 
 EXTRAS = {
     # nbclient / ipykernel / nbformat: tests/test_notebook.py executes launch/colab/quickstart.ipynb.
-    "test": ["pytest>=8", "pytest-xdist", "nbclient>=0.10", "ipykernel>=6", "nbformat>=5.10"],
+    # accelerate: the GGUF parity tests read the GGUF with transformers too, which needs it.
+    "test": ["pytest>=8", "pytest-xdist", "nbclient>=0.10", "ipykernel>=6", "nbformat>=5.10",
+             "accelerate>=1.0"],
     # HF interop. torch is only used by the parity tests; it is pinned because
-    # an unpinned torch pulls a CUDA build of several GB.
-    "hf": ["transformers>=4.45", "tokenizers>=0.20", "jinja2>=3.1", "torch==2.13.0"],
+    # an unpinned torch pulls a CUDA build of several GB. gguf (numpy only): `earlyrl-convert
+    # gguf` reads and dequantizes llama.cpp files (models/gguf_io.py).
+    "hf": ["transformers>=4.45", "tokenizers>=0.20", "jinja2>=3.1", "torch==2.13.0", "gguf>=0.17"],
     # data.format=parquet (pyarrow) and arrayrecord / arrayrecord_text (array_record).
     "formats": ["pyarrow>=14", "array_record>=0.8"],
     # metrics.wandb_project: a Weights & Biases writer next to TensorBoard and metrics.jsonl.

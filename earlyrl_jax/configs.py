@@ -298,14 +298,20 @@ class GenerateConfig:
   num_samples: int = 1        # K completions per prompt
   batch_size: int = 16        # prompts per sampler call
   seed: int = 0               # sampling key
-  add_bos: bool = True        # prepend BOS, as training documents start
+  add_bos: bool | None = None  # None: the tokenizer's own convention (an HF directory: BOS only
+                              # where transformers' tokenizer(text) adds it; a run: BOS, as its
+                              # training documents start); True / False: always / never
   stop_at_eos: bool = True    # end a completion at the tokenizer's EOS
   dtype: str = ""             # HF models: '' keeps float32, 'bfloat16' halves memory
 
 
 def generate_section(**overrides) -> ml_collections.ConfigDict:
-  """A `generate` config section holding every GenerateConfig field (all overridable)."""
-  return ml_collections.ConfigDict(dataclasses.asdict(GenerateConfig(**overrides)))
+  """A `generate` config section holding every GenerateConfig field (all overridable; a field
+  that defaults to None is typed, so `--config.generate.add_bos=false` parses)."""
+  section = ml_collections.ConfigDict()
+  for k, v in dataclasses.asdict(GenerateConfig(**overrides)).items():
+    section[k] = ml_collections.FieldReference(None, field_type=bool) if v is None else v
+  return section
 
 
 def generate_config(cfg: ml_collections.ConfigDict) -> GenerateConfig:
@@ -316,6 +322,8 @@ def generate_config(cfg: ml_collections.ConfigDict) -> GenerateConfig:
   if unknown:
     raise ConfigError(f"generate.{unknown[0]}: unknown field (known: {', '.join(fields)})")
   g = GenerateConfig(**raw)
+  _require(g.add_bos in (None, True, False), "generate.add_bos",
+           f"{g.add_bos!r}: expected true, false or None (the tokenizer's convention)")
   _require(g.max_new_tokens > 0, "generate.max_new_tokens", f"must be positive, got {g.max_new_tokens}")
   _require(g.temperature >= 0, "generate.temperature", f"must be >= 0, got {g.temperature}")
   _require(g.top_k >= 0, "generate.top_k", f"must be >= 0, got {g.top_k}")

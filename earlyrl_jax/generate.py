@@ -8,7 +8,10 @@
 The model is the newest checkpoint of the run in WORKDIR (or `generate.model_path`:
 another run directory, or a Hugging Face Llama/Mistral/Qwen2 directory); the
 tokenizer is the one the run trained (WORKDIR/tokenizer.model) or named
-(data.tokenizer_path), or the HF directory's own. Prompts come from
+(data.tokenizer_path), or the HF directory's own. A BOS starts a prompt where the
+tokenizer's own convention puts one (`generate.add_bos`: an HF directory's tokenizer as
+transformers applies it, so greedy output equals transformers' `generate`; a run's as its
+training documents start). Prompts come from
 `generate.prompt` or a JSONL file with a `prompt` field per line. Output is JSONL,
 one record per prompt: the input record's fields plus prompt, completions (K),
 prompt_tokens, completion_tokens, finish_reasons ('eos' | 'length') and
@@ -31,6 +34,7 @@ import numpy as np
 
 from earlyrl_jax import configs
 from earlyrl_jax.configs import ConfigError, GenerateConfig
+from earlyrl_jax.data.tokenizer import adds_bos
 from earlyrl_jax.data.sources import DataError
 
 
@@ -167,7 +171,7 @@ def encode_prompt(tokenizer, text: str, *, add_bos: bool, max_len: int) -> tuple
   ids = list(tokenizer.encode(text))
   bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
   if not bos and not ids:
-    raise DataError("an empty prompt needs a BOS token (generate.add_bos=True)")
+    raise DataError("an empty prompt needs a BOS token (generate.add_bos=true)")
   room = max_len - len(bos)
   truncated = len(ids) > room
   return bos + ids[max(0, len(ids) - room):], truncated
@@ -188,6 +192,7 @@ def generate(model, tokenizer, prompts: Sequence[dict[str, Any]], g: GenerateCon
     raise ConfigError(f"generate.max_new_tokens={g.max_new_tokens} leaves no room for a prompt "
                       f"in model.max_seq_len={max_seq_len}")
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
+  add_bos = adds_bos(tokenizer) if g.add_bos is None else g.add_bos
   eos = tokenizer.eos_id
   stop = [eos] if g.stop_at_eos and eos is not None else []
   key = jax.random.key(g.seed)
@@ -196,7 +201,7 @@ def generate(model, tokenizer, prompts: Sequence[dict[str, Any]], g: GenerateCon
   batch = min(g.batch_size, len(prompts))
   for b0 in range(0, len(prompts), batch):
     chunk = prompts[b0:b0 + batch]
-    encoded = [encode_prompt(tokenizer, r["prompt"], add_bos=g.add_bos,
+    encoded = [encode_prompt(tokenizer, r["prompt"], add_bos=add_bos,
                              max_len=max_seq_len - g.max_new_tokens) for r in chunk]
     rows = [ids for ids, _ in encoded]
     rows += [rows[0]] * (batch - len(rows))  # a short last batch reuses the compiled program

@@ -483,3 +483,24 @@ def save_tokenizer_files(tokenizer, path: str) -> None:
     f = os.path.join(directory, fn)
     if os.path.exists(f) and os.path.abspath(directory) != os.path.abspath(path):
       shutil.copy(f, os.path.join(path, fn))
+
+
+def adds_bos(tokenizer) -> bool:
+  """Whether the tokenizer's own convention starts a text with BOS.
+
+  An HF tokenizer: as transformers' `tokenizer(text)` does, from tokenizer_config.json's
+  `add_bos_token` when it states one, else from what tokenizer.json's post-processor adds
+  (SmolLM2: no; Llama 3: yes). SentencePiece and byte tokenizers: yes, as this project's
+  training documents start. Generation and the teacher backends follow it, so a prompt is
+  scored or continued as the model's own stack would.
+  """
+  if getattr(tokenizer, "bos_id", None) is None:
+    return False
+  if isinstance(tokenizer, HFTokenizer):
+    directory = tokenizer.path if os.path.isdir(tokenizer.path) else os.path.dirname(tokenizer.path)
+    stated = _read_json(os.path.join(directory, "tokenizer_config.json")).get("add_bos_token")
+    if isinstance(stated, bool):
+      return stated
+    ids = tokenizer._tok.encode("a", add_special_tokens=True).ids
+    return bool(ids) and ids[0] == tokenizer.bos_id
+  return True

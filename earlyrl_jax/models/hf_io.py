@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from earlyrl_jax.models.safetensors_io import CheckpointReader, save_file
+from earlyrl_jax.models.safetensors_io import CheckpointReader, save_sharded
 from earlyrl_jax.models.transformer import ModelConfig, Transformer, split_abstract
 from earlyrl_jax.parallel import mesh as mesh_lib
 
@@ -268,27 +268,15 @@ def save_pretrained(model: Transformer, path: str, tokenizer=None, *, dtype: str
   os.makedirs(path, exist_ok=True)
   np_dtype = jnp.dtype(dtype)
   flat = dict(nnx.to_flat_state(nnx.state(model)))
-  shards: list[dict[str, np.ndarray]] = [{}]
-  size = 0
-  for p, var in flat.items():
-    name, kind = hf_name(p)
-    x = to_hf_layout(np.asarray(jax.device_get(var.get_value())), kind).astype(np_dtype)
-    if size + x.nbytes > max_shard_bytes and shards[-1]:
-      shards.append({})
-      size = 0
-    shards[-1][name] = np.ascontiguousarray(x)
-    size += x.nbytes
-  meta = {"format": "pt"}
-  if len(shards) == 1:
-    save_file(shards[0], os.path.join(path, "model.safetensors"), meta)
-  else:
-    weight_map = {}
-    for i, sh in enumerate(shards):
-      fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-      save_file(sh, os.path.join(path, fn), meta)
-      weight_map.update({k: fn for k in sh})
-    total = sum(x.nbytes for sh in shards for x in sh.values())
-    with open(os.path.join(path, "model.safetensors.index.json"), "w") as f:
-      json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+  names = {p: hf_name(p) for p in flat}
+
+  def load(p):
+    name, kind = names[p]
+    return np.ascontiguousarray(
+        to_hf_layout(np.asarray(jax.device_get(flat[p].get_value())), kind).astype(np_dtype))
+
+  plan = [(names[p][0], int(np.prod(var.get_value().shape)) * np_dtype.itemsize, p)
+          for p, var in flat.items()]
+  save_sharded(plan, load, path, max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
   with open(os.path.join(path, "config.json"), "w") as f:
     json.dump(hf_config_from_model(model.cfg, tokenizer, dtype), f, indent=1)

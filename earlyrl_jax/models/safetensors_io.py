@@ -95,6 +95,34 @@ def save_file(tensors: dict[str, np.ndarray], path: str, metadata: dict[str, str
   os.replace(tmp, path)
 
 
+def save_sharded(plan: list[tuple[str, int, object]], load, directory: str, *,
+                 max_shard_bytes: int = 5 * 2**30, metadata: dict[str, str] | None = None) -> None:
+  """Writes tensors as model.safetensors, or as shards plus model.safetensors.index.json when
+  their sum exceeds `max_shard_bytes` (HF's layout). `plan` lists (tensor name, bytes, key) in
+  order; `load(key)` returns the array. Shards are planned from the sizes first, so only one
+  shard's arrays are in memory at a time (an 8B model is written with ~5 GiB of host memory)."""
+  shards: list[list[tuple[str, object]]] = [[]]
+  size = 0
+  for name, nbytes, key in plan:
+    if size + nbytes > max_shard_bytes and shards[-1]:
+      shards.append([])
+      size = 0
+    shards[-1].append((name, key))
+    size += nbytes
+  if len(shards) == 1:
+    save_file({name: load(key) for name, key in shards[0]}, os.path.join(directory, "model.safetensors"),
+              metadata)
+    return
+  weight_map = {}
+  for i, shard in enumerate(shards):
+    fn = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+    save_file({name: load(key) for name, key in shard}, os.path.join(directory, fn), metadata)
+    weight_map.update({name: fn for name, _ in shard})
+  total = sum(nbytes for _, nbytes, _ in plan)
+  with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=1)
+
+
 class CheckpointReader:
   """All tensors of an HF directory: one model.safetensors or a sharded index."""
 

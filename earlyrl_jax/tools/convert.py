@@ -1,8 +1,13 @@
-"""Converter: Hugging Face directory <-> orbax checkpoint (fast, sharded restarts at scale).
+"""Converters: a GGUF file -> HF directory; HF directory <-> orbax checkpoint.
 
+  earlyrl-convert gguf --src=SmolLM2-135M-Instruct.Q4_1.gguf --dst=/models/smollm2  # llama.cpp file
   python -m earlyrl_jax.tools.convert hf2orbax --src=/ckpt/Llama-3.2-1B --dst=/ckpt/llama1b-orbax
   python -m earlyrl_jax.tools.convert orbax2hf --src=/ckpt/llama1b-orbax --dst=/out/hf
   python -m earlyrl_jax.tools.convert orbax2hf --src=WORKDIR --dst=/out/hf   # a pretraining run
+
+`gguf` dequantizes with the `gguf` package alone (no torch; models/gguf_io.py) and writes
+config.json, safetensors and the tokenizer files that `init.params_from`, `teacher.path` and
+`generate.model_path` read.
 
 An orbax model directory holds `model_config.json`, `params/` (orbax, restorable
 onto any mesh) and the tokenizer files. Restoring it skips safetensors parsing
@@ -66,12 +71,21 @@ def load_workdir(path: str, *, mesh=None):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("direction", choices=["hf2orbax", "orbax2hf"])
+  p.add_argument("direction", choices=["gguf", "hf2orbax", "orbax2hf"])
   p.add_argument("--src", required=True)
   p.add_argument("--dst", required=True)
   p.add_argument("--dtype", default=None, help="hf2orbax: param dtype (default float32); "
-                 "orbax2hf: safetensors dtype (default float32)")
+                 "orbax2hf and gguf: safetensors dtype (default float32)")
   args = p.parse_args(argv)
+  if args.direction == "gguf":
+    from earlyrl_jax.models import gguf_io
+    try:
+      info = gguf_io.convert_gguf(args.src, args.dst, dtype=args.dtype or "float32")
+    except (gguf_io.GGUFError, FileNotFoundError) as e:
+      raise SystemExit(f"error: {e}") from None
+    print(f"gguf: {args.src} -> {args.dst} ({info['name'] or 'model'}, {info['params'] / 1e6:.1f}M "
+          f"parameters, {info['dtype']}) in {info['seconds']:.1f}s")
+    return
   if args.direction == "hf2orbax":
     model, tok = hf_io.load_model(args.src, dtype=args.dtype), tok_lib.load_tokenizer_dir(args.src)
     save_orbax(model, args.dst, tok)
