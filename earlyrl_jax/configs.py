@@ -21,28 +21,56 @@ class ConfigError(ValueError):
 
 
 def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
-  """`cfg.model` -> ModelConfig (every ModelConfig field may be set in the config)."""
+  """`cfg.model` -> ModelConfig (every ModelConfig field may be set in the config).
+
+  `rope_scaling={}` means none (how the command line unsets a preset's scaling). A section of
+  preset 'from_checkpoint' is complete only after `checkpoint_shape.resolve_model` (validate)."""
   fields = {f.name for f in dataclasses.fields(ModelConfig)}
   raw = dict(cfg.model.to_dict())
   unknown = sorted(set(raw) - fields - {"preset"})
   if unknown:
     raise ConfigError(f"model.{unknown[0]}: unknown model field (known: {sorted(fields)})")
-  raw.pop("preset", None)
+  preset_name = raw.pop("preset", None)
+  unset = [k for k, v in raw.items() if v is None and k != "rope_scaling"]
+  if unset:
+    raise ConfigError(f"model.{unset[0]} is unset (model.preset={preset_name!r}): set it, or let "
+                      "init.params_from supply the shape (model.preset='from_checkpoint')")
+  sc = raw.get("rope_scaling")
+  if not sc or sc.get("type", sc.get("rope_type")) == "default":
+    raw["rope_scaling"] = None
   try:
     return ModelConfig(**raw)
   except (TypeError, ValueError) as e:
     raise ConfigError(str(e)) from None
 
 
+# Field types of a 'from_checkpoint' section: every field starts None (= the checkpoint's) and
+# stays overridable from the command line (a typed FieldReference).
+_FIELD_TYPES = {"rope_scaling": object, "rope_theta": float, "norm_eps": float, "init_std": float,
+                "tie_embeddings": bool, "qkv_bias": bool, "remat": bool, "dtype": str,
+                "param_dtype": str}
+
+
 def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
-  """A `model` config section holding every field of a preset (so all are overridable)."""
+  """A `model` config section holding every field of a preset (so all are overridable).
+
+  preset 'from_checkpoint': the shape comes from `init.params_from` and max_seq_len from the
+  windows (earlyrl_jax/checkpoint_shape.py); only `overrides` are set (run settings such as
+  dtype, or shape fields you want checked against the checkpoint)."""
+  from earlyrl_jax.checkpoint_shape import FROM_CHECKPOINT, SHAPE_FIELDS
   from earlyrl_jax.models.transformer import preset
-  mc = dataclasses.asdict(preset(preset_name, **overrides))
+  if preset_name == FROM_CHECKPOINT:
+    run_settings = {k: v for k, v in dataclasses.asdict(ModelConfig()).items()
+                    if k not in SHAPE_FIELDS and k != "max_seq_len"}
+    mc = {**dict.fromkeys(SHAPE_FIELDS + ("max_seq_len",)), **run_settings, **overrides}
+  else:
+    mc = dataclasses.asdict(preset(preset_name, **overrides))
   section = ml_collections.ConfigDict({"preset": preset_name})
   for k, v in mc.items():
     if v is None:
-      # ConfigDict fields that start as None accept any type later.
-      section[k] = ml_collections.FieldReference(None, field_type=dict)
+      # ConfigDict fields that start as None accept any type later (typed so that the command
+      # line can set them).
+      section[k] = ml_collections.FieldReference(None, field_type=_FIELD_TYPES.get(k, int))
     else:
       section[k] = v
   return section
@@ -157,6 +185,8 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   _require(cfg.num_steps >= 0, "num_steps", f"must be >= 0, got {cfg.num_steps}")
   if not MODES[cfg.mode].trains:
     return
+  from earlyrl_jax.checkpoint_shape import resolve_model
+  resolve_model(cfg)  # model.preset='from_checkpoint': the shape from init.params_from
   mc = model_config(cfg)
   left = check_placement(cfg, num_devices, process_count)
   try:

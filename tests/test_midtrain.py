@@ -1,5 +1,7 @@
 """configs/midtrain.py (the paper's setting at pod scale) builds: config, shardings and the
-whole online-DPO step with its frozen reference, abstractly on 8 simulated devices."""
+whole online-DPO step with its frozen reference, abstractly on 8 simulated devices. The policy's
+shape comes from the checkpoint's config.json (Llama-3.2-1B's, written here: no weights needed)."""
+import json
 import os
 from types import SimpleNamespace
 
@@ -16,20 +18,39 @@ from tests.helpers import cpu_devices
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# Llama-3.2-1B's config.json as transformers 5 writes it (rope parameters in one dict).
+LLAMA_32_1B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256,
+    "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+    "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-05, "tie_word_embeddings": True,
+    "hidden_act": "silu", "bos_token_id": 128000, "eos_token_id": 128001,
+    "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0,
+                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 8192}}
+
+
 @pytest.fixture(scope="module")
-def cfg():
-  return configs.load_config_file(os.path.join(REPO, "configs", "midtrain.py"))
+def cfg(tmp_path_factory):
+  ckpt = tmp_path_factory.mktemp("Llama-3.2-1B")
+  (ckpt / "config.json").write_text(json.dumps(LLAMA_32_1B))
+  c = configs.load_config_file(os.path.join(REPO, "configs", "midtrain.py"))
+  # Required on the command line (see the config's docstring).
+  c.init.params_from = str(ckpt)
+  c.data.train_files = "/data/corpus/*.jsonl"
+  c.data.tokenizer_path = "/models/Llama-3.2-1B/tokenizer.json"
+  configs.validate(c, num_devices=256, process_count=32)  # e.g. a 256-chip slice, 32 hosts
+  return c
 
 
 def test_midtrain_is_the_papers_setting(cfg):
-  # Required on the command line (see the config's docstring).
-  cfg.data.train_files = "/data/corpus/*.jsonl"
-  cfg.data.tokenizer_path = "/models/Llama-3.2-1B/tokenizer.json"
-  configs.validate(cfg, num_devices=256, process_count=32)  # e.g. a 256-chip slice, 32 hosts
   assert (cfg.data.suffix_len, cfg.sip.num_rollouts, cfg.data.batch_size) == (128, 16, 256)
   assert cfg.data.prefix_len + cfg.data.suffix_len == 2048
   assert cfg.sip.recipe == "dpo" and cfg.opt.learning_rate == 5e-6 and cfg.num_steps == 2000
-  assert configs.model_config(cfg).num_params() == 1_235_814_400  # Llama-3.2-1B shape
+  mc = configs.model_config(cfg)
+  assert mc.num_params() == 1_235_814_400  # Llama-3.2-1B shape, from its config.json
+  assert mc.max_seq_len == 2048 and mc.rope_scaling["factor"] == 32.0  # windows, not 131072
+  assert (mc.dtype, mc.remat) == ("bfloat16", True)
 
 
 def test_midtrain_step_builds_abstractly_on_8_devices(cfg):

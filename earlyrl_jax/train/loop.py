@@ -186,21 +186,19 @@ def initial_state(run: Run, *, seed: int, params_from: str = ""):
 
 def load_init_params(path: str, model_cfg, mesh):
   """Params of an earlyrl_jax run directory (newest checkpoint) or an HF directory, checked
-  against the configured model shape."""
-  if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "checkpoints")):
-    _, params, cfg = load_run_params(path, mesh)
-  elif os.path.exists(os.path.join(path, "config.json")):
-    from earlyrl_jax.models import hf_io
-    model = hf_io.load_model(path, mesh=mesh)
-    from flax import nnx
-    params, cfg = nnx.state(model), model.cfg
-  else:
-    raise FileNotFoundError(f"init.params_from={path!r}: neither a run directory (config.json + "
-                            "checkpoints/) nor an HF model directory (config.json + *.safetensors)")
-  if dataclasses.replace(cfg, dtype=model_cfg.dtype, remat=model_cfg.remat) != model_cfg:
+  against the configured model shape (earlyrl_jax/checkpoint_shape.py) and cast to its
+  param_dtype. max_seq_len, dtype and remat are run settings, not compared."""
+  from earlyrl_jax.checkpoint_shape import checkpoint_model_config, is_run_dir, shape_mismatch
+  bad = shape_mismatch(dataclasses.asdict(model_cfg), checkpoint_model_config(path))
+  if bad:
     raise configs.ConfigError(
-        f"init.params_from={path!r}: its model shape differs from the config's `model` section; "
-        f"set the model fields to {dataclasses.asdict(cfg)}")
+        f"init.params_from={path!r}: its model shape differs from the config's `model` section: "
+        f"{', '.join(bad)}; model.preset='from_checkpoint' takes the checkpoint's shape")
+  if is_run_dir(path):
+    _, params, _ = load_run_params(path, mesh)
+    return jax.tree.map(lambda x: x.astype(model_cfg.param_dtype), params)
+  from earlyrl_jax.models import hf_io
+  _, params = hf_io.load_params(path, model_cfg, mesh)
   return params
 
 
