@@ -29,8 +29,9 @@ CORE = [
 EXTRAS = {
     # nbclient / ipykernel / nbformat: tests/test_notebook.py executes launch/colab/quickstart.ipynb.
     # accelerate: the GGUF parity tests read the GGUF with transformers too, which needs it.
+    # httpx: the served-teacher client's tests (tests/test_backends.py).
     "test": ["pytest>=8", "pytest-xdist", "nbclient>=0.10", "ipykernel>=6", "nbformat>=5.10",
-             "accelerate>=1.0"],
+             "accelerate>=1.0", "httpx>=0.27"],
     # HF interop. torch is only used by the parity tests; it is pinned because
     # an unpinned torch pulls a CUDA build of several GB. gguf (numpy only): `earlyrl-convert
     # gguf` reads and dequantizes llama.cpp files (models/gguf_io.py).
@@ -39,6 +40,8 @@ EXTRAS = {
     "formats": ["pyarrow>=14", "array_record>=0.8"],
     # metrics.wandb_project: a Weights & Biases writer next to TensorBoard and metrics.jsonl.
     "wandb": ["wandb"],
+    # teacher.backend='openai': the HTTP client of a served teacher (vLLM, SGLang, TGI, earlyrl-serve).
+    "serve": ["httpx>=0.27"],
     "launch": ["xmanager"],
 }
 
@@ -58,6 +61,7 @@ setuptools.setup(
             "earlyrl-convert=earlyrl_jax.tools.convert:main",
             "earlyrl-world=earlyrl_jax.world.supervision:main",
             "earlyrl-generate=earlyrl_jax.generate:main",
+            "earlyrl-serve=earlyrl_jax.serve:main",
         ]
     },
     license="Apache-2.0",

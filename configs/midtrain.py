@@ -134,6 +134,8 @@ def get_config() -> ConfigDict:
   c.teacher.openai.timeout_s = 120.0    # per request
   c.teacher.openai.max_retries = 5      # per request, exponential backoff with jitter
   c.teacher.openai.max_failure_share = 0.05  # failed rows per call above this share stop the run
+  c.teacher.openai.prompt_format = "tokens"  # 'tokens': ids tokenized here (exact; vLLM, SGLang);
+                                        # 'text': the rendered text (servers without id prompts)
   c.teacher.placement = "shared"        # 'submesh' + teacher.devices: the teacher on its own devices
   c.teacher.devices = 0                 # 'submesh': e.g. 2 of a node's 8 GPUs (judging dominates)
   c.teacher.mesh = ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})  # 'submesh': the teacher's

@@ -145,6 +145,20 @@ def get_config() -> ConfigDict:
   c.teacher.placement = "shared"
   c.teacher.devices = 0         # 'submesh': devices the teacher gets (a multiple of the host count)
   c.teacher.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # 'submesh': the teacher's axes
+  c.teacher.max_len = 0         # an HF teacher's context cap in its tokens (0 = its config's)
+  c.teacher.backend = "inprocess"  # 'inprocess' (in this JAX program) | 'openai' (a served teacher:
+                                # vLLM, SGLang, TGI or earlyrl-serve; docs/serving.md)
+  c.teacher.openai = ConfigDict()  # teacher.backend='openai' (fields documented in configs/midtrain.py)
+  c.teacher.openai.url = ""     # base URL, e.g. http://127.0.0.1:8000/v1
+  c.teacher.openai.model = ""   # served model name ('' = the only one the server lists)
+  c.teacher.openai.tokenizer_path = ""  # the served model's tokenizer, here ('' = teacher.path)
+  c.teacher.openai.api_key_env = ""     # env var holding the API key ('' = none)
+  c.teacher.openai.concurrency = 16     # requests in flight
+  c.teacher.openai.batch_size = 32      # prompts per request
+  c.teacher.openai.timeout_s = 120.0    # per request
+  c.teacher.openai.max_retries = 5      # per request (exponential backoff, jitter)
+  c.teacher.openai.max_failure_share = 0.05  # failed rows per call above this share stop the run
+  c.teacher.openai.prompt_format = "tokens"  # 'tokens' (exact) | 'text'
 
   # mode='rewrite': one pass over the windows of `data` (same cuts and tokenizer as mode='sip'),
   # each rewritten by the teacher above into resumable ArrayRecord shards; see earlyrl_jax/rewrite_job.py.

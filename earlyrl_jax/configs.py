@@ -115,6 +115,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "generate.dtype": ("", "float32", "bfloat16"),
     "teacher.placement": mesh_lib.PLACEMENTS,
     "teacher.judge_format": ("scored", "pairwise"),
+    "teacher.backend": ("inprocess", "openai"),
 }
 
 
@@ -162,6 +163,11 @@ def validate_fields(cfg: ml_collections.ConfigDict) -> None:
   if cfg.mode == "generate":
     generate_config(cfg)  # raises ConfigError naming the generate.* field
   oracle_axes(cfg)
+  from earlyrl_jax.teacher.backends import check_config   # teacher.backend / teacher.openai.*
+  try:
+    check_config(_get(cfg, "teacher"))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
 
 
 def oracle_axes(cfg) -> list[str]:

@@ -213,8 +213,9 @@ def read_teacher_config(path: str) -> dict | None:
     return json.load(f)
 
 
-def load_teacher(path: str, *, mesh=None, dtype: str | None = None) -> Teacher:
-  """An embedded-teacher directory or an HF model directory -> Teacher."""
+def load_teacher(path: str, *, mesh=None, dtype: str | None = None, max_len: int = 0) -> Teacher:
+  """An embedded-teacher directory or an HF model directory -> Teacher. max_len > 0 caps an HF
+  teacher's context (`teacher.max_len`: what its prompts need, not its 131072 positions)."""
   from earlyrl_jax.models.transformer import ModelConfig
   meta = read_teacher_config(path)
   if meta is not None:
@@ -231,6 +232,8 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None) -> Teacher:
     if tok is None:
       raise FileNotFoundError(f"{path}: an HF teacher needs tokenizer.json or tokenizer.model")
     graphdef, params = nnx.split(model)
-    return Teacher(graphdef, params, tok, model.cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
+    cfg = model.cfg if not max_len else dataclasses.replace(
+        model.cfg, max_seq_len=min(int(max_len), model.cfg.max_seq_len))
+    return Teacher(graphdef, params, tok, cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
   raise FileNotFoundError(f"{path}: neither an embedded teacher ({CONFIG_FILE}) nor an HF model "
                           "directory (config.json)")

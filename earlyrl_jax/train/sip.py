@@ -394,7 +394,7 @@ def load_teacher_for(cfg, workdir: str, mesh):
     train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
     path = os.path.join(tdir, "teacher")
   _check_teacher_fits(path, tmesh, field)
-  teacher = load_teacher(path, mesh=tmesh)
+  teacher = load_teacher(path, mesh=tmesh, max_len=int(cfg.teacher.get("max_len", 0) or 0))
   if tmesh is not mesh:
     loop.log(f"teacher on its own sub-mesh {dict(tmesh.shape)} ({tmesh.devices.size} devices); "
              f"policy mesh {dict(mesh.shape)} ({mesh.devices.size} devices)")

@@ -49,3 +49,40 @@ class Backend(Protocol):
     """n completions per prompt: the generated text after the prompt, cut before the first stop
     string (EOS always stops). None for a sample that failed after retries."""
     ...
+
+
+# --------------------------------------------------------------------------- the tokenization rule
+
+
+def prompt_ids(tokenizer, text: str) -> list[int]:
+  """Token ids of rendered text with exactly one BOS where the tokenizer's convention adds one
+  (`data.tokenizer.adds_bos`): none added when the text already starts with it."""
+  from earlyrl_jax.data.tokenizer import adds_bos
+  ids = list(tokenizer.encode(text))
+  bos = getattr(tokenizer, "bos_id", None)
+  if adds_bos(tokenizer) and not (ids and ids[0] == bos):
+    ids = [bos] + ids
+  return ids
+
+
+def scoring_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[int], int]:
+  """(ids of prompt + continuation encoded whole, k0): the continuation's tokens are ids[k0:],
+  those whose text starts at or after len(prompt) characters. Both backends use exactly this,
+  so in-process and served log-probs are of the same tokens."""
+  from earlyrl_jax.data.tokenizer import adds_bos
+  text = prompt + continuation
+  ids, bounds = tokenizer.encode_with_offsets(text)
+  ids = list(ids)
+  cut = len(prompt)
+  k0 = next((k for k in range(len(ids)) if bounds[k] >= cut), len(ids))
+  bos = getattr(tokenizer, "bos_id", None)
+  if adds_bos(tokenizer) and not (ids and ids[0] == bos):
+    ids, k0 = [bos] + ids, k0 + 1
+  if k0 == 0:
+    raise ValueError(f"prompt {prompt[:60]!r} has no token before its continuation (an empty "
+                     "prompt needs a BOS)")
+  if k0 == len(ids):
+    raise ValueError(f"continuation {continuation[:60]!r} has no token of its own after prompt "
+                     f"...{prompt[-60:]!r}: its first token merges with the prompt's end (end the "
+                     "prompt before the space, e.g. 'Answer:' + ' Yes')")
+  return ids, k0
