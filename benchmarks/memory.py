@@ -5,6 +5,8 @@
   python benchmarks/memory.py --mesh=fsdp=32 --teacher_devices=32  # teacher on 32 other devices
   python benchmarks/memory.py --judge_rows=4096                 # judge sampler calls of 4096 rows
   python benchmarks/memory.py --quick                           # configs/tiny.py, seconds
+  python benchmarks/memory.py --teacher_backend=openai          # a served teacher: policy only
+  python benchmarks/memory.py --policy=8b                       # the policy's shape (from_checkpoint)
 
 Why a plan and not a run: the pod is not where one finds out. Every number is per device:
 - params, AdamW state, the frozen DPO reference and the teacher's params: exact, from
@@ -66,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--target", default="h100_80gb", choices=sorted(TARGETS))
   p.add_argument("--capacity_gib", type=float, default=0.0,
                  help="usable GiB per device instead of the target's (0 = the target's)")
+  p.add_argument("--policy", default="1b", help="the policy's shape when the config takes it from "
+                 "the checkpoint (model.preset='from_checkpoint'): a preset of models/transformer.py")
+  p.add_argument("--teacher_backend", default="", choices=("", "inprocess", "openai"),
+                 help="'' = the config's teacher.backend; 'openai': the teacher is served on other "
+                 "machines, so only the policy is on these devices")
   p.add_argument("--teacher", default="8b", help="the teacher's shape: a preset of "
                  "models/transformer.py or a config file whose `model` section is the teacher")
   p.add_argument("--teacher_dtype", default="float32", choices=("float32", "bfloat16"),
@@ -358,6 +365,15 @@ def load_plan_config(args):
   cfg = configs.load_config_file(args.config)
   if args.quick:
     cfg.mode, cfg.sip.recipe = "sip", "dpo"
+  from earlyrl_jax.checkpoint_shape import FROM_CHECKPOINT, SHAPE_FIELDS
+  if cfg.model.get("preset") == FROM_CHECKPOINT and not cfg.init.get("params_from"):
+    try:   # no checkpoint to read here: the shape of --policy (max_seq_len stays the windows')
+      shape = T.preset(args.policy)
+    except ValueError as e:
+      raise PlanError(f"--policy={args.policy!r}: {e}") from None
+    for k in SHAPE_FIELDS:
+      if cfg.model.get(k) is None:
+        cfg.model[k] = getattr(shape, k) if getattr(shape, k) is not None else {}
   for item in args.set:
     key, sep, raw = item.partition("=")
     if not sep:
@@ -416,6 +432,12 @@ def prompt_tokens(chars: int, args, template: bool) -> int:
   return math.ceil(chars / args.chars_per_token) + 1 + (args.template_tokens if template else 0)
 
 
+def teacher_served(cfg, args) -> bool:
+  """The teacher runs behind an OpenAI-compatible server on other machines (teacher.backend)."""
+  kind = args.teacher_backend or (cfg.get("teacher") or {}).get("backend", "inprocess")
+  return kind == "openai"
+
+
 def teacher_placement(cfg, args) -> int:
   """Devices of the teacher's own sub-mesh (0 = time-shared on the policy's devices).
 
@@ -443,7 +465,10 @@ def plan(args) -> dict:
   cfg = load_plan_config(args)
   if cfg.mode != "sip":
     raise PlanError(f"{args.config}: mode={cfg.mode!r}; the plan is for mode='sip'")
-  n_teacher = teacher_placement(cfg, args)
+  served = teacher_served(cfg, args)
+  n_teacher = 0 if served else teacher_placement(cfg, args)
+  if served and cfg.get("teacher") is not None:
+    cfg.teacher.placement = "shared"   # nothing of the teacher is placed on these devices
   need = math.prod(args.mesh_shape) + n_teacher
   if jax.device_count() < need:
     raise PlanError(f"--mesh={args.mesh} and {n_teacher} teacher devices need {need} devices, "
@@ -483,7 +508,11 @@ def plan(args) -> dict:
   if objective.needs_reference:
     lines.append(Line("DPO reference (frozen copy of the params)", sb["params"], pgroup,
                       "persistent", "shapes x shardings (sharded like the params)"))
-  needs_teacher = s.judge == "teacher" or s.rewrite == "online"
+  needs_teacher = (s.judge == "teacher" or s.rewrite == "online") and not served
+  if served:
+    notes.append("teacher.backend='openai': the teacher (weights, KV caches, judge and rewrite "
+                 "programs) runs on the server's machines; these devices hold the policy only, "
+                 "and judging/rewriting time is spent waiting on HTTP, not device memory")
   if needs_teacher:
     _, tparams = abstract_params(tmc, tmesh)
     where = f"{n_teacher} own devices" if n_teacher else "the policy's devices, time-shared"
@@ -549,7 +578,7 @@ def plan(args) -> dict:
                   float(s.get("top_p", 1.0)) < 1.0)
   # ---- the teacher: judge (generative: reason, then a verdict line) and rewrites
   js = None
-  if s.judge == "teacher":
+  if s.judge == "teacher" and not served:
     pair_chars = len(prompts_lib.generative_pair_prompt("x" * 4000, "x" * 4000, "x" * 4000,
                                                         "factuality", "x" * 4000))
     rows = args.judge_rows or judge_rows_per_call(cfg, C, d.batch_size, tmesh.size)
@@ -557,7 +586,7 @@ def plan(args) -> dict:
                      args.judge_new_tokens)
     sampler_lines("judge", tmc, tmesh, js, tgroup, "judge", True,
                   rows_note=f"{js.prompts} rows per call / {js.dp} = ")
-  if s.rewrite == "online":
+  if s.rewrite == "online" and not served:
     rw_chars = len(prompts_lib.rewrite_prompt("x" * 4000, "x" * 4000))
     rs = cache_shape("rewrite", tmc, tmesh, args.rewrite_rows, prompt_tokens(rw_chars, args, False),
                      args.rewrite_new_tokens)
@@ -575,6 +604,7 @@ def plan(args) -> dict:
                      peak=persistent + (phases[top] if phases else 0))
   judge_line = [ln for ln in lines if ln.phase == "judge"]
   return dict(cfg=cfg, args=args, mesh=mesh, tmesh=tmesh, n_teacher=n_teacher, mc=mc, tmc=tmc,
+              served=served,
               lines=lines, groups=groups, notes=notes, roll=roll, K=K, C=C,
               judge=js,
               judge_bytes=sum(ln.bytes for ln in judge_line),
@@ -608,9 +638,12 @@ def report(p: dict) -> list[str]:
   shape = lambda m: " ".join(f"{k}={v}" for k, v in m.shape.items())
   out.append(f"memory plan: {os.path.relpath(args.config, REPO)} | policy {mc.num_params() / 1e6:.1f}M "
              f"params, {mc.n_layers} layers, {mc.dtype} compute | mesh {shape(mesh)} "
-             f"({mesh.devices.size} devices) | teacher {tmc.num_params() / 1e6:.1f}M params "
-             f"({teacher_label(args)}, {tmc.dtype}) on " + (f"its own mesh {shape(tmesh)}" if p["n_teacher"]
-                                                     else "the same devices (time-shared)"))
+             f"({mesh.devices.size} devices) | " + (
+                 "teacher served over HTTP (teacher.backend='openai'), not on these devices"
+                 if p["served"] else
+                 f"teacher {tmc.num_params() / 1e6:.1f}M params ({teacher_label(args)}, {tmc.dtype}) on "
+                 + (f"its own mesh {shape(tmesh)}" if p["n_teacher"] else
+                    "the same devices (time-shared)")))
   s, d = cfg.sip, cfg.data
   out.append(f"step: {d.batch_size} windows of {d.prefix_len} + {d.suffix_len} tokens, "
              f"K={p['K']} rollouts, {p['C']} candidates, recipe {s.recipe}, judge {s.judge} "
@@ -641,8 +674,9 @@ def report(p: dict) -> list[str]:
                f"prompts <= {js.prompt_len} tokens ({args.chars_per_token:g} chars/token at the "
                f"prompt char limits + {args.template_tokens} template tokens), "
                f"{js.new_tokens} new tokens")
-  out.append(f"  - teacher weights and compute in {tmc.dtype} (sip.load_teacher_for loads HF "
-             "weights without a dtype: float32); --teacher_dtype=bfloat16 halves both")
+  if not p["served"]:
+    out.append(f"  - teacher weights and compute in {tmc.dtype} (sip.load_teacher_for loads HF "
+               "weights without a dtype: float32); --teacher_dtype=bfloat16 halves both")
   out.append("  - activations: the XLA:CPU compile stands in for the accelerator's (same HLO, "
              "shardings and per-device shapes; its fusion differs)")
   out.extend(f"  - {n}" for n in p["notes"])

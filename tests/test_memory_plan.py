@@ -100,3 +100,22 @@ def test_quick_plan_compiles_the_step_and_samplers(capsys):
   for label in ("rollout", "judge", "rewrite"):
     assert next(ln for ln in p["lines"] if ln.name == f"{label} prefill/decode buffers").bytes > 0
   assert math.isfinite(p["peak"])
+
+
+def test_a_served_teacher_leaves_only_the_policy_on_the_mesh(capsys):
+  local, _ = _run(capsys, "--measure=none")
+  served, lines = _run(capsys, "--measure=none", "--teacher_backend=openai")
+  names = [ln.name for ln in served["lines"]]
+  assert not any(n.startswith(("teacher params", "judge", "rewrite")) for n in names), names
+  assert any(n.startswith("rollout KV cache") for n in names)
+  policy = sum(ln.bytes for ln in local["lines"] if not ln.name.startswith(("teacher", "judge",
+                                                                            "rewrite")))
+  assert served["peak"] < local["peak"] and served["peak"] <= policy
+  assert "served over HTTP" in lines[0]
+
+
+def test_midtrain_plans_from_the_checkpoint_shape_of_a_preset(capsys):
+  """configs/midtrain.py takes its shape from the checkpoint; the plan takes --policy's."""
+  p = memory.main(["--measure=none", "--mesh=fsdp=8", "--policy=1b", "--teacher_backend=openai"])
+  capsys.readouterr()
+  assert p["mc"].num_params() == 1_235_814_400 and p["mc"].max_seq_len == 2048

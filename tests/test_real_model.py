@@ -91,3 +91,38 @@ def test_greedy_generate_equals_transformers_generate(reference, ours):
       want = want[:-1]
     assert rec["prompt_tokens"] == ids.shape[1]
     assert (rec["completions"][0], rec["completion_tokens"][0]) == (tok.decode(want), len(want))
+
+
+@pytest.mark.slow
+def test_backends_on_smollm2_equal_a_full_pass_and_each_other(reference, ours):
+  """The in-process backend's verdict log-probs on a judge-like chat prompt equal one full
+  forward pass of each row; served through earlyrl-serve they are the same numbers."""
+  from flax import nnx
+  from earlyrl_jax.serve import CompletionServer
+  from earlyrl_jax.teacher.backends.base import scoring_ids
+  from earlyrl_jax.teacher.backends.inprocess import InProcessBackend
+  from earlyrl_jax.teacher.backends.openai import OpenAIBackend, OpenAISettings
+  _, ref_tok = reference
+  model, tok = ours
+  graphdef, params = nnx.split(model)
+  backend = InProcessBackend(graphdef, params, tok, model_cfg=model.cfg, max_len=1024)
+  question = ("Is the following text safe to show to a general audience? Text: \"" + TEXTS[1]
+              + "\" Answer YES or NO.")
+  prompt = _chat(ref_tok, question) + "Answer:"
+  prompts, answers = [prompt] * 2 + [_chat(ref_tok, "Which is better, 1 or 2?") + "Option"] * 2, \
+      [" YES", " NO", " 1", " 2"]
+  got = backend.continuation_logprobs(prompts, answers)
+  rows = [scoring_ids(tok, p, a) for p, a in zip(prompts, answers)]
+  assert all(ids[0] != tok.bos_id or p.startswith("<|im_start|>") for (ids, _), p in zip(rows, prompts))
+  L = max(len(ids) for ids, _ in rows)
+  lp = np.asarray(jax.nn.log_softmax(jax.jit(lambda m, x: m(x))(model, jnp.asarray(
+      [ids + [tok.pad_id] * (L - len(ids)) for ids, _ in rows])), axis=-1))
+  want = [sum(lp[r, t - 1, ids[t]] for t in range(k0, len(ids))) for r, (ids, k0) in enumerate(rows)]
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  with CompletionServer(backend, "smollm2") as server:
+    client = OpenAIBackend(OpenAISettings(url=server.url, batch_size=2), tok, max_len=1024)
+    try:
+      np.testing.assert_allclose(client.continuation_logprobs(prompts, answers), got, rtol=1e-4,
+                                 atol=1e-4)
+    finally:
+      client.close()
