@@ -85,7 +85,7 @@ class InProcessBackend:
     self.failures: collections.Counter = collections.Counter()
     self.num_compilations = 0                     # tests check that calls reuse programs
     out = None if mesh is None else (mesh_lib.named_sharding(mesh, ("batch", None)),) * 3
-    self._score = jax.jit(self._score_impl, out_shardings=out)
+    self._score = jax.jit(self._score_impl, static_argnums=(0,), out_shardings=out)
     self._sampler = None
 
   @classmethod
@@ -97,15 +97,18 @@ class InProcessBackend:
                mesh=teacher.mesh, name=name or f"{where} (in-process)", **kw)
 
   # ----------------------------------------------------------------- scoring
-  def _score_impl(self, params, s_tok, s_seg, s_pos, s_tgt, r_tok, r_seg, r_pos, r_tgt, group_N,
-                  first_N, last_N):
+  def _score_impl(self, with_shared: bool, params, s_tok, s_seg, s_pos, s_tgt, r_tok, r_seg, r_pos,
+                  r_tgt, group_N, first_N, last_N):
     self.num_compilations += 1  # runs only while tracing
     model = nnx.merge(self.graphdef, params)
     G, Ps = s_tok.shape
     N, R = r_tok.shape
     cache = init_cache(self.cfg, G, Ps + R)
     h_s, cache = model.hidden_states(s_tok, positions=s_pos, segment_ids=s_seg, cache=cache)
-    lp_s, _ = logprobs_from_hidden(model, h_s, s_tgt)                        # [G, Ps]
+    # The shared tokens' own log-probs only when asked (a server's echo): verdicts need none,
+    # and the vocabulary projection of every prompt position is a fifth of a 135M model's work.
+    lp_s = (logprobs_from_hidden(model, h_s, s_tgt)[0] if with_shared
+            else jnp.zeros((G, Ps), jnp.float32))                            # [G, Ps]
     last = model.logits_from_hidden(h_s[:, -1:])[:, 0]                        # [G, V] float32
     last = last - jax.nn.logsumexp(last, axis=-1, keepdims=True)
     lp_first = last[group_N, first_N]                                         # [N]
@@ -124,8 +127,9 @@ class InProcessBackend:
     return (lp_s, jnp.concatenate([lp_first[:, None], lp_r], axis=1),
             jnp.stack([nxt.astype(jnp.float32), nxt_lp], axis=1))
 
-  def _run_groups(self, shared, rests, group_of_row):
-    """Per group: log p of shared tokens 1.. (len-1); per row: log p of each rest token."""
+  def _run_groups(self, shared, rests, group_of_row, with_shared: bool):
+    """Per group: log p of shared tokens 1.. (len-1; zeros unless with_shared); per row: log p
+    of each rest token; per row: the greedy next token and its log-prob."""
     G, n = len(shared), len(rests)
     mult = local_batch_multiple(self.mesh)
     g_G, g_n, longest_s, longest_r = agree_max(G, n, max(map(len, shared)), max(map(len, rests)))
@@ -151,13 +155,13 @@ class InProcessBackend:
     with mesh_lib.use_mesh(self.mesh):
       args = put_rows(self.mesh, s["tok"], s["seg"], s["pos"], s["tgt"], r["tok"], r["seg"],
                       r["pos"], r["tgt"], group_N, first_N, last_N)
-      lp_s, lp_r, nxt = self._score(self.params, *args)
+      lp_s, lp_r, nxt = self._score(bool(with_shared), self.params, *args)
     lp_s, lp_r, nxt = local_rows(lp_s), local_rows(lp_r), local_rows(nxt)
     shared_lp = [lp_s[g, Ps - len(ids):Ps - 1].astype(np.float64) for g, ids in enumerate(shared)]
     rest_lp = [lp_r[i, :len(ids)].astype(np.float64) for i, ids in enumerate(rests)]
     return shared_lp, rest_lp, [(int(nxt[i, 0]), float(nxt[i, 1])) for i in range(len(rests))]
 
-  def score_groups(self, shared, rests, group_of_row):
+  def score_groups(self, shared, rests, group_of_row, with_shared: bool = False):
     """(per group: log p of shared tokens 1.., per row: log p of each rest token, per row: the
     greedy next token and its log-prob), by `_run_groups` in calls of at most `max_rows` rows and `max_cache_bytes` of gathered KV
     cache (whole groups per call; every process makes the same number of calls)."""
@@ -182,7 +186,7 @@ class InProcessBackend:
       idx = [i for g in groups for i in members[g]]
       local = {g: j for j, g in enumerate(groups)}
       s_lp, r_lp, r_nxt = self._run_groups([shared[g] for g in groups], [rests[i] for i in idx],
-                                           [local[group_of_row[i]] for i in idx])
+                                           [local[group_of_row[i]] for i in idx], with_shared)
       if calls[c]:
         for g, x in zip(groups, s_lp):
           shared_lp[g] = x
@@ -225,7 +229,7 @@ class InProcessBackend:
     group, shared_len = group_rows(ids)      # every shared part holds >= 1 token
     shared = [ids[group.index(g)][:shared_len[g]] for g in range(len(shared_len))]
     s_lp, r_lp, nxt = self.score_groups(shared, [r[shared_len[g]:] for r, g in zip(ids, group)],
-                                        group)
+                                        group, with_shared=True)
     for j, (i, g) in enumerate(zip(live, group)):
       lps[i], ends[i] = np.concatenate([s_lp[g], r_lp[j]]), nxt[j]
     return lps, ends
