@@ -74,7 +74,10 @@ def main(argv=None) -> dict:
   p.add_argument("--prompt_tokens", type=int, default=400)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--batch_size", type=int, default=32, help="served: rows per request")
-  p.add_argument("--concurrency", type=int, default=4, help="served: requests in flight")
+  p.add_argument("--concurrency", type=int, default=2, help="served: requests in flight (the "
+                 "server runs one at a time; 2 overlaps HTTP and tokenization with compute)")
+  p.add_argument("--timeout_s", type=float, default=3600.0, help="served: per request (a queued "
+                 "request waits for the ones before it)")
   args = p.parse_args(argv)
   import numpy as np
   from flax import nnx
@@ -114,16 +117,18 @@ def main(argv=None) -> dict:
         f"rows_per_s={len(rows_p) / t_in:.2f}", flush=True)
   with CompletionServer(backend, "smollm2") as server:
     client = OpenAIBackend(OpenAISettings(url=server.url, batch_size=args.batch_size,
-                                          concurrency=args.concurrency), tok, max_len=2048)
+                                          concurrency=args.concurrency, timeout_s=args.timeout_s),
+                           tok, max_len=2048)
     try:
       t_srv, lp_srv = timed(lambda: client.continuation_logprobs(rows_p, rows_a), args.repeats)
     finally:
       client.close()
   res["served_verdicts_per_s"] = len(prompts) / t_srv
   res["max_abs_diff"] = float(np.abs(np.asarray(lp_srv) - np.asarray(lp_in)).max())
+  retried = dict(client.retries)
   print(f"backends: served_s={t_srv:.2f} verdicts_per_s={res['served_verdicts_per_s']:.2f} "
         f"rows_per_s={len(rows_p) / t_srv:.2f} (batch_size {args.batch_size}, concurrency "
-        f"{args.concurrency})", flush=True)
+        f"{args.concurrency}, retries {retried or 0})", flush=True)
   print(f"backends: served/inprocess time ratio={t_srv / t_in:.2f} max |log-prob diff|="
         f"{res['max_abs_diff']:.2e}", flush=True)
   return res

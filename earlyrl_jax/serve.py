@@ -213,13 +213,16 @@ def make_handler(service: CompletionService, *, max_body_bytes: int, admission: 
 
     def _send(self, status: int, payload: dict, extra: dict | None = None):
       data = json.dumps(payload).encode()
-      self.send_response(status)
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(data)))
-      for k, v in (extra or {}).items():
-        self.send_header(k, v)
-      self.end_headers()
-      self.wfile.write(data)
+      try:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (extra or {}).items():
+          self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+      except (BrokenPipeError, ConnectionResetError):   # the client gave up (timed out): its
+        self.close_connection = True                     # retry is a new request
 
     def _error(self, status: int, message: str, extra: dict | None = None):
       kind = "invalid_request_error" if status < 500 else "server_error"
