@@ -5,9 +5,11 @@ are listed in `earlyrl_jax/modes.py` and by `--help`. Any config field can be
 overridden: `--config.num_steps=50 --config.data.batch_size=8`.
 
 A mistake a user can make (an unknown or mistyped config field, a bad value, a
-workdir that is a file, unusable data, a run that diverged) ends with one
-`error: ...` line on stderr and exit code 2, before anything slow starts where
-possible; nothing already in the workdir is removed.
+workdir that is a file, unusable data, an unreadable model directory, a missing
+extra, a run that diverged) ends with one `error: ...` line on stderr and exit
+code 2, before anything slow starts where possible; nothing already in the
+workdir is removed. A setting that is legal but almost surely unintended prints
+one `warning: ...` line and the run goes on.
 """
 from __future__ import annotations
 
@@ -19,11 +21,11 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from earlyrl_jax.errors import USAGE_ERROR  # light: imports nothing of the package
 from earlyrl_jax.modes import help_text  # light: imports nothing heavy
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "tiny.py")
-USAGE_ERROR = 2  # exit code of every user mistake reported as one `error:` line
 
 # Defined by _define_flags(): ml_collections parses the default config and the
 # `--config.*` overrides at definition time, so definition must happen where its
@@ -148,12 +150,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  """Exceptions that are a user's mistake (bad config, data, paths, a diverged run)."""
+  """Exceptions that are a user's mistake (bad config, data, paths, model directories, a
+  missing extra, a diverged run)."""
   from earlyrl_jax.configs import ConfigError
   from earlyrl_jax.data.sources import DataError
+  from earlyrl_jax.errors import CheckpointError, MissingExtraError
   # FloatingPointError: the loop's NonFiniteLossError (names the step and the last good checkpoint).
-  return (ConfigError, DataError, FloatingPointError, FileNotFoundError, FileExistsError,
-          NotADirectoryError, IsADirectoryError, PermissionError)
+  return (ConfigError, DataError, CheckpointError, MissingExtraError, FloatingPointError,
+          FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+          PermissionError)
 
 
 def _message(e: BaseException) -> str:
@@ -170,7 +175,7 @@ def main(argv):
   from earlyrl_jax import configs
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    # Cheap checks first: nothing is written, trained or compiled before they pass.
+    # Cheap checks first: nothing is written, loaded, trained or compiled before they pass.
     configs.check_workdir(workdir)
     configs.validate_fields(cfg)
     if _DISTRIBUTED.value:
@@ -178,6 +183,7 @@ def main(argv):
       distributed.initialize()
     configs.validate(cfg)
     configs.check_data(cfg)
+    configs.check_models(cfg)
     run(cfg, workdir)
   except _user_errors() as e:
     fail(_message(e))

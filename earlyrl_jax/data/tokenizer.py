@@ -187,10 +187,8 @@ class HFTokenizer:
 
   def __init__(self, path: str, *, bos_token: str | None = None, eos_token: str | None = None,
                pad_token: str | None = None):
-    try:
-      from tokenizers import Tokenizer as _Tok
-    except ImportError as e:
-      raise ImportError("HF tokenizers need the [hf] extra: pip install -e '.[hf]'") from e
+    require_hf_extra(path)
+    from tokenizers import Tokenizer as _Tok
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
@@ -456,6 +454,28 @@ if __name__ == "__main__":
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                     "special_tokens_map.json", "generation_config.json")
+
+
+def require_hf_extra(path: str, field: str = "") -> None:
+  """An HF tokenizer (tokenizer.json) needs the [hf] extra: checked before anything is loaded,
+  so a missing package is named before gigabytes of weights are read, not after."""
+  from earlyrl_jax.errors import MissingExtraError
+  try:
+    import tokenizers  # noqa: F401
+  except ImportError:
+    where = f"{field}: " if field else ""
+    raise MissingExtraError(f"{where}{path} is an HF tokenizer (tokenizer.json), which needs the "
+                            "[hf] extra (the `tokenizers` package): pip install -e '.[hf]'") from None
+
+
+def check_tokenizer_dir(path: str, field: str = "") -> None:
+  """That `load_tokenizer_dir(path)` will find a tokenizer and its packages, loading nothing."""
+  if os.path.exists(os.path.join(path, "tokenizer.json")):
+    require_hf_extra(os.path.join(path, "tokenizer.json"), field)
+  elif not os.path.exists(os.path.join(path, "tokenizer.model")):
+    where = f"{field}: " if field else ""
+    raise FileNotFoundError(f"{where}{path} has no tokenizer.json or tokenizer.model (a model "
+                            "directory brings its own tokenizer)")
 
 
 def load_tokenizer_dir(path: str):

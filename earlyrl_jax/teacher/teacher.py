@@ -232,5 +232,8 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None) -> Teacher:
       raise FileNotFoundError(f"{path}: an HF teacher needs tokenizer.json or tokenizer.model")
     graphdef, params = nnx.split(model)
     return Teacher(graphdef, params, tok, model.cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: " + ("is a file, not a teacher directory" if os.path.exists(path)
+                                           else "no such teacher directory"))
   raise FileNotFoundError(f"{path}: neither an embedded teacher ({CONFIG_FILE}) nor an HF model "
                           "directory (config.json)")
