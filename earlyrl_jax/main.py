@@ -10,18 +10,25 @@ extra, a run that diverged) ends with one `error: ...` line on stderr and exit
 code 2, before anything slow starts where possible; nothing already in the
 workdir is removed. A setting that is legal but almost surely unintended prints
 one `warning: ...` line and the run goes on.
+
+Exit codes (earlyrl_jax/errors.py): 0 finished; 2 a user error (fix it, do not
+retry); 75 (EX_TEMPFAIL) stopped by SIGTERM or SIGUSR1 after the checkpoint was
+written: rerun the same command to resume (the SLURM and XManager launchers
+requeue on it); 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from earlyrl_jax.errors import USAGE_ERROR  # light: imports nothing of the package
+from earlyrl_jax.errors import INTERRUPTED, STOP_SIGNALS, STOPPED, USAGE_ERROR  # light
 from earlyrl_jax.modes import help_text  # light: imports nothing heavy
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -161,6 +168,35 @@ def _user_errors() -> tuple[type[BaseException], ...]:
           PermissionError)
 
 
+class _Stopped(BaseException):
+  """A stop signal outside a training step (world, tokenizer, teacher training, compile):
+  nothing of the step loop to save. A BaseException, like KeyboardInterrupt, so that no
+  `except Exception` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool):
+  """Outside the training loop (which saves first: train/loop.py), SIGTERM / SIGUSR1 end the
+  run with STOPPED as well, so a scheduler requeues it whatever it was doing. Not with
+  several processes: JAX's preemption service owns SIGTERM there."""
+  def handle(signum, _frame):
+    raise _Stopped(signal.Signals(signum).name)
+  old = {}
+  if enabled:
+    for sig in STOP_SIGNALS:
+      old[sig] = signal.signal(sig, handle)
+  try:
+    yield
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
+def _stopped(out) -> bool:
+  """Whether a job's result says a stop signal ended it early (train_loop, the report)."""
+  return isinstance(out, dict) and bool(out.get("preempted"))
+
+
 def _message(e: BaseException) -> str:
   if isinstance(e, OSError) and e.filename and e.strerror:
     return f"{e.filename}: {e.strerror}"
@@ -184,9 +220,21 @@ def main(argv):
     configs.validate(cfg)
     configs.check_data(cfg)
     configs.check_models(cfg)
-    run(cfg, workdir)
+    import jax
+    with _stop_on_signals(enabled=jax.process_count() == 1):
+      out = run(cfg, workdir)
   except _user_errors() as e:
     fail(_message(e))
+  except _Stopped as e:
+    print(f"stopped by {e} outside a training step (what was saved before is kept); rerun the "
+          "same command to continue", file=sys.stderr, flush=True)
+    sys.exit(STOPPED)
+  except KeyboardInterrupt:
+    print("interrupted (Ctrl-C): stopped without saving; the newest checkpoint is kept",
+          file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
+  if _stopped(out):
+    sys.exit(STOPPED)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -542,3 +542,94 @@ def test_load_teacher_says_a_missing_path_is_missing(tmp_path):
   with pytest.raises(FileNotFoundError, match="is a file, not a teacher directory"):
     load_teacher(str(tmp_path / "f"))
 
+
+# --------------------------------------------------------------------------- what a stop returns
+# A run stopped by SIGTERM (or SIGUSR1) writes its checkpoint, says "saved step N" and exits with
+# errors.STOPPED (75, EX_TEMPFAIL), which the launchers requeue on; a finished run exits 0.
+
+
+def _popen(workdir, *args):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  return subprocess.Popen([sys.executable, "-m", "earlyrl_jax.main", f"--workdir={workdir}",
+                           f"--config={TINY}", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(path_fn, proc, what, seconds=240):
+  import time
+  deadline = time.time() + seconds
+  while not path_fn():
+    assert proc.poll() is None, proc.communicate()[0][-3000:]
+    assert time.time() < deadline, f"timed out waiting for {what}"
+    time.sleep(0.1)
+
+
+def test_sigterm_saves_says_the_step_and_exits_75_then_the_rerun_finishes_with_0(tmp_path):
+  import signal
+  from earlyrl_jax.errors import STOPPED
+  train = _corpus(tmp_path / "train.jsonl", n=200)
+  run = tmp_path / "run"
+  args = ["--config.mode=pretrain", "--config.data.corpus=files", f"--config.data.train_files={train}",
+          *SMALL, "--config.checkpoint.every_steps=100000"]
+  p = _popen(run, *args, "--config.num_steps=100000")
+  metrics = run / "metrics.jsonl"
+  _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 2, p, "two steps")
+  p.send_signal(signal.SIGTERM)
+  out = p.communicate(timeout=120)[0]
+  assert p.returncode == STOPPED == 75, out[-3000:]
+  assert "Traceback" not in out
+  saved = [int(d) for d in os.listdir(run / "checkpoints") if d.isdigit()]
+  assert len(saved) == 1 and 2 <= saved[0] < 100000
+  assert f"preempted (SIGTERM): saved step {saved[0]} in {run / 'checkpoints'}" in out
+  # The rerun resumes from that step and, finished, exits 0.
+  r = _cli(run, *args, f"--config.num_steps={saved[0] + 1}", timeout=180)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f"resumed from step {saved[0]}" in r.stdout
+
+
+def test_sigterm_outside_the_training_loop_exits_75_too(tmp_path):
+  """World generation (like tokenizer or teacher training) has no step to save: the run still
+  ends with the code a scheduler requeues, and says so in one line."""
+  import signal
+  from earlyrl_jax.errors import STOPPED
+  run = tmp_path / "run"
+  p = _popen(run, "--config.mode=world", "--config.world.num_train_documents=200000")
+  _wait_for(run.exists, p, "the world job to start writing")  # it takes ~40 s if not stopped
+  p.send_signal(signal.SIGTERM)
+  out = p.communicate(timeout=120)[0]
+  assert p.returncode == STOPPED, out[-3000:]
+  assert "Traceback" not in out
+  assert "stopped by SIGTERM outside a training step" in out
+
+
+def test_a_stop_while_waiting_for_data_saves_and_says_so(tmp_path, capsys):
+  """The data-wait path (a producer blocked on input: SIP's teacher, a slow file system) saves the
+  last trained step and prints the same "saved step N" line; SIGUSR1 stops like SIGTERM."""
+  import signal
+  import threading
+  import time
+  from earlyrl_jax.train import loop
+  from tests.test_train import tiny_cfg
+  cfg = tiny_cfg(**{"num_steps": 50, "data.batch_size": 8, "data.seq_len": 32, "model.max_seq_len": 32,
+                    "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.n_kv_heads": 1,
+                    "model.head_dim": 16, "model.d_ff": 64, "checkpoint.every_steps": 100,
+                    "log_every_steps": 1})
+  run = loop.setup(cfg, str(tmp_path / "run"))
+  job = loop.pretrain_job(run)
+  produce = job.next_batch
+
+  def blocked_after_two(state, step):
+    if step == 2:  # the stop arrives while this producer waits
+      threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+      time.sleep(60)
+      raise AssertionError("the stop signal did not interrupt the data wait")
+    return produce(state, step)
+
+  job.next_batch = blocked_after_two
+  out = loop.train_loop(run, job)
+  printed = capsys.readouterr().out
+  assert out["preempted"] and int(out["state"].step) == 2
+  assert "SIGUSR1 while waiting for data for step 3" in printed
+  assert f"preempted (SIGUSR1): saved step 2 in {tmp_path / 'run' / 'checkpoints'}" in printed
+  assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()) == [2]
+  assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler is put back
