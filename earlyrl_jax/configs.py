@@ -475,6 +475,8 @@ def check_models(cfg: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"data.tokenizer_path: {path}: no such file")
     if d.get("tokenizer") == "hf":
       tok_lib.require_hf_extra(path, "data.tokenizer_path")
+    if path and "://" not in path:
+      tok_lib.load_tokenizer(d.tokenizer, path)  # a corrupt file fails here (milliseconds)
   if needs_teacher(cfg):
     if cfg.teacher.path:
       check_model_dir(cfg.teacher.path, "teacher.path", teacher=True)
@@ -554,6 +556,7 @@ def _check_model_dir(path: str, field: str, *, teacher: bool, tokenizer: bool) -
     return  # an earlyrl_jax run: its loader names a missing checkpoint
   if teacher or tokenizer:
     tok_lib.check_tokenizer_dir(path, field)  # packages first: before any weight is read
+    tok_lib.load_tokenizer_dir(path)
   hf_io.check_model_dir(path)
 
 

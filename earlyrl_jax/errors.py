@@ -27,8 +27,8 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class CheckpointError(ValueError):
-  """A model or teacher directory that cannot be read: not JSON, an unsupported architecture,
-  truncated or corrupt weights, a missing tensor. The message names the file."""
+  """A model, teacher or tokenizer file that cannot be read: not JSON, an unsupported
+  architecture, truncated or corrupt weights, a missing tensor. The message names the file."""
 
 
 class MissingExtraError(ImportError):

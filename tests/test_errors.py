@@ -435,7 +435,8 @@ def _hf_dir(path, *, config=LLAMA, weights="truncated", tokenizer=True):
   data = st.read_bytes()
   st.write_bytes({"ok": data, "truncated": data[:len(data) // 2], "empty": b""}[weights])
   if tokenizer:
-    (path / "tokenizer.json").write_text("{}")
+    from tokenizers import Tokenizer, models  # the [hf] extra, installed for the tests
+    Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")).save(str(path / "tokenizer.json"))
   return str(path)
 
 
@@ -488,6 +489,13 @@ def test_unusable_model_directory_is_one_line_before_anything_is_written(tmp_pat
      ["generate.model_path: ", "config.json:1: not JSON (Expecting value at column 1)"]),
     (lambda d: str(d / "tok.json"), {"mode": "pretrain", "data.tokenizer": "hf", "data.tokenizer_path": None},
      ["data.tokenizer_path: ", "tok.json: no such file"]),
+    (lambda d: (d.mkdir(), (d / "tok.json").write_text("{}"), str(d / "tok.json"))[-1],
+     {"mode": "pretrain", "data.tokenizer": "hf", "data.tokenizer_path": None},
+     ["tok.json: not a readable tokenizer.json"]),
+    (lambda d: (d.mkdir(), (d / "sp.model").write_text("junk"), str(d / "sp.model"))[-1],
+     {"mode": "pretrain", "data.tokenizer_path": None}, ["sp.model: not a readable SentencePiece model"]),
+    (lambda d: (_hf_dir(d, weights="ok"), (d / "tokenizer_config.json").write_text("{oops"), str(d))[-1],
+     {"teacher.path": None}, ["tokenizer_config.json:1: not JSON"]),
 ])
 def test_check_models_names_field_and_file(tmp_path, make, fields, needles):
   """More model directories a user may point at, checked in-process (the command line above

@@ -130,7 +130,11 @@ class SentencePieceTokenizer:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"SentencePiece model not found: {path}")
     self.path = path
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+      from earlyrl_jax.errors import CheckpointError
+      raise CheckpointError(f"{path}: not a readable SentencePiece model ({e})") from None
     self.vocab_size = int(self._sp.get_piece_size())
     pad = self._sp.pad_id()
     self.pad_id = pad if pad >= 0 else 0
@@ -194,7 +198,11 @@ class HFTokenizer:
     if not os.path.isfile(file):
       raise FileNotFoundError(f"no tokenizer.json at {path}")
     self.path = path
-    self._tok = _Tok.from_file(file)
+    try:
+      self._tok = _Tok.from_file(file)
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+      from earlyrl_jax.errors import CheckpointError
+      raise CheckpointError(f"{file}: not a readable tokenizer.json ({e})") from None
     self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
     self.chat_template: str | None = None
     cfg = _read_json(os.path.join(directory, "tokenizer_config.json"))
@@ -295,8 +303,12 @@ def _read_json(path: str) -> dict:
   import json
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    from earlyrl_jax.errors import CheckpointError, json_problem
+    raise CheckpointError(f"{path}:{e.lineno}: not JSON ({json_problem(e)})") from None
 
 
 def load_tokenizer(kind: str, path: str = "", vocab_size: int = 259) -> Tokenizer:
