@@ -3,6 +3,17 @@
 Configs are plain `get_config()` files (see `configs/`). Everything here turns a
 ConfigDict into the typed objects the code uses and checks it against the
 devices before any compilation starts, naming the offending field.
+
+The checks, in the order main.py runs them (each raises one error naming the field):
+  validate_fields  the mode's settings alone: enums (ENUM_FIELDS), every numeric field
+                   (RANGES: one row per field, its range and the modes that read it) and
+                   the rules that tie fields together (check_settings); warnings for
+                   settings that are legal but almost surely unintended
+  validate         against the devices: mesh, batch divisibility, teacher placement
+  check_data       the first records of every data file
+  check_models     the model directories and tokenizer files a mode reads, before any
+                   weight is read
+A new numeric field gets a RANGES row (tests/test_errors.py fails without one).
 """
 from __future__ import annotations
 
