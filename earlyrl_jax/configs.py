@@ -312,12 +312,13 @@ RANGES: tuple[Range, ...] = (
 
 
 def check_ranges(cfg: ml_collections.ConfigDict) -> None:
-  """Every RANGES row the mode reads; raises ConfigError 'field: must be ... got ...'."""
+  """Every RANGES row the mode reads; raises ConfigError 'field: must be ... got ...'. None is
+  a field not set here (taken from elsewhere, e.g. a model shape from its checkpoint)."""
   for r in RANGES:
     if r.modes is not None and cfg.mode not in r.modes:
       continue
     value = _get(cfg, r.field, _MISSING)
-    if value is _MISSING:
+    if value is _MISSING or value is None:
       continue
     msg = r.problem(value)
     if msg:
@@ -334,25 +335,23 @@ def warn(msg: str) -> None:
     print(f"warning: {' '.join(msg.split())}", file=sys.stderr, flush=True)
 
 
+_SHAPE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+          "max_seq_len")
+
+
+def model_is_set(cfg) -> bool:
+  """Whether `cfg.model` holds a whole shape (None fields are taken from elsewhere later, e.g.
+  from the checkpoint a run starts from)."""
+  model = _get(cfg, "model")
+  return model is not None and all(model.get(k) is not None for k in _SHAPE)
+
+
 def check_settings(cfg: ml_collections.ConfigDict) -> None:
   """The rules that tie fields together, for the mode at hand (after check_ranges)."""
-  mode, d = cfg.mode, _get(cfg, "data")
-  if mode in TRAINING or mode == "teacher":
-    model_config(cfg)  # ModelConfig's own checks (positive sizes, GQA, even head_dim)
-  if mode in TRAINING:
-    mc = model_config(cfg)
-    _require(d.seq_len <= mc.max_seq_len, "data.seq_len",
-             f"{d.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
-    if d.tokenizer == "byte":
-      _require(mc.vocab_size >= 259, "model.vocab_size",
-               f"{mc.vocab_size} is too small for data.tokenizer='byte' (256 bytes + 3 special "
-               "tokens: >= 259)")
-    if d.tokenizer == "sentencepiece" and not d.tokenizer_path:
-      _require(d.tokenizer_vocab_size <= mc.vocab_size, "data.tokenizer_vocab_size",
-               f"{d.tokenizer_vocab_size} exceeds model.vocab_size={mc.vocab_size} (the "
-               "tokenizer trained here must fit the model's embedding)")
+  mode = cfg.mode
+  if (mode in TRAINING or mode == "teacher") and model_is_set(cfg):
+    check_model_fit(cfg)
   if mode in SIP_MODES:
-    _check_windows(cfg)
     _check_judge_axes(cfg.sip)
     if mode == "sip":
       _check_recipe(cfg.sip)
@@ -365,6 +364,27 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
       _check_judge_axes(cfg.sip)
   if mode == "teacher":
     _check_teacher_job(cfg)
+
+
+def check_model_fit(cfg) -> None:
+  """The rules that need the model's shape: ModelConfig's own (positive sizes, GQA, even
+  head_dim), then rows, windows and vocabularies that fit it. validate() runs them again once
+  a shape taken from elsewhere is filled in."""
+  mc, d = model_config(cfg), _get(cfg, "data")
+  if cfg.mode not in TRAINING:
+    return
+  _require(d.seq_len <= mc.max_seq_len, "data.seq_len",
+           f"{d.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
+  if d.tokenizer == "byte":
+    _require(mc.vocab_size >= 259, "model.vocab_size",
+             f"{mc.vocab_size} is too small for data.tokenizer='byte' (256 bytes + 3 special "
+             "tokens: >= 259)")
+  if d.tokenizer == "sentencepiece" and not d.tokenizer_path:
+    _require(d.tokenizer_vocab_size <= mc.vocab_size, "data.tokenizer_vocab_size",
+             f"{d.tokenizer_vocab_size} exceeds model.vocab_size={mc.vocab_size} (the "
+             "tokenizer trained here must fit the model's embedding)")
+  if cfg.mode in SIP_MODES:
+    _check_windows(cfg)
 
 
 def _check_windows(cfg) -> None:
@@ -489,7 +509,15 @@ def check_models(cfg: ml_collections.ConfigDict) -> None:
     if path and "://" not in path:
       tok_lib.load_tokenizer(d.tokenizer, path)  # a corrupt file fails here (milliseconds)
   if needs_teacher(cfg):
-    if cfg.teacher.path:
+    if _get(cfg, "teacher.backend", "inprocess") != "inprocess":
+      # A served teacher: its weights are on the server, its tokenizer files here.
+      field = ("teacher.openai.tokenizer_path" if _get(cfg, "teacher.openai.tokenizer_path")
+               else "teacher.path")
+      if _get(cfg, field):
+        _check_dir(_get(cfg, field), field)
+        tok_lib.check_tokenizer_dir(_get(cfg, field), field)
+        tok_lib.load_tokenizer_dir(_get(cfg, field))
+    elif cfg.teacher.path:
       check_model_dir(cfg.teacher.path, "teacher.path", teacher=True)
     else:
       from earlyrl_jax.train.sip import teacher_config
@@ -503,6 +531,14 @@ def check_models(cfg: ml_collections.ConfigDict) -> None:
     check_model_dir(init, "init.params_from")
   if mode == "generate" and generate_config(cfg).model_path:
     check_model_dir(generate_config(cfg).model_path, "generate.model_path", tokenizer=True)
+
+
+def _check_dir(path: str, field: str) -> None:
+  if not os.path.exists(path):
+    raise ConfigError(f"{field}: {path}: no such directory")
+  if not os.path.isdir(path):
+    raise ConfigError(f"{field}: {path} is a file; give the directory that holds the model "
+                      "(config.json and its weights)")
 
 
 def needs_teacher(cfg) -> bool:
@@ -540,11 +576,7 @@ def _check_model_dir(path: str, field: str, *, teacher: bool, tokenizer: bool) -
   from earlyrl_jax.models.safetensors_io import read_json
   if "://" in path:
     return  # remote: read by the storage library when loaded
-  if not os.path.exists(path):
-    raise ConfigError(f"{field}: {path}: no such directory")
-  if not os.path.isdir(path):
-    raise ConfigError(f"{field}: {path} is a file; give the directory that holds the model "
-                      "(config.json and its weights)")
+  _check_dir(path, field)
   embedded = os.path.join(path, "teacher_config.json")
   if teacher and os.path.isfile(embedded):
     meta = read_json(embedded)
@@ -581,6 +613,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   if not MODES[cfg.mode].trains:
     return
   mc = model_config(cfg)
+  check_model_fit(cfg)
   left = check_placement(cfg, num_devices, process_count)
   try:
     shape = mesh_lib.resolve_mesh_shape((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), left)

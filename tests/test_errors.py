@@ -300,6 +300,18 @@ def test_held_out_settings_name_field_and_range(fields, needle):
   assert needle in str(e.value)
 
 
+def test_a_model_shape_left_unset_is_checked_once_it_is_filled():
+  """A shape taken from elsewhere (None: e.g. from the checkpoint a run starts from) passes the
+  field pass; validate() checks rows and windows against it once it is filled."""
+  import ml_collections
+  cfg = _tiny(mode="sip")
+  cfg.model = ml_collections.ConfigDict({**cfg.model.to_dict(), "max_seq_len": None})
+  configs.validate_fields(cfg)
+  cfg.model.max_seq_len = 90  # what validate() does with a shape from the checkpoint
+  with pytest.raises(configs.ConfigError, match=r"data.seq_len: 128 exceeds model.max_seq_len=90"):
+    configs.validate(cfg, num_devices=1, process_count=1)
+
+
 def test_the_teacher_job_settings_are_checked():
   cfg = configs.load_config_file(os.path.join(REPO, "configs", "teacher_tiny.py"))
   configs.validate_fields(cfg)
@@ -352,9 +364,11 @@ def test_every_range_rejects_what_it_says_and_takes_its_default():
 
 
 # Numeric fields checked elsewhere (ModelConfig, generate_config, check_placement, the judge's
-# inference settings) or free by nature (seeds, thresholds that take any number).
+# inference settings, the teacher backends' check_config) or free by nature (seeds, thresholds
+# that take any number).
 _NOT_RANGED = ("seed", "world.seed", "model.", "generate.", "mesh.", "teacher.mesh.", "teacher.devices",
-               "teacher.inference.", "sip.judge_axes.", "sip.rf_threshold")
+               "teacher.inference.", "sip.judge_axes.", "sip.rf_threshold", "teacher.max_len",
+               "teacher.openai.")
 
 
 def _numeric_leaves(node, prefix=""):
