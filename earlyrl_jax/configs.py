@@ -225,7 +225,7 @@ RANGES: tuple[Range, ...] = (
     Range("model.init_std", float, "> 0", TRAINING + TEACHER_JOB),
     Range("data.batch_size", int, ">= 1", TRAINING),
     Range("data.seq_len", int, ">= 2", TRAINING),
-    Range("data.tokenizer_vocab_size", int, ">= 1", TRAINING + ("rewrite",)),
+    Range("data.tokenizer_vocab_size", int, ">= 0", TRAINING + ("rewrite",)),  # >= 1 when used
     Range("data.num_epochs", int, ">= 0", TRAINING + ("rewrite",)),
     Range("data.min_doc_tokens", int, ">= 0", TRAINING + ("rewrite",)),
     Range("data.worker_count", int, ">= 0", TRAINING + ("rewrite",)),
@@ -348,9 +348,13 @@ def model_is_set(cfg) -> bool:
 
 def check_settings(cfg: ml_collections.ConfigDict) -> None:
   """The rules that tie fields together, for the mode at hand (after check_ranges)."""
-  mode = cfg.mode
+  mode, d = cfg.mode, _get(cfg, "data")
   if (mode in TRAINING or mode == "teacher") and model_is_set(cfg):
     check_model_fit(cfg)
+  if mode in TRAINING + ("rewrite",) and d.tokenizer == "sentencepiece" and not d.tokenizer_path:
+    _require(d.tokenizer_vocab_size >= 1, "data.tokenizer_vocab_size",
+             f"must be >= 1 to train a tokenizer here (data.tokenizer='sentencepiece' without "
+             f"data.tokenizer_path), got {d.tokenizer_vocab_size}")
   if mode in SIP_MODES:
     _check_judge_axes(cfg.sip)
     if mode == "sip":
