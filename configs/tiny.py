@@ -89,24 +89,25 @@ def get_config() -> ConfigDict:
   # Self-improving pretraining (mode='sip'); see earlyrl_jax/train/sip.py and docs/method.md.
   c.sip = ConfigDict()
   c.sip.recipe = "dpo"          # 'dpo' (online DPO, best vs worst) | 'rf_nll' (NLL on the best) | 'pg'
-  c.sip.num_rollouts = 4        # K policy rollouts per prefix (paper: 16)
-  c.sip.temperature = 1.0       # rollout sampling temperature (paper: 1.0)
+  c.sip.num_rollouts = 4        # K policy rollouts per prefix (paper: 16); dpo / pg need >= 1
+  c.sip.temperature = 1.0       # rollout sampling temperature (paper: 1.0; 0 = greedy: K identical rollouts)
   c.sip.top_p = 1.0             # rollout nucleus sampling
   c.sip.candidate_len = 0       # max tokens of a candidate (0 = data.suffix_len); longer rewrites are cut
   c.sip.rewrite = "online"      # 'online' (teacher rewrites each suffix) | 'precomputed' (read the shards of
                                 # mode='rewrite' from sip.rewrites_dir; no teacher needed to rewrite) | 'none'
   c.sip.rewrites_dir = ""       # sip.rewrite='precomputed': '' = WORKDIR/rewrites (mode='rewrite' in the same workdir)
-  c.sip.judge = "teacher"       # 'teacher' (LM judge) | 'oracle' (world ground truth) | 'none' (pick the rewrite)
+  c.sip.judge = "teacher"       # 'teacher' (LM judge) | 'oracle' (world ground truth) | 'none' (pick the rewrite:
+                                # rf_nll with a rewrite only, the offline-rewriting baseline)
   c.sip.oracle_axes = ""        # axes the world's oracles judge instead of the teacher ('factuality'): an
                                 # ablation of which axis's judging limits SIP (tools/report.py sip_dpo_oracle_*)
   c.sip.judge_scheme = "all_pairs"  # 'all_pairs' | 'pivot' (vs the original) | 'adaptive'
   c.sip.judge_budget = 0        # adaptive: unordered pairs per prefix (0 = the scheme's default)
-  c.sip.judge_axes = ConfigDict({"quality": 1.0, "safety": 1.0, "factuality": 1.0})  # reward weights
+  c.sip.judge_axes = ConfigDict({"quality": 1.0, "safety": 1.0, "factuality": 1.0})  # reward weights (>= 0, one > 0)
   c.sip.both_orders = True      # ask every pair in both orders (cancels position bias)
   c.sip.judge_trim = True       # judge each candidate up to its last sentence end: the window's cut
                                 # is no defect of the text (train/sip.py: judged_texts)
   c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
-  c.sip.beta = 0.1              # DPO temperature
+  c.sip.beta = 0.1              # DPO temperature (> 0: at 0 the DPO loss has no gradient)
   c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows
   c.sip.coef = 1.0              # weight of the recipe's term (dpo / rf_nll / pg)
   c.sip.kl_coef = 0.0           # pg: weight of KL(π || reference) on rollout tokens (0 = no reference)

@@ -3,11 +3,25 @@
 Configs are plain `get_config()` files (see `configs/`). Everything here turns a
 ConfigDict into the typed objects the code uses and checks it against the
 devices before any compilation starts, naming the offending field.
+
+The checks, in the order main.py runs them (each raises one error naming the field):
+  validate_fields  the mode's settings alone: enums (ENUM_FIELDS), every numeric field
+                   (RANGES: one row per field, its range and the modes that read it) and
+                   the rules that tie fields together (check_settings); warnings for
+                   settings that are legal but almost surely unintended
+  validate         against the devices: mesh, batch divisibility, teacher placement
+  check_data       the first records of every data file
+  check_models     the model directories and tokenizer files a mode reads, before any
+                   weight is read
+A new numeric field gets a RANGES row (tests/test_errors.py fails without one).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
+import sys
 
 import jax
 import ml_collections
@@ -149,7 +163,11 @@ def check_workdir(workdir: str) -> None:
 
 
 def validate_fields(cfg: ml_collections.ConfigDict) -> None:
-  """Checks values that need no devices: the mode, every enum-like field, generate knobs."""
+  """Checks every setting the mode reads that needs no devices and no files: the mode, every
+  enum-like field, every numeric field (RANGES) and the settings that must agree with each
+  other. Raises ConfigError naming the field; prints a `warning:` line for a setting that is
+  legal but almost surely unintended (greedy rollouts with K > 1). Runs in milliseconds, before
+  anything is written, loaded or compiled (main.py, and the launchers before a job is queued)."""
   from earlyrl_jax.modes import MODES
   if cfg.mode not in MODES:
     known = "; ".join(f"{name} ({m.help})" for name, m in MODES.items())
@@ -160,6 +178,7 @@ def validate_fields(cfg: ml_collections.ConfigDict) -> None:
       continue
     _require(value in allowed, field,
              f"{value!r} is not one of {', '.join(repr(a) for a in allowed)}")
+  check_ranges(cfg)
   if cfg.mode == "generate":
     generate_config(cfg)  # raises ConfigError naming the generate.* field
   oracle_axes(cfg)
@@ -168,6 +187,7 @@ def validate_fields(cfg: ml_collections.ConfigDict) -> None:
     check_config(_get(cfg, "teacher"))
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  check_settings(cfg)
 
 
 def oracle_axes(cfg) -> list[str]:
@@ -181,6 +201,446 @@ def oracle_axes(cfg) -> list[str]:
 
 
 
+# --------------------------------------------------------------------------- numeric settings
+
+TRAINING = ("pretrain", "sip", "report")  # modes that build the policy, its data and optimizer
+SIP_MODES = ("sip", "report")              # modes that read sip.*
+WINDOWS = ("sip", "report", "rewrite")     # modes that cut documents into (prefix, suffix) windows
+TEACHER_JOB = ("teacher",)                 # the embedded teacher's own config (configs/teacher_tiny.py)
+
+_NUM = r"(-?[0-9.]+(?:e-?[0-9]+)?)"
+_BOUND_RE = re.compile(rf"^(>=|>) {_NUM}$")
+_INTERVAL_RE = re.compile(rf"^([\[(]){_NUM}, {_NUM}([\])])$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """A numeric field: its type, its allowed range written as the error says it ('>= 1',
+  '> 0', '[0, 1]', '(0, 1]') and the modes that read it (None: every mode)."""
+  field: str
+  kind: type                          # int or float (a float field takes an int too)
+  allowed: str
+  modes: tuple[str, ...] | None = None
+
+  def __post_init__(self):
+    if not (_BOUND_RE.match(self.allowed) or _INTERVAL_RE.match(self.allowed)):
+      raise ValueError(f"Range({self.field!r}): cannot read the range {self.allowed!r}")
+
+  def holds(self, x) -> bool:
+    m = _BOUND_RE.match(self.allowed)
+    if m:
+      bound = float(m.group(2))
+      return x >= bound if m.group(1) == ">=" else x > bound
+    lo_kind, lo, hi, hi_kind = _INTERVAL_RE.match(self.allowed).groups()
+    lo, hi = float(lo), float(hi)
+    return (x >= lo if lo_kind == "[" else x > lo) and (x <= hi if hi_kind == "]" else x < hi)
+
+  def problem(self, value) -> str | None:
+    """None when `value` is allowed, else the message after 'field: '."""
+    what = "an integer" if self.kind is int else "a number"
+    where = self.allowed if _BOUND_RE.match(self.allowed) else f"in {self.allowed}"
+    ok_type = (isinstance(value, int) if self.kind is int else isinstance(value, (int, float)))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value) or not self.holds(value):
+      return f"must be {what} {where}, got {value!r}"
+    return None
+
+
+# Every numeric setting a mode reads (cross-field rules: check_settings). A field a config
+# lacks is skipped (configs built on others may drop sections).
+RANGES: tuple[Range, ...] = (
+    Range("num_steps", int, ">= 1", ("pretrain", "sip")),
+    Range("log_every_steps", int, ">= 1", TRAINING),
+    Range("eval_every_steps", int, ">= 0", TRAINING),
+    Range("eval_batches", int, ">= 1", TRAINING),
+    Range("eval_world_prompts", int, ">= 0", TRAINING),
+    Range("eval_world_prompts_during", int, ">= 0", ("sip",)),
+    Range("model.rope_theta", float, "> 0", TRAINING + TEACHER_JOB),
+    Range("model.norm_eps", float, "> 0", TRAINING + TEACHER_JOB),
+    Range("model.init_std", float, "> 0", TRAINING + TEACHER_JOB),
+    Range("data.batch_size", int, ">= 1", TRAINING),
+    Range("data.seq_len", int, ">= 2", TRAINING),
+    Range("data.tokenizer_vocab_size", int, ">= 0", TRAINING + ("rewrite",)),  # >= 1 when used
+    Range("data.num_epochs", int, ">= 0", TRAINING + ("rewrite",)),
+    Range("data.min_doc_tokens", int, ">= 0", TRAINING + ("rewrite",)),
+    Range("data.worker_count", int, ">= 0", TRAINING + ("rewrite",)),
+    Range("data.max_consecutive_skips", int, ">= 1", TRAINING + ("rewrite",)),
+    Range("data.window_pool_size", int, ">= 1", WINDOWS),
+    Range("data.prefix_len", int, ">= 1", WINDOWS),
+    Range("data.suffix_len", int, ">= 1", WINDOWS),
+    Range("data.window_stride", int, ">= 0", WINDOWS),
+    Range("data.min_prefix_len", int, ">= 1", WINDOWS),
+    Range("opt.learning_rate", float, "> 0", TRAINING),
+    Range("opt.warmup_steps", int, ">= 0", TRAINING),
+    Range("opt.min_lr_ratio", float, "[0, 1]", TRAINING),
+    Range("opt.b1", float, "[0, 1)", TRAINING),
+    Range("opt.b2", float, "[0, 1)", TRAINING),
+    Range("opt.eps", float, "> 0", TRAINING),
+    Range("opt.weight_decay", float, ">= 0", TRAINING),
+    Range("opt.grad_clip", float, ">= 0", TRAINING),
+    Range("opt.grad_accum_steps", int, ">= 1", TRAINING),
+    Range("opt.z_loss", float, ">= 0", TRAINING),
+    Range("checkpoint.every_steps", int, ">= 1", TRAINING),
+    Range("checkpoint.keep", int, ">= 1", TRAINING),
+    # sip: K may be 0 only where the recipe still compares something (check_settings).
+    Range("sip.num_rollouts", int, ">= 0", SIP_MODES),
+    Range("sip.temperature", float, ">= 0", SIP_MODES),
+    Range("sip.top_p", float, "(0, 1]", SIP_MODES),
+    Range("sip.candidate_len", int, ">= 0", SIP_MODES),
+    Range("sip.judge_budget", int, ">= 0", SIP_MODES),
+    # The DPO temperature: at 0 the DPO loss is log 2 for every pair (no gradient); below 0
+    # it trains toward the worse candidate while rewards/accuracy reads 1.
+    Range("sip.beta", float, "> 0", SIP_MODES),
+    Range("sip.lm_coef", float, ">= 0", SIP_MODES),
+    Range("sip.coef", float, ">= 0", SIP_MODES),
+    Range("sip.kl_coef", float, ">= 0", SIP_MODES),
+    Range("report.num_seeds", int, ">= 1", ("report",)),
+    Range("report.base_steps", int, ">= 1", ("report",)),
+    Range("report.steps", int, ">= 1", ("report",)),
+    Range("report.learning_rate", float, "> 0", ("report",)),
+    Range("report.sip_lm_coef", float, ">= 0", ("report",)),
+    Range("report.eval_prompts", int, ">= 1", ("report",)),
+    Range("report.eval_samples", int, ">= 1", ("report",)),
+    Range("report.bait_samples", int, ">= 1", ("report",)),
+    Range("report.eval_every_steps", int, ">= 0", ("report",)),
+    Range("report.eval_prompts_during", int, ">= 0", ("report",)),
+    Range("rewrite_job.shard_size", int, ">= 1", ("rewrite",)),
+    Range("rewrite_job.batch_size", int, ">= 1", ("rewrite",)),
+    Range("rewrite_job.max_windows", int, ">= 0", ("rewrite",)),
+    Range("world.num_train_documents", int, ">= 1"),
+    Range("world.num_eval_documents", int, ">= 0"),
+    Range("world.num_train_shards", int, ">= 1"),
+    Range("world.false_fact_rate", float, "[0, 1]"),
+    Range("world.unsafe_rate", float, "[0, 1]"),
+    Range("world.low_quality_rate", float, "[0, 1]"),
+    Range("world.defect_in_second_half", float, "[0, 1]"),
+    Range("world.myth_rate", float, "[0, 1]"),
+    Range("world.myth_share", float, "[0, 1]"),
+    *(Range(f"world.{f}", int, ">= 0") for f in (
+        "num_countries", "num_cities", "num_people", "num_organisations", "num_substances",
+        "num_toxins", "num_preference_pairs", "num_rewrite_examples", "num_factual_probes",
+        "num_unsafe_bait")),
+    # The embedded teacher's training (mode='teacher'; the config of teacher.config).
+    *(Range(f"teacher.{f}", int, ">= 1", TEACHER_JOB) for f in (
+        "tokenizer_vocab_size", "tokenizer_documents", "prefix_chars", "candidate_chars",
+        "reference_chars", "max_suffix_sentences", "rewrite_max_new_tokens", "log_every_steps",
+        "pretrain.num_documents", "pretrain.batch_size", "sft.num_documents", "sft.batch_size",
+        "grpo.inputs_per_step", "policy.num_documents", "policy.batch_size", "policy.d_model",
+        "policy.n_layers", "eval.num_documents", "eval.rollout_tokens")),
+    *(Range(f"teacher.{f}", int, ">= 0", TEACHER_JOB) for f in (
+        "pretrain.fact_sheets", "pretrain.steps", "sft.steps", "sft.claim_rollouts", "grpo.steps",
+        "policy.steps", "policy.weak_steps", "eval.num_rollout_prefixes", "eval.num_rewrites")),
+    *(Range(f"teacher.{f}", float, "> 0", TEACHER_JOB) for f in (
+        "pretrain.learning_rate", "sft.learning_rate", "sft.score_power", "grpo.temperature",
+        "grpo.learning_rate", "policy.learning_rate")),
+    *(Range(f"teacher.{f}", float, "[0, 1]", TEACHER_JOB) for f in (
+        "sft.adversarial_rate", "sft.safe_keep", "sft.judge_share", "sft.false_fact_share",
+        "sft.cut_share", "sft.minimal_share", "sft.claim_share")),
+    Range("teacher.pretrain.seq_len", int, ">= 2", TEACHER_JOB),
+    Range("teacher.policy.seq_len", int, ">= 2", TEACHER_JOB),
+    Range("teacher.sft.lm_rows_share", float, "[0, 1)", TEACHER_JOB),
+    Range("teacher.sft.verdict_weight", float, "> 0", TEACHER_JOB),
+    Range("teacher.sft.lm_weight", float, ">= 0", TEACHER_JOB),
+    Range("teacher.grpo.samples_per_input", int, ">= 2", TEACHER_JOB),  # a group for the advantages
+    Range("teacher.grpo.kl_coef", float, ">= 0", TEACHER_JOB),
+)
+
+
+def check_ranges(cfg: ml_collections.ConfigDict) -> None:
+  """Every RANGES row the mode reads; raises ConfigError 'field: must be ... got ...'. None is
+  a field not set here (taken from elsewhere, e.g. a model shape from its checkpoint)."""
+  for r in RANGES:
+    if r.modes is not None and cfg.mode not in r.modes:
+      continue
+    value = _get(cfg, r.field, _MISSING)
+    if value is _MISSING or value is None:
+      continue
+    msg = r.problem(value)
+    if msg:
+      raise ConfigError(f"{r.field}: {msg}")
+
+
+_WARNED: set[str] = set()
+
+
+def warn(msg: str) -> None:
+  """One `warning: ...` line on stderr (once per message and process); the run goes on."""
+  if msg not in _WARNED:
+    _WARNED.add(msg)
+    print(f"warning: {' '.join(msg.split())}", file=sys.stderr, flush=True)
+
+
+_SHAPE = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+          "max_seq_len")
+
+
+def model_is_set(cfg) -> bool:
+  """Whether `cfg.model` holds a whole shape (None fields are taken from elsewhere later, e.g.
+  from the checkpoint a run starts from)."""
+  model = _get(cfg, "model")
+  return model is not None and all(model.get(k) is not None for k in _SHAPE)
+
+
+def check_settings(cfg: ml_collections.ConfigDict) -> None:
+  """The rules that tie fields together, for the mode at hand (after check_ranges)."""
+  mode, d = cfg.mode, _get(cfg, "data")
+  if (mode in TRAINING or mode == "teacher") and model_is_set(cfg):
+    check_model_fit(cfg)
+  if mode in TRAINING + ("rewrite",) and d.tokenizer == "sentencepiece" and not d.tokenizer_path:
+    _require(d.tokenizer_vocab_size >= 1, "data.tokenizer_vocab_size",
+             f"must be >= 1 to train a tokenizer here (data.tokenizer='sentencepiece' without "
+             f"data.tokenizer_path), got {d.tokenizer_vocab_size}")
+  if mode in SIP_MODES:
+    _check_judge_axes(cfg.sip)
+    if mode == "sip":
+      _check_recipe(cfg.sip)
+    else:
+      _check_report(cfg)
+  if mode == "rewrite":
+    from earlyrl_jax.rewrite_job import job_config
+    job = job_config(cfg)  # unknown rewrite_job.* fields
+    if job.judge != "none":
+      _check_judge_axes(cfg.sip)
+  if mode == "teacher":
+    _check_teacher_job(cfg)
+
+
+def check_model_fit(cfg) -> None:
+  """The rules that need the model's shape: ModelConfig's own (positive sizes, GQA, even
+  head_dim), then rows, windows and vocabularies that fit it. validate() runs them again once
+  a shape taken from elsewhere is filled in."""
+  mc, d = model_config(cfg), _get(cfg, "data")
+  if cfg.mode not in TRAINING:
+    return
+  _require(d.seq_len <= mc.max_seq_len, "data.seq_len",
+           f"{d.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
+  if d.tokenizer == "byte":
+    _require(mc.vocab_size >= 259, "model.vocab_size",
+             f"{mc.vocab_size} is too small for data.tokenizer='byte' (256 bytes + 3 special "
+             "tokens: >= 259)")
+  if d.tokenizer == "sentencepiece" and not d.tokenizer_path:
+    _require(d.tokenizer_vocab_size <= mc.vocab_size, "data.tokenizer_vocab_size",
+             f"{d.tokenizer_vocab_size} exceeds model.vocab_size={mc.vocab_size} (the "
+             "tokenizer trained here must fit the model's embedding)")
+  if cfg.mode in SIP_MODES:
+    _check_windows(cfg)
+
+
+def _check_windows(cfg) -> None:
+  """A SIP row is prefix + candidate tokens, and rollouts decode suffix_len tokens after the
+  prefix: both must fit the policy's positions."""
+  d, s = cfg.data, cfg.sip
+  mc = model_config(cfg)
+  cand = int(s.candidate_len) or int(d.suffix_len)
+  longest = max(cand, int(d.suffix_len))
+  name = "sip.candidate_len" if cand > d.suffix_len else "data.suffix_len"
+  _require(d.prefix_len + longest <= mc.max_seq_len, "data.prefix_len",
+           f"data.prefix_len + {name} = {d.prefix_len} + {longest} = {d.prefix_len + longest} "
+           f"exceeds model.max_seq_len={mc.max_seq_len}; shorten the windows or raise "
+           "model.max_seq_len")
+
+
+def _check_judge_axes(s) -> None:
+  """Reward weights per judge axis: known axes, numbers >= 0, at least one positive."""
+  from earlyrl_jax.teacher.prompts import AXES
+  axes = dict(s.judge_axes) if s.get("judge_axes") is not None else {}
+  for axis, w in axes.items():
+    _require(axis in AXES, f"sip.judge_axes.{axis}", f"is not a judge axis (axes: {', '.join(AXES)})")
+    _require(not isinstance(w, bool) and isinstance(w, (int, float)) and math.isfinite(w)
+             and w >= 0, f"sip.judge_axes.{axis}", f"must be a weight >= 0, got {w!r}")
+  _require(any(w > 0 for w in axes.values()), "sip.judge_axes",
+           f"{axes}: every weight is 0, so every candidate gets the same reward; give at least "
+           "one axis a positive weight")
+
+
+def _check_recipe(s, where: str = "") -> None:
+  """A SIP configuration must leave its recipe something to compare. `where` prefixes errors
+  (the report's methods)."""
+  def require(cond, field, msg):
+    if not cond:
+      raise ConfigError(f"{where}{field}: {msg}")
+  K, recipe, judge, rewrite = int(s.num_rollouts), s.recipe, s.judge, s.rewrite
+  require(s.lm_coef > 0 or s.coef > 0, "sip.coef",
+          "sip.coef=0 and sip.lm_coef=0: no loss term is on, the run would train on nothing")
+  if not s.coef:  # the recipe's term is off: plain NLL on the windows (the report's `nll`)
+    if K or judge != "none" or rewrite != "none":
+      warn(f"{where}sip.coef=0 turns the recipe's term off, yet every step samples "
+           f"sip.num_rollouts={K} rollouts, rewrites (sip.rewrite={rewrite!r}) and judges "
+           f"(sip.judge={judge!r}) for nothing; set them to 0 / 'none'")
+    return
+  if judge == "none":
+    require(rewrite != "none", "sip.judge",
+            "sip.judge='none' with sip.rewrite='none' leaves the recipe nothing to compare: its one "
+            "candidate is the original, which is plain NLL (use mode='pretrain', or set "
+            "sip.rewrite / sip.judge)")
+    require(recipe == "rf_nll", "sip.judge",
+            f"sip.judge='none' always picks the rewrite without comparing, so "
+            f"sip.recipe={recipe!r} has no pair to learn from; only 'rf_nll' trains on it (NLL "
+            "on the rewrite, the offline-rewriting baseline)")
+    if K:
+      warn(f"{where}sip.num_rollouts={K}: sip.judge='none' always picks the rewrite, so the "
+           "rollouts are sampled and never used; set sip.num_rollouts=0")
+    return
+  require(K >= 1 or recipe == "rf_nll", "sip.num_rollouts",
+          f"sip.recipe={recipe!r} needs the policy's own rollouts (sip.num_rollouts >= 1) to "
+          "compare with the original" + (" and the rewrite" if rewrite != "none" else "")
+          + "; 0 is allowed only with sip.recipe='rf_nll' and a rewrite, or sip.coef=0")
+  require(1 + (rewrite != "none") + K >= 2, "sip.num_rollouts",
+          "sip.num_rollouts=0 with sip.rewrite='none' leaves the original alone: the judge has "
+          "nothing to compare it with")
+  if K > 1 and s.temperature == 0:
+    warn(f"sip.temperature=0 samples greedily: the sip.num_rollouts={K} rollouts of a prefix are "
+         "identical; use a temperature > 0 (paper: 1.0) or sip.num_rollouts=1")
+  if s.kl_coef and recipe != "pg":
+    warn(f"sip.kl_coef={s.kl_coef} applies only to sip.recipe='pg' (DPO's reference is its "
+         "own); it is ignored")
+
+
+def _check_report(cfg) -> None:
+  """The report runs several SIP configurations (tools/report.py METHODS, each applied over the
+  `sip` section): each is checked here, before the base model trains."""
+  from earlyrl_jax.tools.report import METHODS
+  methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
+  unknown = [m for m in methods if m not in METHODS]
+  _require(not unknown, "report.methods", f"{unknown} unknown (known: {', '.join(METHODS)})")
+  for m in methods:
+    s = ml_collections.ConfigDict(cfg.sip.to_dict())
+    s.lm_coef = cfg.report.sip_lm_coef
+    s.update(METHODS[m])
+    _check_recipe(s, where=f"report method {m!r}: ")
+
+
+def _check_teacher_job(cfg) -> None:
+  """The embedded teacher's training config (mode='teacher')."""
+  t, mc = cfg.teacher, model_config(cfg)
+  _require(t.tokenizer_vocab_size <= mc.vocab_size, "teacher.tokenizer_vocab_size",
+           f"{t.tokenizer_vocab_size} exceeds model.vocab_size={mc.vocab_size}")
+  _require(t.pretrain.seq_len <= mc.max_seq_len, "teacher.pretrain.seq_len",
+           f"{t.pretrain.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
+  _require(t.policy.weak_steps <= t.policy.steps, "teacher.policy.weak_steps",
+           f"{t.policy.weak_steps} exceeds teacher.policy.steps={t.policy.steps} (the weak "
+           "policy is an earlier step of the same run)")
+  if t.get("inference") is not None:
+    from earlyrl_jax.teacher.teacher import inference_settings
+    try:
+      inference_settings(t.inference.to_dict())
+    except (TypeError, ValueError) as e:
+      raise ConfigError(f"teacher.inference: {e}") from None
+
+
+def check_models(cfg: ml_collections.ConfigDict) -> None:
+  """The model directories the mode will read and the packages their tokenizers need, checked
+  before any weight is read or anything is written (main.py runs it after check_data).
+
+  teacher.path (an embedded teacher or an HF instruct model), init.params_from (a run or an HF
+  directory), generate.model_path (the same), and data.tokenizer='hf' (the [hf] extra): a
+  missing directory, a file in its place, a config.json that is not JSON or no supported
+  model, a truncated safetensors file and a missing extra each end as one line naming the
+  field and the file. The embedded teacher's config (teacher.path='') is validated too."""
+  from earlyrl_jax.data import tokenizer as tok_lib
+  mode, d = cfg.mode, _get(cfg, "data")
+  if d is not None and mode in TRAINING + ("rewrite",) and d.get("tokenizer") != "byte":
+    path = d.get("tokenizer_path", "")
+    if path and "://" not in path and not os.path.exists(path):
+      raise ConfigError(f"data.tokenizer_path: {path}: no such file")
+    if d.get("tokenizer") == "hf":
+      tok_lib.require_hf_extra(path, "data.tokenizer_path")
+    if path and "://" not in path:
+      tok_lib.load_tokenizer(d.tokenizer, path)  # a corrupt file fails here (milliseconds)
+  if needs_teacher(cfg):
+    if _get(cfg, "teacher.backend", "inprocess") != "inprocess":
+      # A served teacher: its weights are on the server, its tokenizer files here.
+      field = ("teacher.openai.tokenizer_path" if _get(cfg, "teacher.openai.tokenizer_path")
+               else "teacher.path")
+      if _get(cfg, field):
+        _check_dir(_get(cfg, field), field)
+        tok_lib.check_tokenizer_dir(_get(cfg, field), field)
+        tok_lib.load_tokenizer_dir(_get(cfg, field))
+    elif cfg.teacher.path:
+      check_model_dir(cfg.teacher.path, "teacher.path", teacher=True)
+    else:
+      from earlyrl_jax.train.sip import teacher_config
+      tcfg = teacher_config(cfg)
+      try:
+        validate_fields(tcfg)
+      except ConfigError as e:
+        raise ConfigError(f"teacher.config={cfg.teacher.config!r}: {e}") from None
+  init = _get(cfg, "init.params_from", "")
+  if init and mode in TRAINING:
+    check_model_dir(init, "init.params_from")
+  if mode == "generate" and generate_config(cfg).model_path:
+    check_model_dir(generate_config(cfg).model_path, "generate.model_path", tokenizer=True)
+
+
+def _check_dir(path: str, field: str) -> None:
+  if not os.path.exists(path):
+    raise ConfigError(f"{field}: {path}: no such directory")
+  if not os.path.isdir(path):
+    raise ConfigError(f"{field}: {path} is a file; give the directory that holds the model "
+                      "(config.json and its weights)")
+
+
+def needs_teacher(cfg) -> bool:
+  """Whether the mode loads (or trains) the teacher: SIP that judges or rewrites with it, a
+  report with a method that does, the rewrite job."""
+  mode = cfg.mode
+  if mode == "rewrite":
+    return True
+  if mode == "sip":
+    return cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
+  if mode == "report":
+    from earlyrl_jax.tools.report import METHODS
+    methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
+    return any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
+               for m in methods if m in METHODS)
+  return False
+
+
+def check_model_dir(path: str, field: str, *, teacher: bool = False, tokenizer: bool = False) -> None:
+  """One model directory, as `field` names it: an earlyrl_jax run (config.json +
+  checkpoints/), an embedded teacher (teacher_config.json) or an HF directory (config.json +
+  safetensors, checked through hf_io.check_model_dir). `tokenizer`/`teacher`: the directory's
+  own tokenizer is used, so its packages must be installed. Errors name `field` and the file."""
+  from earlyrl_jax.errors import CheckpointError
+  try:
+    _check_model_dir(path, field, teacher=teacher, tokenizer=tokenizer)
+  except CheckpointError as e:
+    raise CheckpointError(f"{field}: {e}") from None
+
+
+def _check_model_dir(path: str, field: str, *, teacher: bool, tokenizer: bool) -> None:
+  from earlyrl_jax.data import tokenizer as tok_lib
+  from earlyrl_jax.errors import CheckpointError
+  from earlyrl_jax.models import hf_io
+  from earlyrl_jax.models.safetensors_io import read_json
+  if "://" in path:
+    return  # remote: read by the storage library when loaded
+  _check_dir(path, field)
+  embedded = os.path.join(path, "teacher_config.json")
+  if teacher and os.path.isfile(embedded):
+    meta = read_json(embedded)
+    try:
+      model_config(ml_collections.ConfigDict({"model": meta["model"]}))
+    except (KeyError, TypeError, ConfigError) as e:
+      raise CheckpointError(f"{embedded}: no usable \"model\" section ({e})") from None
+    if not os.path.isfile(os.path.join(path, "tokenizer.model")):
+      raise CheckpointError(f"{path}: an embedded teacher without its tokenizer.model")
+    return
+  config_json = os.path.join(path, "config.json")
+  if not os.path.isfile(config_json):
+    kind = ("an embedded teacher (teacher_config.json)" if teacher
+            else "a training run (config.json + checkpoints/)")
+    raise ConfigError(f"{field}: {path} holds neither {kind} nor an HF model directory "
+                      "(config.json + *.safetensors)")
+  hf = read_json(config_json)
+  if not teacher and ("model_type" not in hf and "architectures" not in hf
+                      or os.path.isdir(os.path.join(path, "checkpoints"))):
+    return  # an earlyrl_jax run: its loader names a missing checkpoint
+  if teacher or tokenizer:
+    tok_lib.check_tokenizer_dir(path, field)  # packages first: before any weight is read
+    tok_lib.load_tokenizer_dir(path)
+  hf_io.check_model_dir(path)
+
+
 def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
              process_count: int | None = None) -> None:
   """Checks the config against itself and the available devices; raises ConfigError."""
@@ -188,12 +648,12 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   num_devices = jax.device_count() if num_devices is None else num_devices
   process_count = jax.process_count() if process_count is None else process_count
   from earlyrl_jax.modes import MODES
-  _require(cfg.num_steps >= 0, "num_steps", f"must be >= 0, got {cfg.num_steps}")
   if not MODES[cfg.mode].trains:
     return
   from earlyrl_jax.checkpoint_shape import resolve_model
   resolve_model(cfg)  # model.preset='from_checkpoint': the shape from init.params_from
   mc = model_config(cfg)
+  check_model_fit(cfg)
   left = check_placement(cfg, num_devices, process_count)
   try:
     shape = mesh_lib.resolve_mesh_shape((cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor), left)
@@ -205,30 +665,20 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   data, fsdp, tensor = shape
   dp = data * fsdp
   d = cfg.data
-  _require(d.batch_size > 0, "data.batch_size", "must be positive")
   _require(d.batch_size % dp == 0, "data.batch_size",
            f"{d.batch_size} is not divisible by the data-parallel size {dp} (mesh.data x mesh.fsdp)")
   _require(d.batch_size % process_count == 0, "data.batch_size",
            f"{d.batch_size} is not divisible by the number of hosts {process_count}")
   accum = cfg.opt.grad_accum_steps
-  _require(accum >= 1, "opt.grad_accum_steps", "must be >= 1")
   _require(d.batch_size % (accum * dp) == 0, "opt.grad_accum_steps",
            f"data.batch_size={d.batch_size} must split into {accum} micro-batches that are "
            f"each divisible by the data-parallel size {dp}")
-  _require(d.seq_len >= 2, "data.seq_len", "must be >= 2")
-  _require(d.seq_len <= mc.max_seq_len, "data.seq_len",
-           f"{d.seq_len} exceeds model.max_seq_len={mc.max_seq_len}")
   bad = model_mesh_mismatch(mc, fsdp=fsdp, tensor=tensor)
   if bad is not None:
     name, value, axis, size = bad
     _require(False, f"model.{name}", f"{value} is not divisible by mesh.{axis}={size}")
-  o = cfg.opt
-  _require(o.learning_rate > 0, "opt.learning_rate", "must be positive")
-  _require(o.warmup_steps >= 0, "opt.warmup_steps", "must be >= 0")
-  _require(0.0 <= o.min_lr_ratio <= 1.0, "opt.min_lr_ratio", "must be in [0, 1]")
-  _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
-  _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be positive")
-  _require(cfg.log_every_steps > 0, "log_every_steps", "must be positive")
+  # Paths a config may leave to the command line (configs/midtrain.py): required by the run,
+  # not by a launcher that adds them later.
   if d.corpus == "files":
     _require(bool(d.train_files), "data.train_files", "is empty; give file globs (or data.corpus='world')")
   if d.tokenizer == "hf":

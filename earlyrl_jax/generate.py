@@ -36,6 +36,7 @@ from earlyrl_jax import configs
 from earlyrl_jax.configs import ConfigError, GenerateConfig
 from earlyrl_jax.data.tokenizer import adds_bos
 from earlyrl_jax.data.sources import DataError
+from earlyrl_jax.errors import json_problem
 
 
 def _is_main() -> bool:
@@ -70,7 +71,7 @@ def read_prompts(g: GenerateConfig) -> list[dict[str, Any]]:
       except UnicodeDecodeError as e:
         raise DataError(f"{where}: invalid UTF-8 at byte {e.start}") from None
       except json.JSONDecodeError as e:
-        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); "
+        raise DataError(f"{where}: malformed JSON ({json_problem(e)}); "
                         f"generate.prompt_file needs one JSON object per line") from None
       if not isinstance(obj, dict) or not isinstance(obj.get(g.prompt_field), str):
         has = f"its fields are {sorted(obj)[:12]}" if isinstance(obj, dict) else (
@@ -145,12 +146,11 @@ def load_run(run_dir: str, *, step: int = -1, mesh=None):
 
 def load_hf(path: str, *, dtype: str = "", mesh=None):
   """(model, tokenizer, description) from a Hugging Face model directory."""
-  from earlyrl_jax.data.tokenizer import load_tokenizer_dir
+  from earlyrl_jax.data.tokenizer import check_tokenizer_dir, load_tokenizer_dir
   from earlyrl_jax.models import hf_io
-  model, tokenizer = hf_io.load_model(path, mesh=mesh, dtype=dtype or None), load_tokenizer_dir(path)
-  if tokenizer is None:
-    raise DataError(f"generate.model_path: {path} has no tokenizer.json or tokenizer.model")
-  return model, tokenizer, f"HF model {path}"
+  check_tokenizer_dir(path, "generate.model_path")  # a missing package is named before any weight is read
+  tokenizer = load_tokenizer_dir(path)
+  return hf_io.load_model(path, mesh=mesh, dtype=dtype or None), tokenizer, f"HF model {path}"
 
 
 def load_model(g: GenerateConfig, workdir: str, mesh=None):

@@ -5,25 +5,34 @@ are listed in `earlyrl_jax/modes.py` and by `--help`. Any config field can be
 overridden: `--config.num_steps=50 --config.data.batch_size=8`.
 
 A mistake a user can make (an unknown or mistyped config field, a bad value, a
-workdir that is a file, unusable data, a run that diverged) ends with one
-`error: ...` line on stderr and exit code 2, before anything slow starts where
-possible; nothing already in the workdir is removed.
+workdir that is a file, unusable data, an unreadable model directory, a missing
+extra, a run that diverged) ends with one `error: ...` line on stderr and exit
+code 2, before anything slow starts where possible; nothing already in the
+workdir is removed. A setting that is legal but almost surely unintended prints
+one `warning: ...` line and the run goes on.
+
+Exit codes (earlyrl_jax/errors.py): 0 finished; 2 a user error (fix it, do not
+retry); 75 (EX_TEMPFAIL) stopped by SIGTERM or SIGUSR1 after the checkpoint was
+written: rerun the same command to resume (the SLURM and XManager launchers
+requeue on it); 130 interrupted by Ctrl-C.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from earlyrl_jax.errors import INTERRUPTED, STOP_SIGNALS, STOPPED, USAGE_ERROR  # light
 from earlyrl_jax.modes import help_text  # light: imports nothing heavy
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                "configs", "tiny.py")
-USAGE_ERROR = 2  # exit code of every user mistake reported as one `error:` line
 
 # Defined by _define_flags(): ml_collections parses the default config and the
 # `--config.*` overrides at definition time, so definition must happen where its
@@ -148,12 +157,44 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-  """Exceptions that are a user's mistake (bad config, data, paths, a diverged run)."""
+  """Exceptions that are a user's mistake (bad config, data, paths, model directories, a
+  missing extra, a diverged run)."""
   from earlyrl_jax.configs import ConfigError
   from earlyrl_jax.data.sources import DataError
+  from earlyrl_jax.errors import CheckpointError, MissingExtraError
   # FloatingPointError: the loop's NonFiniteLossError (names the step and the last good checkpoint).
-  return (ConfigError, DataError, FloatingPointError, FileNotFoundError, FileExistsError,
-          NotADirectoryError, IsADirectoryError, PermissionError)
+  return (ConfigError, DataError, CheckpointError, MissingExtraError, FloatingPointError,
+          FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+          PermissionError)
+
+
+class _Stopped(BaseException):
+  """A stop signal outside a training step (world, tokenizer, teacher training, compile):
+  nothing of the step loop to save. A BaseException, like KeyboardInterrupt, so that no
+  `except Exception` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _stop_on_signals(enabled: bool):
+  """Outside the training loop (which saves first: train/loop.py), SIGTERM / SIGUSR1 end the
+  run with STOPPED as well, so a scheduler requeues it whatever it was doing. Not with
+  several processes: JAX's preemption service owns SIGTERM there."""
+  def handle(signum, _frame):
+    raise _Stopped(signal.Signals(signum).name)
+  old = {}
+  if enabled:
+    for sig in STOP_SIGNALS:
+      old[sig] = signal.signal(sig, handle)
+  try:
+    yield
+  finally:
+    for sig, handler in old.items():
+      signal.signal(sig, handler)
+
+
+def _stopped(out) -> bool:
+  """Whether a job's result says a stop signal ended it early (train_loop, the report)."""
+  return isinstance(out, dict) and bool(out.get("preempted"))
 
 
 def _message(e: BaseException) -> str:
@@ -170,7 +211,7 @@ def main(argv):
   from earlyrl_jax import configs
   cfg, workdir = _CONFIG.value, _WORKDIR.value
   try:
-    # Cheap checks first: nothing is written, trained or compiled before they pass.
+    # Cheap checks first: nothing is written, loaded, trained or compiled before they pass.
     configs.check_workdir(workdir)
     configs.validate_fields(cfg)
     if _DISTRIBUTED.value:
@@ -178,9 +219,22 @@ def main(argv):
       distributed.initialize()
     configs.validate(cfg)
     configs.check_data(cfg)
-    run(cfg, workdir)
+    configs.check_models(cfg)
+    import jax
+    with _stop_on_signals(enabled=jax.process_count() == 1):
+      out = run(cfg, workdir)
   except _user_errors() as e:
     fail(_message(e))
+  except _Stopped as e:
+    print(f"stopped by {e} outside a training step (what was saved before is kept); rerun the "
+          "same command to continue", file=sys.stderr, flush=True)
+    sys.exit(STOPPED)
+  except KeyboardInterrupt:
+    print("interrupted (Ctrl-C): stopped without saving; the newest checkpoint is kept",
+          file=sys.stderr, flush=True)
+    sys.exit(INTERRUPTED)
+  if _stopped(out):
+    sys.exit(STOPPED)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -4,6 +4,9 @@ Every launcher builds the same command on every host:
 
   python -m earlyrl_jax.main --distributed --config=CONFIG --workdir=WORKDIR <overrides>
 
+(XManager runs it inside `python -m launch.requeue`, which starts it again when a stop
+signal ended it after saving: exit code 75.)
+
 This module turns the launcher's arguments into that command plus what a cluster
 needs to run it (accelerator, hosts, environment), and checks them before anything
 is submitted: the config file loads, every `--config.*` override names a real field
@@ -20,6 +23,8 @@ import shlex
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRY = ("python", "-m", "earlyrl_jax.main", "--distributed")
+# A run a signal stops exits 75 after saving; this wrapper starts it again (launch/requeue.py).
+REQUEUE = ("python", "-m", "launch.requeue")
 
 # TPU generation in the slice name -> (XManager resource name, cores per chip).
 # v2/v3/v4/v5p names count TensorCores (2 per chip); v5litepod/v5e/v6e names count chips.
@@ -210,7 +215,7 @@ class JobSpec:
   workdir: str
   accelerator: Accelerator
   executor: str                  # 'vertex' | 'kubernetes'
-  argv: tuple[str, ...]          # the exact command every host runs
+  argv: tuple[str, ...]          # the exact command every host runs (in launch/requeue.py)
   env: dict[str, str]
   install: tuple[str, ...]       # pip requirements of the job's container (the repository first)
 
@@ -241,8 +246,11 @@ class JobSpec:
 
 def build(*, config: str, workdir: str, accelerator: str, nodes: int = 1, mode: str = "",
           name: str = "", executor: str = "auto", env: list[str] | None = None,
-          passthrough: list[str] | None = None) -> JobSpec:
-  """Checks the launcher's arguments and returns the job every host runs."""
+          passthrough: list[str] | None = None, max_requeues: int = 100) -> JobSpec:
+  """Checks the launcher's arguments and returns the job every host runs.
+
+  max_requeues > 0: the command runs inside launch/requeue.py, which starts it again (at most
+  that many times) when it exits with 75, a stop after saving; 0: the bare command."""
   from earlyrl_jax.modes import MODES  # light: no jax
   passthrough = list(passthrough or [])
   if mode and mode not in MODES:
@@ -260,7 +268,11 @@ def build(*, config: str, workdir: str, accelerator: str, nodes: int = 1, mode: 
   elif executor == "vertex" and acc.kind == "tpu" and acc.resource not in _VERTEX_TPUS:
     raise JobSpecError(f"--executor=vertex: XManager's Vertex AI executor runs TPU v2/v3 only; "
                        f"use --executor=kubernetes (GKE) for {acc.name}")
+  if max_requeues < 0:
+    raise JobSpecError(f"--max_requeues: {max_requeues} must be >= 0 (0: never restart)")
   argv = (*ENTRY, f"--config={job_config}", f"--workdir={workdir}", *mode_override, *passthrough)
+  if max_requeues:
+    argv = (*REQUEUE, f"--max_requeues={max_requeues}", "--", *argv)
   return JobSpec(title=name or f"earlyrl-{cfg.mode}", mode=cfg.mode, config=job_config,
                  workdir=workdir, accelerator=acc, executor=executor, argv=argv,
                  env={**default_env(acc), **parse_env(env or [])},

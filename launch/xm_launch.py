@@ -14,7 +14,9 @@
 
 Arguments after `--` are passed to `earlyrl_jax.main` unchanged; `--config.*` overrides
 are checked against the config before anything is submitted (launch/jobspec.py).
-`--distributed` makes jax.distributed.initialize() find the other hosts.
+`--distributed` makes jax.distributed.initialize() find the other hosts. The command runs
+inside launch/requeue.py, which restarts it when a stop signal ended it after saving (exit
+code 75) and the container itself was not stopped (`--max_requeues=0`: the bare command).
 """
 from __future__ import annotations
 
@@ -41,6 +43,9 @@ _EXECUTOR = flags.DEFINE_enum("executor", "auto", list(jobspec.EXECUTORS),
 _ENV = flags.DEFINE_multi_string("env", [], "Extra environment variable KEY=VALUE (repeatable).")
 _NAME = flags.DEFINE_string("name", "", "Experiment title ('' = earlyrl-<mode>).")
 _IMAGE = flags.DEFINE_string("base_image", "python:3.11", "Base image of the job's container.")
+_REQUEUES = flags.DEFINE_integer("max_requeues", 100, "Restarts of the run inside its job when a "
+                                 "stop signal ended it after saving (exit code 75; "
+                                 "launch/requeue.py); 0 runs the bare command once.")
 _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job (title, requirements, args, env) "
                              "and exit without importing XManager or submitting anything.")
 
@@ -48,7 +53,8 @@ _DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print the job (title, requiremen
 def build_from_flags(passthrough: list[str]) -> jobspec.JobSpec:
   return jobspec.build(config=_CONFIG.value, workdir=_WORKDIR.value or "", mode=_MODE.value,
                        accelerator=_ACCEL.value, nodes=_NODES.value, name=_NAME.value,
-                       executor=_EXECUTOR.value, env=_ENV.value, passthrough=passthrough)
+                       executor=_EXECUTOR.value, env=_ENV.value, passthrough=passthrough,
+                       max_requeues=_REQUEUES.value)
 
 
 def submit(spec: jobspec.JobSpec) -> None:

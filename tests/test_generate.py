@@ -22,7 +22,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(REPO, "configs", "tiny.py")
 
 RUN_OVERRIDES = {
-    "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 0, "eval_world_prompts": 0,
+    "mode": "pretrain", "num_steps": 2, "log_every_steps": 1, "eval_every_steps": 0, "eval_world_prompts": 0,
     "data.corpus": "files", "data.tokenizer_vocab_size": 300, "model.vocab_size": 304,
     "model.d_model": 32, "model.n_layers": 1, "model.n_heads": 2, "model.n_kv_heads": 1,
     "model.head_dim": 16, "model.d_ff": 64, "model.max_seq_len": 64, "data.seq_len": 64,

@@ -17,6 +17,7 @@ from launch import jobspec
 from launch.jobspec import JobSpecError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REQUEUE = ("python", "-m", "launch.requeue", "--max_requeues=100", "--")
 SIP_OVERRIDES = ["--config.init.params_from=/models/Llama-3.2-1B",
                  "--config.teacher.path=/models/Llama-3.1-8B-Instruct",
                  "--config.data.train_files=/data/slim/*.jsonl",
@@ -71,9 +72,10 @@ def test_build_sip_midtraining(monkeypatch):
   spec = _build(config="configs/midtrain.py", workdir="/mnt/shared/sip1", accelerator="gpu:h100:8",
                 nodes=2, env=["WANDB_API_KEY=abc"], passthrough=SIP_OVERRIDES)
   assert spec.mode == "sip" and spec.title == "earlyrl-sip"  # the config's own mode
-  assert spec.argv == ("python", "-m", "earlyrl_jax.main", "--distributed",
+  # The run inside launch/requeue.py, which restarts it after a stop that saved (exit 75).
+  assert spec.argv == (*REQUEUE, "python", "-m", "earlyrl_jax.main", "--distributed",
                        "--config=configs/midtrain.py", "--workdir=/mnt/shared/sip1", *SIP_OVERRIDES)
-  assert spec.args[0] == "-m"  # what XManager's `python` entrypoint receives
+  assert spec.args[:2] == ["-m", "launch.requeue"]  # what XManager's `python` entrypoint receives
   assert spec.executor == "vertex" and spec.accelerator.hosts == 2
   assert spec.env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.92" and spec.env["WANDB_API_KEY"] == "abc"
 
@@ -86,8 +88,9 @@ def test_build_pretraining_and_mode_flag(tmp_path):
   assert spec.accelerator.describe() == "TPU v5litepod-64: 64 chips on 16 host(s)"
 
   spec = _build(config=os.path.join(REPO, "configs", "tiny.py"), mode="world", name="w1",
-                passthrough=["--config.num_steps=5"])
+                passthrough=["--config.num_steps=5"], max_requeues=0)
   assert spec.mode == "world" and spec.title == "w1"
+  assert spec.argv[:4] == jobspec.ENTRY  # max_requeues=0: the bare command, run once
   assert spec.argv[-2:] == ("--config.mode=world", "--config.num_steps=5")
 
   outside = tmp_path / "mine.py"  # a config outside the repository is passed as given
@@ -110,6 +113,9 @@ def test_build_pretraining_and_mode_flag(tmp_path):
     (dict(env=["NOEQUALS"]), "KEY=VALUE"),
     (dict(executor="vertex"), "--executor=kubernetes"),
     (dict(executor="borg"), "--executor"),
+    (dict(max_requeues=-1), "--max_requeues"),
+    (dict(passthrough=["--config.sip.top_p=0"], config="configs/midtrain.py"), "sip.top_p"),
+    (dict(passthrough=["--config.report.num_seeds=0"], config="configs/tiny.py"), "report.num_seeds"),
 ])
 def test_build_errors(kw, needle, monkeypatch):
   monkeypatch.chdir(REPO)
@@ -147,7 +153,7 @@ def test_xm_dry_run_sip(no_xmanager):
   assert _field(r.stdout, "title") == "earlyrl-sip" and _field(r.stdout, "mode") == "sip"
   assert _field(r.stdout, "requirements") == "2 host(s) x 8 H100 GPU(s) (h100=8, replicas=2)"
   assert shlex.split(_field(r.stdout, "args")) == [
-      "python", "-m", "earlyrl_jax.main", "--distributed", "--config=configs/midtrain.py",
+      *REQUEUE, "python", "-m", "earlyrl_jax.main", "--distributed", "--config=configs/midtrain.py",
       "--workdir=/mnt/shared/sip1", *SIP_OVERRIDES, "--config.sip.judge_scheme=adaptive"]
   env = r.stdout.split("\nenv:\n", 1)[1]
   assert "  FOO='bar baz'" in env and "  XLA_PYTHON_CLIENT_MEM_FRACTION=0.92" in env
@@ -159,7 +165,7 @@ def test_xm_dry_run_pretraining_and_errors(no_xmanager):
   assert r.returncode == 0, r.stderr
   assert _field(r.stdout, "mode") == "pretrain"  # the default config, configs/pretrain.py
   assert _field(r.stdout, "requirements") == "TPU v4-32: 16 chips on 4 host(s) (tpu_v4=16)"
-  assert shlex.split(_field(r.stdout, "args"))[4:] == [
+  assert shlex.split(_field(r.stdout, "args"))[len(REQUEUE) + 4:] == [
       "--config=configs/pretrain.py", "--workdir=gs://bucket/run1",
       "--config.data.train_files=gs://bucket/corpus/*.jsonl"]
 
@@ -225,7 +231,8 @@ def test_xm_submit_builds_the_job(tmp_path):
   r = _xm_launch(["--config=configs/midtrain.py", "--workdir=/mnt/shared/sip1",
                   "--accelerator=gpu:h100:8", "--nodes=3", "--", *SIP_OVERRIDES], env)
   assert r.returncode == 0, r.stderr
-  assert "submitted earlyrl-sip: python -m earlyrl_jax.main --distributed" in r.stdout
+  assert ("submitted earlyrl-sip: python -m launch.requeue --max_requeues=100 -- python -m "
+          "earlyrl_jax.main --distributed") in r.stdout
   events = [json.loads(l) for l in open(log)]
   assert [e["kind"] for e in events] == ["experiment", "package", "add"]
   package, add = events[1], events[2]
@@ -235,8 +242,8 @@ def test_xm_submit_builds_the_job(tmp_path):
   chief, workers = add["jobs"]["chief"], add["jobs"]["workers"]
   assert chief["requirements"] == {"h100": 8} and workers["requirements"] == {"h100": 8, "replicas": 2}
   assert chief["executor"] == "Vertex" and chief["args"] == workers["args"]
-  assert chief["args"] == ["-m", "earlyrl_jax.main", "--distributed", "--config=configs/midtrain.py",
-                           "--workdir=/mnt/shared/sip1", *SIP_OVERRIDES]
+  assert chief["args"] == [*REQUEUE[1:], "python", "-m", "earlyrl_jax.main", "--distributed",
+                           "--config=configs/midtrain.py", "--workdir=/mnt/shared/sip1", *SIP_OVERRIDES]
 
   log.unlink()
   r = _xm_launch(["--workdir=gs://bucket/run1", "--accelerator=v5litepod-64"], env)
@@ -251,7 +258,7 @@ def test_xm_submit_builds_the_job(tmp_path):
 
 
 def _sbatch(script, args, **env):
-  full = dict(os.environ, DRY_RUN="1", **env)
+  full = dict(os.environ, **{"DRY_RUN": "1", **env})
   for k in ("WORKDIR", "TRAIN", "TOKENIZER", "POLICY", "TEACHER", "SLURM_SUBMIT_DIR", "EARLYRL_REPO"):
     if k not in env:
       full.pop(k, None)
@@ -372,3 +379,105 @@ def test_vertex_cluster_spec_gives_coordinator_count_and_id():
   assert vertex_cluster(json.dumps(spec)) == ("c-0:2222", 3, 0)
   with pytest.raises(ValueError, match="CLUSTER_SPEC"):
     vertex_cluster('{"task": {}}')
+
+
+# ----------------------------------------------------------------------------- requeue on exit 75
+# A run that a signal stopped exits 75 (earlyrl_jax.errors.STOPPED) after saving; the launchers
+# put it back to work on that code and on no other.
+
+
+def _fake_slurm(tmp_path, rc: int) -> dict:
+  """srun and scontrol stand-ins on PATH: srun records its arguments and exits with `rc`,
+  scontrol records its own."""
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  log = tmp_path / "slurm.log"
+  for name, body in (("srun", f'echo "srun $*" >> {log}\nexit {rc}\n'),
+                     ("scontrol", f'echo "scontrol $*" >> {log}\n')):
+    (bin_dir / name).write_text("#!/bin/bash\n" + body)
+    (bin_dir / name).chmod(0o755)
+  return dict(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", DRY_RUN="0", SLURM_JOB_ID="4242",
+              EARLYRL_REPO=REPO)
+
+
+def _slurm_log(tmp_path) -> list[str]:
+  path = tmp_path / "slurm.log"
+  return path.read_text().splitlines() if path.exists() else []
+
+
+@needs_bash
+@pytest.mark.parametrize("rc,requeued", [(75, True), (0, False), (2, False), (1, False), (143, False)])
+def test_slurm_requeues_on_the_stop_code_only(tmp_path, rc, requeued):
+  from earlyrl_jax.errors import STOPPED
+  assert STOPPED == 75  # the code common.sh names (EARLYRL_STOPPED)
+  r = _sbatch("pretrain.sbatch", ["/shared/runs/r", "/data/*.jsonl", "/models/tok.json"],
+              **_fake_slurm(tmp_path, rc))
+  assert r.returncode == rc, r.stderr  # the job ends with the run's own code
+  log = _slurm_log(tmp_path)
+  assert log[0].startswith("srun --kill-on-bad-exit=1 python -m earlyrl_jax.main --distributed")
+  assert ("scontrol requeue 4242" in log) == requeued, log
+  assert ("requeueing job 4242" in r.stderr) == requeued
+
+
+@needs_bash
+def test_slurm_requeue_stops_at_its_limit(tmp_path):
+  env = _fake_slurm(tmp_path, 75)
+  r = _sbatch("sip.sbatch", ["/w", "/p", "/t", "/d/*.jsonl"], SLURM_RESTART_COUNT="3",
+              EARLYRL_MAX_REQUEUES="3", **env)
+  assert r.returncode == 75
+  assert not any(l.startswith("scontrol") for l in _slurm_log(tmp_path))
+  assert "requeued 3 times (EARLYRL_MAX_REQUEUES=3), not again" in r.stderr
+
+
+_CHILD = r'''
+import os, signal, sys, time
+count = os.path.join(sys.argv[1], "runs")
+n = int(open(count).read()) + 1 if os.path.exists(count) else 1
+open(count, "w").write(str(n))
+codes = [int(c) for c in sys.argv[2].split(",")]
+if codes[min(n, len(codes)) - 1] == -1:   # wait for a stop signal, then "save" and exit 75
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+  print("WAITING", flush=True)
+  time.sleep(60)
+  sys.exit(3)
+sys.exit(codes[min(n, len(codes)) - 1])
+'''
+
+
+def _requeue(tmp_path, codes: str, *flags):
+  child = tmp_path / "child.py"
+  child.write_text(_CHILD)
+  return [sys.executable, "-m", "launch.requeue", *flags, "--", sys.executable, str(child),
+          str(tmp_path), codes]
+
+
+def _runs(tmp_path) -> int:
+  return int((tmp_path / "runs").read_text())
+
+
+@pytest.mark.parametrize("codes,flags,rc,runs", [
+    ("75,75,0", (), 0, 3),                      # stopped twice, resumed, finished
+    ("2", (), 2, 1),                            # a user error is never retried
+    ("1", (), 1, 1),                            # nor a crash
+    ("75", ("--max_requeues=2",), 75, 3),       # the limit: one run and two restarts
+    ("75", ("--max_requeues=0",), 75, 1),
+])
+def test_requeue_wrapper_restarts_on_75_only(tmp_path, codes, flags, rc, runs):
+  r = subprocess.run(_requeue(tmp_path, codes, *flags), cwd=REPO, capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == rc, r.stderr
+  assert _runs(tmp_path) == runs
+  assert r.stderr.count("restarting it") == (runs - 1)
+
+
+def test_requeue_wrapper_passes_a_stop_on_and_does_not_restart(tmp_path):
+  """SIGTERM to the wrapper (the container is being stopped): the run gets it, saves (here:
+  exits 75) and the wrapper exits 75 without starting it again."""
+  import signal
+  p = subprocess.Popen(_requeue(tmp_path, "-1"), cwd=REPO, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  assert p.stdout.readline().strip() == "WAITING"
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=60)
+  assert p.returncode == 75, err
+  assert _runs(tmp_path) == 1 and "restarting" not in err

@@ -216,7 +216,8 @@ def test_two_processes_agree_on_the_preemption_step(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
-  """The training loop on two hosts: the preempted host and the other one save one step, exit 0."""
+  """The training loop on two hosts: the preempted host and the other one save one step and
+  exit with 75 (errors.STOPPED, which the launchers requeue on)."""
   import signal
   import time
   workdir = str(tmp_path / "run")
@@ -237,9 +238,12 @@ def test_sigterm_to_one_host_stops_both_at_the_same_checkpoint(tmp_path):
     for p in procs:
       p.kill()
     raise AssertionError("a host kept stepping after the other was preempted (hang)")
-  _assert_all_succeeded(procs, logs)
+  codes = [p.returncode for p in procs]
+  assert codes == [75, 75], "\n".join(f"--- process {i} (exit {c}) ---\n{log}"
+                                      for i, (c, log) in enumerate(zip(codes, logs)))
   steps = [int(x) for x in os.listdir(os.path.join(workdir, "checkpoints")) if x.isdigit()]
   assert len(steps) == 1 and 0 < steps[0] < 5000, steps
+  assert f"saved step {steps[0]}" in logs[0]  # host 0 says so
   data_iter = os.path.join(workdir, "checkpoints", str(steps[0]), "data_iter")
   assert sorted(f for f in os.listdir(data_iter) if f.endswith(".json")) == [
       "process_0-of-2.json", "process_1-of-2.json"]  # both hosts saved their data position

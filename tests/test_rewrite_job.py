@@ -273,8 +273,9 @@ def test_judge_fields_average_both_orders():
   assert out[0] == {"p_rewrite_better_quality": 0.5, "p_rewrite_better_safety": 0.5,
                     "p_unsafe_original": 0.25, "p_unsafe_rewrite": 0.0}
   assert out[1]["p_unsafe_rewrite"] == 0.25
-  with pytest.raises(ConfigError, match="rewrite_job.shard_size: must be >= 1"):
-    RJ.job_config(_cfg("c", "t", **{"rewrite_job.shard_size": 0}))
+  from earlyrl_jax.configs import validate_fields
+  with pytest.raises(ConfigError, match="rewrite_job.shard_size: must be an integer >= 1"):
+    validate_fields(_cfg("c", "t", **{"rewrite_job.shard_size": 0}))
 
 
 class _CountingRewriter:

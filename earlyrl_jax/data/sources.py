@@ -22,6 +22,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from earlyrl_jax.errors import json_problem
+
 
 class DataError(ValueError):
   """Bad input data; the message names the file and line/record."""
@@ -100,7 +102,7 @@ def parse_document(raw: RawRecord, kind: str, opts: ParseOptions) -> tuple[str |
       obj = json.loads(text)
     except json.JSONDecodeError as e:
       if opts.on_error == "raise":
-        raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno}); "
+        raise DataError(f"{where}: malformed JSON ({json_problem(e)}); "
                         "set data.on_error='skip' to skip and count such records") from None
       return None, MALFORMED
     if not isinstance(obj, dict) or opts.text_field not in obj or not isinstance(obj[opts.text_field], str):

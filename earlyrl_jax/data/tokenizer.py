@@ -130,7 +130,11 @@ class SentencePieceTokenizer:
     if not os.path.isfile(path):
       raise FileNotFoundError(f"SentencePiece model not found: {path}")
     self.path = path
-    self._sp = spm.SentencePieceProcessor(model_file=path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=path)
+    except (RuntimeError, OSError) as e:
+      from earlyrl_jax.errors import CheckpointError
+      raise CheckpointError(f"{path}: not a readable SentencePiece model ({e})") from None
     self.vocab_size = int(self._sp.get_piece_size())
     pad = self._sp.pad_id()
     self.pad_id = pad if pad >= 0 else 0
@@ -187,16 +191,18 @@ class HFTokenizer:
 
   def __init__(self, path: str, *, bos_token: str | None = None, eos_token: str | None = None,
                pad_token: str | None = None):
-    try:
-      from tokenizers import Tokenizer as _Tok
-    except ImportError as e:
-      raise ImportError("HF tokenizers need the [hf] extra: pip install -e '.[hf]'") from e
+    require_hf_extra(path)
+    from tokenizers import Tokenizer as _Tok
     directory = path if os.path.isdir(path) else os.path.dirname(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
       raise FileNotFoundError(f"no tokenizer.json at {path}")
     self.path = path
-    self._tok = _Tok.from_file(file)
+    try:
+      self._tok = _Tok.from_file(file)
+    except Exception as e:  # tokenizers raises a bare Exception for a malformed file
+      from earlyrl_jax.errors import CheckpointError
+      raise CheckpointError(f"{file}: not a readable tokenizer.json ({e})") from None
     self.vocab_size = int(self._tok.get_vocab_size(with_added_tokens=True))
     self.chat_template: str | None = None
     cfg = _read_json(os.path.join(directory, "tokenizer_config.json"))
@@ -297,8 +303,12 @@ def _read_json(path: str) -> dict:
   import json
   if not os.path.isfile(path):
     return {}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except json.JSONDecodeError as e:
+    from earlyrl_jax.errors import CheckpointError, json_problem
+    raise CheckpointError(f"{path}:{e.lineno}: not JSON ({json_problem(e)})") from None
 
 
 def load_tokenizer(kind: str, path: str = "", vocab_size: int = 259) -> Tokenizer:
@@ -456,6 +466,28 @@ if __name__ == "__main__":
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                     "special_tokens_map.json", "generation_config.json")
+
+
+def require_hf_extra(path: str, field: str = "") -> None:
+  """An HF tokenizer (tokenizer.json) needs the [hf] extra: checked before anything is loaded,
+  so a missing package is named before gigabytes of weights are read, not after."""
+  from earlyrl_jax.errors import MissingExtraError
+  try:
+    import tokenizers  # noqa: F401
+  except ImportError:
+    where = f"{field}: " if field else ""
+    raise MissingExtraError(f"{where}{path} is an HF tokenizer (tokenizer.json), which needs the "
+                            "[hf] extra (the `tokenizers` package): pip install -e '.[hf]'") from None
+
+
+def check_tokenizer_dir(path: str, field: str = "") -> None:
+  """That `load_tokenizer_dir(path)` will find a tokenizer and its packages, loading nothing."""
+  if os.path.exists(os.path.join(path, "tokenizer.json")):
+    require_hf_extra(os.path.join(path, "tokenizer.json"), field)
+  elif not os.path.exists(os.path.join(path, "tokenizer.model")):
+    where = f"{field}: " if field else ""
+    raise FileNotFoundError(f"{where}{path} has no tokenizer.json or tokenizer.model (a model "
+                            "directory brings its own tokenizer)")
 
 
 def load_tokenizer_dir(path: str):

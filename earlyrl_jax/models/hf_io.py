@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from earlyrl_jax.models.safetensors_io import CheckpointReader, save_sharded
+from earlyrl_jax.errors import CheckpointError
+from earlyrl_jax.models.safetensors_io import CheckpointReader, read_json, save_sharded
 from earlyrl_jax.models.transformer import ModelConfig, Transformer, split_abstract
 from earlyrl_jax.parallel import mesh as mesh_lib
 
@@ -35,7 +36,7 @@ SUPPORTED = ("llama", "mistral", "qwen2")
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)  # buffers some old checkpoints carry
 
 
-class UnsupportedCheckpointError(ValueError):
+class UnsupportedCheckpointError(CheckpointError):
   """The checkpoint uses an architecture or field earlyrl_jax does not implement."""
 
 
@@ -74,16 +75,21 @@ def model_config_from_hf(hf: dict[str, Any], where: str = "config.json", *,
   else:
     raise UnsupportedCheckpointError(f"{where}: rope_scaling type {kind!r} is not supported "
                                      "(supported: default, linear, llama3)")
-  heads = int(hf["num_attention_heads"])
-  return ModelConfig(
-      vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
-      n_layers=int(hf["num_hidden_layers"]), n_heads=heads,
-      n_kv_heads=int(hf.get("num_key_value_heads") or heads),
-      head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
-      d_ff=int(hf["intermediate_size"]), max_seq_len=int(hf.get("max_position_embeddings", 4096)),
-      rope_theta=theta, rope_scaling=rope_scaling, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=(mt == "qwen2"),
-      dtype=dtype or "float32", param_dtype=dtype or "float32")
+  try:
+    heads = int(hf["num_attention_heads"])
+    return ModelConfig(
+        vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]),
+        n_layers=int(hf["num_hidden_layers"]), n_heads=heads,
+        n_kv_heads=int(hf.get("num_key_value_heads") or heads),
+        head_dim=int(hf.get("head_dim") or hf["hidden_size"] // heads),
+        d_ff=int(hf["intermediate_size"]), max_seq_len=int(hf.get("max_position_embeddings", 4096)),
+        rope_theta=theta, rope_scaling=rope_scaling, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=(mt == "qwen2"),
+        dtype=dtype or "float32", param_dtype=dtype or "float32")
+  except KeyError as e:
+    raise CheckpointError(f"{where}: no field {e.args[0]!r} (a {mt} config needs it)") from None
+  except (TypeError, ValueError, ZeroDivisionError) as e:  # a field of the wrong type, or 0 heads
+    raise CheckpointError(f"{where}: {e}") from None
 
 
 def hf_config_from_model(cfg: ModelConfig, tokenizer=None, dtype: str = "float32") -> dict[str, Any]:
@@ -205,8 +211,17 @@ def read_hf_config(path: str) -> dict[str, Any]:
   cfg_path = os.path.join(path, "config.json")
   if not os.path.isfile(cfg_path):
     raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")
-  with open(cfg_path, encoding="utf-8") as f:
-    return json.load(f)
+  return read_json(cfg_path)
+
+
+def check_model_dir(path: str, *, dtype: str | None = None) -> ModelConfig:
+  """What `load_model` would read, checked in well under a second and before any weight is:
+  config.json (JSON, a supported architecture) and every safetensors header (a truncated or
+  corrupt file fails here). Returns the ModelConfig; raises CheckpointError naming the file."""
+  model_cfg = model_config_from_hf(read_hf_config(path), os.path.join(path, "config.json"),
+                                   dtype=dtype)
+  CheckpointReader(path)
+  return model_cfg
 
 
 def load_params(path: str, model_cfg: ModelConfig, mesh=None):
@@ -222,12 +237,12 @@ def load_params(path: str, model_cfg: ModelConfig, mesh=None):
   for p, var in flat_abs.items():
     name, kind = hf_name(p)
     if name not in reader:
-      raise ValueError(f"{path}: missing tensor {name!r} (needed for {'/'.join(map(str, p))})")
+      raise CheckpointError(f"{path}: missing tensor {name!r} (needed for {'/'.join(map(str, p))})")
     shape = tuple(var.shape)
     expected = hf_shape(kind, shape)
     if reader.shape(name) != expected:
-      raise ValueError(f"{path}: tensor {name!r} has shape {reader.shape(name)} but config.json "
-                       f"implies {expected}")
+      raise CheckpointError(f"{path}: tensor {name!r} has shape {reader.shape(name)} but "
+                            f"config.json implies {expected}")
     src = reader.get(name)
     target = np.dtype(var.dtype)
     if src.dtype != target:

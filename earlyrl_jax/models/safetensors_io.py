@@ -17,6 +17,8 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file as _st_save_file
 
+from earlyrl_jax.errors import CheckpointError, json_problem
+
 _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
            "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8",
            "BOOL": "bool"}
@@ -25,6 +27,20 @@ _DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat
 def _np_dtype(name: str) -> np.dtype:
   import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy)
   return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def read_json(path: str) -> dict:
+  """A JSON object file of a checkpoint; anything else is a CheckpointError naming file:line."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      obj = json.load(f)
+  except UnicodeDecodeError as e:
+    raise CheckpointError(f"{path}: not UTF-8 text (byte {e.start})") from None
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{path}:{e.lineno}: not JSON ({json_problem(e)})") from None
+  if not isinstance(obj, dict):
+    raise CheckpointError(f"{path}: holds a JSON {type(obj).__name__}, not an object")
+  return obj
 
 
 class LazyTensor:
@@ -36,7 +52,7 @@ class LazyTensor:
     self.shape = tuple(self._slice.get_shape())
     d = self._slice.get_dtype()
     if d not in _DTYPES:
-      raise ValueError(f"{file.path}: tensor {name!r} has unsupported dtype {d}")
+      raise CheckpointError(f"{file.path}: tensor {name!r} has unsupported dtype {d}")
     self.dtype = _np_dtype(_DTYPES[d])
 
   @property
@@ -58,8 +74,9 @@ class SafetensorsFile:
     self.path = path
     try:
       self._f = safe_open(path, framework="np")
-    except (SafetensorError, OSError) as e:
-      raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
+    except (SafetensorError, OSError) as e:  # the header is checked against the file's size
+      raise CheckpointError(f"{path}: not a readable safetensors file, truncated or corrupt "
+                            f"({' '.join(str(e).split())})") from None
     self.metadata = self._f.metadata() or {}
     self._keys = list(self._f.keys())
 
@@ -75,7 +92,7 @@ class SafetensorsFile:
   def dtype(self, name: str) -> np.dtype:
     d = self._f.get_slice(name).get_dtype()
     if d not in _DTYPES:
-      raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {d}")
+      raise CheckpointError(f"{self.path}: tensor {name!r} has unsupported dtype {d}")
     return _np_dtype(_DTYPES[d])
 
   def get(self, name: str) -> LazyTensor:
@@ -131,8 +148,9 @@ class CheckpointReader:
     index = os.path.join(directory, "model.safetensors.index.json")
     single = os.path.join(directory, "model.safetensors")
     if os.path.exists(index):
-      with open(index) as f:
-        weight_map = json.load(f)["weight_map"]
+      weight_map = read_json(index).get("weight_map")
+      if not isinstance(weight_map, dict):
+        raise CheckpointError(f"{index}: no \"weight_map\" object (tensor name -> file)")
       files = {}
       for fn in sorted(set(weight_map.values())):
         p = os.path.join(directory, fn)
@@ -146,7 +164,7 @@ class CheckpointReader:
     else:
       bins = [x for x in os.listdir(directory) if x.endswith((".bin", ".pt", ".pth"))]
       if bins:
-        raise ValueError(
+        raise CheckpointError(
             f"{directory}: only pickle checkpoints ({', '.join(sorted(bins))}) found. earlyrl_jax "
             "reads safetensors only (pickle files can execute code); convert them with "
             "transformers: model.save_pretrained(dir, safe_serialization=True)")
@@ -160,7 +178,7 @@ class CheckpointReader:
 
   def get(self, name: str) -> LazyTensor:
     if name not in self._where:
-      raise KeyError(f"{self.directory}: missing tensor {name!r}")
+      raise CheckpointError(f"{self.directory}: missing tensor {name!r}")
     return self._where[name].get(name)
 
   def shape(self, name: str) -> tuple[int, ...]:

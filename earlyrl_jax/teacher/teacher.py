@@ -235,5 +235,8 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None, max_len: int
     cfg = model.cfg if not max_len else dataclasses.replace(
         model.cfg, max_seq_len=min(int(max_len), model.cfg.max_seq_len))
     return Teacher(graphdef, params, tok, cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: " + ("is a file, not a teacher directory" if os.path.exists(path)
+                                           else "no such teacher directory"))
   raise FileNotFoundError(f"{path}: neither an embedded teacher ({CONFIG_FILE}) nor an HF model "
                           "directory (config.json)")

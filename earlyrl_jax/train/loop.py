@@ -10,8 +10,10 @@ policy) and its evaluation hooks; `train_loop` does the rest, the same way for a
   inf loss, gradient norm or *updated* parameter stops the run naming the step;
 - never writes a checkpoint from a state that has not been checked, so the
   newest checkpoint is always good; the data iterator position is saved with it;
-- SIGTERM (preemption) saves a checkpoint and exits cleanly, also while the job
-  is waiting for data; all hosts stop at the same step;
+- SIGTERM (preemption; SIGUSR1 alike) saves a checkpoint, prints "preempted ...: saved
+  step N" and returns with `preempted=True`, also while the job is waiting for data; all
+  hosts stop at the same step. `earlyrl_jax.main` then exits with code 75
+  (errors.STOPPED), so a scheduler requeues the job instead of taking it for finished;
 - a finished run returns at once when started again.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ import numpy as np
 from earlyrl_jax import configs
 from earlyrl_jax.data import pipeline
 from earlyrl_jax.data import tokenizer as tok_lib
+from earlyrl_jax.errors import STOP_SIGNALS
 from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.train import losses
 from earlyrl_jax.train import metrics as metrics_lib
@@ -44,7 +47,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preempted(Exception):
-  """SIGTERM arrived while the job was waiting for data (raised out of the wait)."""
+  """A stop signal arrived while the job was waiting for data (raised out of the wait)."""
 
 
 def is_main() -> bool:
@@ -206,30 +209,32 @@ def load_init_params(path: str, model_cfg, mesh):
 
 
 class _Preemption:
-  """SIGTERM -> a flag checked between steps; raises Preempted out of a data wait."""
+  """A stop signal -> a flag checked between steps; raises Preempted out of a data wait."""
 
   def __init__(self):
     self.requested = False
+    self.name = "SIGTERM"
     self.waiting_for_data = False
-    self._old = None
+    self._old = {}
 
   def __enter__(self):
     if jax.process_count() > 1:  # JAX's preemption service owns SIGTERM (its C++ handler)
       return self
     try:
-      self._old = signal.signal(signal.SIGTERM, self._handle)
+      for sig in STOP_SIGNALS:  # Ctrl-C (SIGINT) stays an immediate interrupt
+        self._old[sig] = signal.signal(sig, self._handle)
     except ValueError:  # not the main thread (e.g. some notebook runners)
-      self._old = None
+      pass
     return self
 
-  def _handle(self, *_):
-    self.requested = True
+  def _handle(self, signum, _frame):
+    self.requested, self.name = True, signal.Signals(signum).name
     if self.waiting_for_data:
       raise Preempted()
 
   def __exit__(self, *exc):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
 
 
 def check_finite(step: int, scalars: dict[str, float], ckpt: Checkpointer, cfg=None) -> None:
@@ -256,7 +261,7 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
     log(f"{job.name}: already complete at step {latest} in {run.workdir}; nothing to do")
     state, _ = ckpt.restore(run.abs_state)
     ckpt.close()
-    return _result(run, state, {})
+    return _result(run, state, {}, preempted=False)
   if latest is not None:
     t0 = time.time()
     state, start = ckpt.restore(run.abs_state, job.data_iter)
@@ -292,6 +297,7 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
   progress = metrics_lib.Progress(cfg.num_steps, start)
   pending = None  # (step, device metrics, host stats) awaiting the finite check
   last: dict[str, float] = {}
+  stopped_by = None  # the signal that stopped the run (multi-host: JAX's preemption notice)
 
   def settle(item):
     """Fetches a finished step's scalars, checks them, logs at the log interval."""
@@ -317,7 +323,7 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
         try:
           batch, stats = job.next_batch(state, step)
         except Preempted:
-          log(f"SIGTERM while waiting for data at step {step}")
+          log(f"{preempt.name} while waiting for data for step {step + 1}")
           break
         finally:
           preempt.waiting_for_data = False
@@ -341,25 +347,35 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
           logger.write(step + 1, ev)
           log(f"step {step + 1}: " + ", ".join(f"{k} {v:.4f}" for k, v in ev.items()))
           last.update(ev)
-        if stop:
-          log(f"preempted: saved step {step + 1}, exiting")
+        if stop and not done:
+          stopped_by = preempt.name if preempt.requested else "a preemption notice"
           break
       if pending is not None:
         settle(pending)
         pending = None
-      if preempt.requested and int(state.step) > (ckpt.latest_step() or 0):
-        ckpt.save(int(state.step), state, job.data_iter, force=True)
+      if preempt.requested and int(state.step) < cfg.num_steps:  # also a stop in a data wait
+        stopped_by = preempt.name
+        if int(state.step) > (ckpt.latest_step() or 0):
+          ckpt.save(int(state.step), state, job.data_iter, force=True)
       if job.at_end is not None and int(state.step) == cfg.num_steps:
         last.update(job.at_end(state, logger))
+      saved = ckpt.latest_step()
   finally:
-    ckpt.close()
+    ckpt.close()  # waits for the last save to complete
     logger.close()
-  return _result(run, state, last)
+  if stopped_by is not None:
+    sync("stopped")  # every host has written its part of the checkpoint before any exits
+    log(f"preempted ({stopped_by}): saved step {saved} in {ckpt.directory}; rerun the same "
+        "command to resume from it" if saved is not None else
+        f"preempted ({stopped_by}) before the first step: nothing to save; rerun the same "
+        "command to start")
+  return _result(run, state, last, preempted=stopped_by is not None)
 
 
-def _result(run: Run, state, last) -> dict[str, Any]:
+def _result(run: Run, state, last, *, preempted: bool) -> dict[str, Any]:
+  """preempted: a stop signal ended the run before num_steps (its checkpoint is written)."""
   return {"state": state, "graphdef": run.graphdef, "metrics": last, "tokenizer": run.tokenizer,
-          "model_config": run.model_cfg, "mesh": run.mesh}
+          "model_config": run.model_cfg, "mesh": run.mesh, "preempted": preempted}
 
 
 def params_from(cfg) -> str:

@@ -388,6 +388,8 @@ def load_teacher_for(cfg, workdir: str, mesh):
   field = "mesh" if tmesh is mesh else "teacher.mesh"
   if cfg.teacher.path:
     path = cfg.teacher.path
+    from earlyrl_jax import configs
+    configs.check_model_dir(path, "teacher.path", teacher=True)  # its packages before its weights
   else:
     from earlyrl_jax.teacher import train_teacher
     tdir = teacher_workdir(cfg, workdir)

@@ -45,8 +45,17 @@ export PYTHONUNBUFFERED=1
 # The clone runs without `pip install -e .` too.
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 
+# The exit code of a run that a signal stopped after writing its checkpoint (EX_TEMPFAIL;
+# earlyrl_jax/errors.py STOPPED): the job is requeued and resumes from that checkpoint.
+EARLYRL_STOPPED=75
+
 # earlyrl_srun ARG... : one process per node runs earlyrl_jax.main --distributed ARG...
 # jax.distributed.initialize() reads SLURM's environment (coordinator, process count and id).
+# --signal=TERM@T (or USR1) makes every host save at the same step and exit with
+# EARLYRL_STOPPED; then `scontrol requeue` puts the job back in the queue (at most
+# EARLYRL_MAX_REQUEUES times, default 100: SLURM_RESTART_COUNT counts them) and the batch
+# script exits with that code. Any other exit code ends the job with it: 0 finished, 2 a
+# user error (the `error:` line says which setting), anything else a crash.
 earlyrl_srun() {
   local cmd=(srun --kill-on-bad-exit=1 "${PYTHON:-python}" -m earlyrl_jax.main --distributed "$@")
   if [[ "${DRY_RUN:-0}" == 1 ]]; then
@@ -56,5 +65,25 @@ earlyrl_srun() {
     return 0
   fi
   cd "$REPO"
-  exec "${cmd[@]}"
+  local rc=0
+  "${cmd[@]}" || rc=$?
+  if [[ $rc -eq $EARLYRL_STOPPED ]]; then
+    earlyrl_requeue
+  fi
+  exit "$rc"
+}
+
+# earlyrl_requeue : puts this job back in the queue (the run stopped after saving).
+earlyrl_requeue() {
+  local count=${SLURM_RESTART_COUNT:-0} most=${EARLYRL_MAX_REQUEUES:-100}
+  if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+    echo "earlyrl: the run stopped after saving (exit $EARLYRL_STOPPED); not under SLURM, nothing requeued" >&2
+  elif (( count >= most )); then
+    echo "earlyrl: the run stopped after saving; job $SLURM_JOB_ID was requeued $count times" \
+      "(EARLYRL_MAX_REQUEUES=$most), not again: resubmit it to continue" >&2
+  else
+    echo "earlyrl: the run stopped after saving; requeueing job $SLURM_JOB_ID (restart $((count + 1)))" >&2
+    # (SLURM's own preemption may be requeueing it already: a refusal here changes nothing.)
+    scontrol requeue "$SLURM_JOB_ID" || echo "earlyrl: scontrol requeue $SLURM_JOB_ID failed" >&2
+  fi
 }
