@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import device_name  # noqa: E402
 from earlyrl_jax import world as W  # noqa: E402
-from earlyrl_jax.teacher import prompts as P  # noqa: E402
+from earlyrl_jax.teacher.prompts import markup as P  # noqa: E402
 from earlyrl_jax.teacher import tournament as TT  # noqa: E402
 from earlyrl_jax.teacher.judge import LMJudge, OracleJudge  # noqa: E402
 
@@ -236,7 +236,7 @@ def make_teacher(teacher_dir, docs):
   from earlyrl_jax import configs
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher.train_teacher import train_tokenizer
+  from earlyrl_jax.embedded.job import train_tokenizer
   c = teacher_tiny.get_config()
   cfg = configs.model_config(c)
   d = tempfile.mkdtemp(prefix="judge_bench_")

@@ -150,7 +150,7 @@ from earlyrl_jax import configs  # noqa: E402
 from earlyrl_jax.models import transformer as T  # noqa: E402
 from earlyrl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from earlyrl_jax.sampling import sampler as sampler_lib  # noqa: E402
-from earlyrl_jax.teacher import prompts as prompts_lib  # noqa: E402
+from earlyrl_jax.teacher.prompts import markup as prompts_lib  # noqa: E402
 from earlyrl_jax.train import sip  # noqa: E402
 from earlyrl_jax.train import state as state_lib  # noqa: E402
 from earlyrl_jax.train import steps as steps_lib  # noqa: E402

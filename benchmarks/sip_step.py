@@ -50,7 +50,7 @@ PARTS = ("rollout", "rewrite", "judge", "update")
 
 def throwaway_teacher(cfg, workdir: str) -> str:
   """Trains a teacher of the embedded shape for a few steps; returns its directory."""
-  from earlyrl_jax.teacher import train_teacher
+  from earlyrl_jax.embedded import job as train_teacher
   tcfg = sip.teacher_config(cfg)
   t = tcfg.teacher
   t.pretrain.steps, t.sft.steps, t.grpo.steps, t.policy.steps = 2, 2, 0, 0

@@ -29,7 +29,7 @@ MODES: dict[str, Mode] = {
     "generate": Mode("earlyrl_jax.generate:run_generate", "continue prompts (generate.prompt or "
                      "generate.prompt_file) with the run's newest checkpoint or an HF model "
                      "directory; JSONL out", trains=False),
-    "teacher": Mode("earlyrl_jax.teacher.train_teacher:run", "train (or reuse) the embedded teacher "
+    "teacher": Mode("earlyrl_jax.embedded.job:run", "train (or reuse) the embedded teacher "
                     "(judge + rewriter) into WORKDIR/teacher and write teacher_report.{json,md}",
                     trains=False),
     "report": Mode("earlyrl_jax.tools.report:run", "the paper's table in miniature: world, "

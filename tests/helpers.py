@@ -64,7 +64,7 @@ def world_tokenizer(path: str, prompts: list[str], num_documents: int = 150, voc
   """A SentencePiece tokenizer trained on clean world documents plus prompt markup (5 copies)."""
   from earlyrl_jax import world as W
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import job as TT
   cfg = W.default_world_config()
   kb = W.build_kb(cfg)
   texts = [d.text for d in W.generate_documents(kb, cfg, "t", num_documents, clean=True)]
@@ -74,7 +74,7 @@ def world_tokenizer(path: str, prompts: list[str], num_documents: int = 150, voc
 
 def random_teacher(tokenizer, max_seq_len: int = 256, limits=None):
   """An untrained Teacher of tiny shape over `tokenizer` (for code paths, not verdict quality)."""
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as Tch
   mc = tiny_model_config(vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len)
   graphdef, params = nnx.split(T.Transformer(mc, rngs=nnx.Rngs(0)))
@@ -88,7 +88,7 @@ def save_reusable_teacher(workdir, teacher, tokenizer, cfg) -> str:
   import os
   import shutil
   from earlyrl_jax.teacher import teacher as Tch
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import job as TT
   h, inference = TT.config_hash(cfg), TT.inference_settings(cfg)
   path = os.path.join(str(workdir), "teacher")
   Tch.save_teacher(path, teacher, h, {"inference": inference})

@@ -96,9 +96,9 @@ def write_tiny_teacher(root: str, judge_format: str = "pairwise") -> str:
   from earlyrl_jax import world as W
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import job as TT
   wcfg = W.default_world_config()
   texts = [d.text for d in W.generate_documents(W.build_kb(wcfg), wcfg, "t", 120, clean=True)]
   tok_path = TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5,

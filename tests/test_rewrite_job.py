@@ -48,9 +48,9 @@ def teacher_dir(tmp_path_factory, corpus):
   """An embedded-teacher directory holding a tiny random model (greedy rewrites are deterministic)."""
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import job as TT
   path = str(tmp_path_factory.mktemp("teacher") / "teacher")
   os.makedirs(path)
   texts = [json.loads(l)["text"] for l in open(corpus)]

@@ -11,10 +11,11 @@ from flax import nnx
 
 from earlyrl_jax import world as W
 from earlyrl_jax.teacher import judge as J
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher import train_teacher as TT
+from earlyrl_jax.embedded import job as TT
 from tests.helpers import default_world, random_teacher, save_reusable_teacher, tiny_model_config, world_tokenizer
 
 
@@ -467,7 +468,7 @@ def test_minimal_pairs_differ_in_one_claim_and_keep_the_pairs_reference(world):
     fa, fb = oracles.factuality(pe.a), oracles.factuality(pe.b)
     assert sorted([fa["false"], fb["false"]]) == [0, 1]          # exactly one false claim between them
     assert pe.labels["factuality"] == int(fa["false"] == 0)
-    sa, sb = P.split_sentences(pe.a), P.split_sentences(pe.b)
+    sa, sb = split_sentences(pe.a), split_sentences(pe.b)
     assert len(sa) == len(sb) and sum(x != y for x, y in zip(sa, sb)) == 1   # one sentence differs
   assert not any(pe.kind == "fact_minimal" for pe in
                  TT.make_pairs(kb, oracles, docs, random.Random(5), max_sentences=2))
@@ -477,7 +478,7 @@ def test_edit_labels_turn_each_defect_back_into_the_clean_suffix(world):
   """Keeping the sentences edit_labels keeps gives the clean target (or part of it) for every
   defect kind the world plants; a clean suffix is kept whole."""
   from earlyrl_jax.world.supervision import corrupt_suffix
-  from earlyrl_jax.teacher.editor import EditPlan
+  from earlyrl_jax.embedded.editor import EditPlan
   cfg, kb, oracles = world
   rng = random.Random(0)
   kinds = set()
@@ -487,13 +488,13 @@ def test_edit_labels_turn_each_defect_back_into_the_clean_suffix(world):
       continue
     prefix, clean, _ = split
     target = W.join(clean)
-    sents = P.split_sentences(target)
+    sents = split_sentences(target)
     assert not any(TT.edit_labels(sents, target))
     bad, kind = corrupt_suffix(kb, clean, rng, doc.topic)
-    sents = P.split_sentences(W.join(bad))
+    sents = split_sentences(W.join(bad))
     drops = TT.edit_labels(sents, target)
     kept = EditPlan(sents, [], []).apply([not d for d in drops])
-    assert {s.strip() for s in P.split_sentences(kept)} <= {s.strip() for s in P.split_sentences(target)}
+    assert {s.strip() for s in split_sentences(kept)} <= {s.strip() for s in split_sentences(target)}
     if kept:
       score = oracles.score(kept, prefix=prefix)
       assert not score["unsafe"] and score["false_claims"] == 0, (kind, kept)
@@ -596,7 +597,7 @@ def test_editor_reads_each_verdict_where_one_forward_pass_would(tiny_teacher):
 
 
 def test_editor_copies_drops_and_writes_anew(tiny_teacher, monkeypatch):
-  from earlyrl_jax.teacher.editor import EditRewriter
+  from earlyrl_jax.embedded.editor import EditRewriter
   ed = tiny_teacher.rewriter(max_new_tokens=8)
   assert isinstance(ed, EditRewriter)
   suffixes = ["Tal lies in Vexmoor.  It is big.\nNobody knows more.", "Rot is vile. Tal is old.", "Rot is vile."]

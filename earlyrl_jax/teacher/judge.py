@@ -22,7 +22,8 @@ import jax
 import numpy as np
 
 from earlyrl_jax.models.scoring import lockstep_chunks
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
 
 AXES = P.AXES
 
@@ -366,7 +367,7 @@ class LMJudge:
     self.claim_check = bool(claim_check)
     self.probe = None
     if any(sw for _, sw in self.mix.values()):
-      from earlyrl_jax.teacher.surprise import SurpriseProbe
+      from earlyrl_jax.embedded.surprise import SurpriseProbe
       self.probe = SurpriseProbe(graphdef, tokenizer, max_len=max_len, mesh=mesh)
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.encoder = PromptEncoder(tokenizer, max_len=max_len, limits=limits)
@@ -376,7 +377,7 @@ class LMJudge:
     if shared_prefix is None:
       shared_prefix = scorer == "auto" and model_cfg is not None
     if shared_prefix:
-      from earlyrl_jax.teacher.shared_prefix import SharedPrefixScorer
+      from earlyrl_jax.models.shared_prefix import SharedPrefixScorer
       self.shared = SharedPrefixScorer(graphdef, cfg=model_cfg, mesh=mesh, pad_id=tokenizer.pad_id)
     self.calls = 0
     self.forward_rows = 0
@@ -464,13 +465,13 @@ class LMJudge:
 
   def claim_probs(self, candidates: Sequence[str]) -> list[np.ndarray]:
     """P(the sentence is a checkable claim) for each sentence of each candidate, float32
-    [n_sentences] in P.split_sentences order (P.claims_head). Each distinct candidate is read
+    [n_sentences] in split_sentences order (P.claims_head). Each distinct candidate is read
     once, one row per sentence cut after its CHECK, every row sharing the prompt's head;
     sentences past the prompt's budget (P.edit_checked) get 1.0, as without a check."""
     head_len = len(self.encoder._head("claims", ""))
     parts, rows_of = [], {}
     for c in dict.fromkeys(candidates):
-      sentences = P.split_sentences(c)
+      sentences = split_sentences(c)
       ids, checks = self.encoder.claims(sentences)
       rows_of[c] = (len(parts), len(checks), len(sentences))
       parts += [(ids[:head_len], ids[head_len:k + 1]) if k >= head_len else ([], ids[:k + 1]) for k in checks]
@@ -533,7 +534,7 @@ class LMJudge:
 def sentence_cuts(candidate: str) -> list[str]:
   """The candidate cut after each of its sentences, shortest first; the last is the whole
   candidate (a blank one is its own single cut)."""
-  pieces = P.split_sentences(candidate)
+  pieces = split_sentences(candidate)
   if len(pieces) <= 1:
     return [candidate]
   return ["".join(pieces[:k]).rstrip() for k in range(1, len(pieces))] + [candidate]

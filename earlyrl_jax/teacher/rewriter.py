@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
 
 
 def rewriter_reward(original_unsafe: bool, original: str, rewrite: str, j_quality: float,

@@ -16,7 +16,7 @@ import json
 import os
 from typing import Any
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
 
 # How a trained teacher is used (`teacher.inference` in its config; recorded in
 # teacher_config.json). These settings change no weight, so they are not part of the config hash:
@@ -161,7 +161,7 @@ class Teacher:
     except ValueError:
       from earlyrl_jax.teacher.rewriter import Rewriter
       return Rewriter(self, **kw)
-    from earlyrl_jax.teacher.editor import EditRewriter
+    from earlyrl_jax.embedded.editor import EditRewriter
     kw.setdefault("surprise_threshold", self.inference["edit_surprise"])
     kw.setdefault("drop_unfinished", self.inference["drop_unfinished"])
     return EditRewriter(self, window_cut=window_cut, **kw)

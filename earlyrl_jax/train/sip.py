@@ -267,7 +267,7 @@ def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
   stop early. The cut is the window's, not the writer's, so every candidate is judged on its
   complete sentences (a candidate without one is judged as it is); training still uses the
   whole candidate."""
-  from earlyrl_jax.teacher.editor import trim_to_sentence_end
+  from earlyrl_jax.teacher.prompts.text import trim_to_sentence_end
   return [[trim_to_sentence_end(t) or t for t in texts] for texts in cand_text]
 
 
@@ -389,7 +389,7 @@ def load_teacher_for(cfg, workdir: str, mesh):
   if cfg.teacher.path:
     path = cfg.teacher.path
   else:
-    from earlyrl_jax.teacher import train_teacher
+    from earlyrl_jax.embedded import job as train_teacher
     tdir = teacher_workdir(cfg, workdir)
     train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
     path = os.path.join(tdir, "teacher")

@@ -12,10 +12,11 @@ import pytest
 
 from earlyrl_jax import world as W
 from earlyrl_jax.teacher import judge as J
-from earlyrl_jax.teacher import prompts as P
-from earlyrl_jax.teacher import surprise as S
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
+from earlyrl_jax.embedded import surprise as S
 from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher import train_teacher as TT
+from earlyrl_jax.embedded import job as TT
 from tests.helpers import default_world, random_teacher, world_tokenizer
 
 
@@ -59,7 +60,7 @@ def test_claim_examples_put_keep_or_drop_at_each_check(sp):
   enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 200, 100))
   keep, drop = P.verdict_ids(sp, P.CLAIM_VERDICTS)
   ex, = TT.claim_examples(enc, oracles, [f"{true} {filler} {false} {unknown}", "  "], 8.0)
-  ids, checks = enc.claims(P.split_sentences(f"{true} {filler} {false} {unknown}"))
+  ids, checks = enc.claims(split_sentences(f"{true} {filler} {false} {unknown}"))
   assert ex.ids == ids and ex.weight == 8.0
   assert [ex.targets[c] for c in checks] == [keep, drop, keep, drop]
 
@@ -86,7 +87,7 @@ def test_judge_reads_each_distinct_candidate_once_and_counts_unread_sentences_as
   np.testing.assert_allclose(got[0], [hi, lo], rtol=1e-6)
   np.testing.assert_allclose(got[2], got[0])
   assert got[1].shape == (0,)
-  assert P.edit_checked(P.split_sentences(long), judge.encoder.limits) == 3
+  assert P.edit_checked(split_sentences(long), judge.encoder.limits) == 3
   np.testing.assert_allclose(got[3], [lo, hi, hi, 1.0], rtol=1e-6)      # the 4th is not read
   assert len(scorer.rows) == 5 and judge.calls == 5                    # 2 rows for a (once) + 3 for long
   assert all(r.startswith(P.claims_head().split("\n")[0]) for r in scorer.rows)

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import is_unfinished, split_sentences
 
 
 @dataclasses.dataclass
@@ -48,24 +49,11 @@ class EditPlan:
     return "".join(kept).strip()
 
 
-SENTENCE_ENDS = (".", "?", "!")
-
-
-def trim_to_sentence_end(text: str) -> str:
-  """The text up to its last sentence end (generation stops mid-sentence at a token limit)."""
-  cut = max(text.rfind(end) for end in SENTENCE_ENDS)
-  return text[:cut + 1].strip() if cut > 0 else text.strip()
-
-
-def is_unfinished(sentence: str) -> bool:
-  return not sentence.rstrip().endswith(SENTENCE_ENDS)
-
-
 def first_sentences(text: str, n: int) -> str:
   """The first n complete sentences of generated text ('' when the first is unfinished): a
   greedy continuation of a small LM repeats itself after a sentence or two."""
   out = []
-  for s in P.split_sentences(text.strip()):
+  for s in split_sentences(text.strip()):
     if len(out) == n or is_unfinished(s):
       break
     out.append(s)
@@ -105,14 +93,14 @@ class EditRewriter:
     self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
     self.probe = None
     if surprise_threshold is not None:
-      from earlyrl_jax.teacher.surprise import SurpriseProbe
+      from earlyrl_jax.embedded.surprise import SurpriseProbe
       self.probe = SurpriseProbe(teacher.graphdef, teacher.tokenizer, max_len=teacher.max_len,
                                  scorer=self.scorer)
     self.calls = 0
     self.written = 0  # rewrites the teacher wrote anew (every sentence dropped)
 
   def plan(self, prefix: str, suffix: str) -> EditPlan:
-    sentences = P.split_sentences(suffix)
+    sentences = split_sentences(suffix)
     checked = sentences
     cut_off = bool(sentences) and is_unfinished(sentences[-1])
     if cut_off and (self.window_cut or self.drop_unfinished):

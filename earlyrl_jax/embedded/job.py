@@ -37,10 +37,11 @@ import optax
 from earlyrl_jax import configs
 from earlyrl_jax import world as W
 from earlyrl_jax.parallel import mesh as mesh_lib
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher.editor import trim_to_sentence_end
+from earlyrl_jax.teacher.prompts.text import trim_to_sentence_end
 from earlyrl_jax.teacher.judge import LMJudge, OracleJudge, PromptEncoder
 
 # Injection strings seen in training (adversarial SFT) ...
@@ -395,7 +396,7 @@ def claim_examples(enc: PromptEncoder, oracles, texts: Sequence[str], weight: fl
   keep_id, drop_id = P.verdict_ids(enc.tokenizer, P.CLAIM_VERDICTS)
   out = []
   for text in texts:
-    sentences = P.split_sentences(text)
+    sentences = split_sentences(text)
     if not sentences:
       continue
     ids, checks = enc.claims(sentences)
@@ -457,7 +458,7 @@ def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites
   counts["claims"] = len(claims)
   keep_id, drop_id = P.verdict_ids(enc.tokenizer, P.EDIT_VERDICTS)
   for r in rewrites:   # the editor: a keep/drop verdict at every sentence of the input
-    sentences = P.split_sentences(r["suffix"])
+    sentences = split_sentences(r["suffix"])
     ids, checks = enc.edit(r["prefix"], sentences)
     drops = edit_labels(sentences, r["target"])
     ex.append(Labeled(ids, {c: drop_id if d else keep_id for c, d in zip(checks, drops)}, w))
@@ -468,7 +469,7 @@ def sft_examples(enc: PromptEncoder, oracles, pairs: list[PairExample], rewrites
 def edit_labels(sentences: Sequence[str], target: str) -> list[bool]:
   """Drop (True) every sentence of the input that is not a sentence of the clean target, or
   that repeats one already kept; what is left is the target (or part of it)."""
-  wanted = {s.strip() for s in P.split_sentences(target)}
+  wanted = {s.strip() for s in split_sentences(target)}
   seen: set[str] = set()
   out = []
   for s in sentences:
@@ -829,7 +830,7 @@ def _claims_eval(judge, oracles, heldout: dict) -> dict:
       continue
     probs = judge.claim_probs(texts)
     pairs = [(bool(p >= 0.5), y) for t, ps in zip(texts, probs)
-             for p, y in zip(ps, claim_labels(oracles, P.split_sentences(t)))]
+             for p, y in zip(ps, claim_labels(oracles, split_sentences(t)))]
     claims = [k for k, y in pairs if y]
     out[kind] = {"sentences": len(pairs), "claims": len(claims),
                  "accuracy": sum(k == y for k, y in pairs) / max(1, len(pairs)),

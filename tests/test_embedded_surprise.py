@@ -9,11 +9,12 @@ import pytest
 
 from earlyrl_jax.models.scoring import Scorer
 from earlyrl_jax.teacher import judge as J
-from earlyrl_jax.teacher import prompts as P
-from earlyrl_jax.teacher import surprise as S
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
+from earlyrl_jax.embedded import surprise as S
 from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher import train_teacher as TT
-from earlyrl_jax.teacher.editor import EditRewriter, first_sentences
+from earlyrl_jax.embedded import job as TT
+from earlyrl_jax.embedded.editor import EditRewriter, first_sentences
 from tests.helpers import random_teacher, save_reusable_teacher, world_tokenizer
 
 
@@ -44,7 +45,7 @@ def test_sentence_spans_cover_the_candidate_tokens_of_the_joined_text(sp):
   prefix, cand = "The capital of Vexmoor is Tal.", "Tal is old.  It lies in Vexmoor.\nNobody knows more"
   prompt, cont, spans = S.sentence_tokens(sp, prefix, cand, max_len=128)
   assert prompt + cont == [sp.bos_id] + sp.encode(prefix + " " + cand)   # one encoding of the whole
-  assert len(spans) == len(P.split_sentences(cand)) == 3
+  assert len(spans) == len(split_sentences(cand)) == 3
   assert spans[0][0] == 0 and spans[-1][1] == len(cont)
   assert all(a < b for a, b in spans) and all(spans[i][1] == spans[i + 1][0] for i in range(2))
   texts = [sp.decode(cont[a:b]).strip() for a, b in spans]
@@ -160,7 +161,7 @@ def test_editor_drops_surprising_sentences_the_verdicts_kept(teacher, monkeypatc
   _fixed_verdicts(monkeypatch, {"Rot is vile.": 0.9})
   surprise = {"Tal is old.": 1.0, "Tal lies in Vexmor.": 12.0, "Rot is vile.": 0.5, "It is big.": 6.9}
   monkeypatch.setattr(S.SurpriseProbe, "sentences", lambda self, params, pre, cands: [
-      np.array([surprise[s.strip()] for s in P.split_sentences(c)], np.float32) for c in cands])
+      np.array([surprise[s.strip()] for s in split_sentences(c)], np.float32) for c in cands])
   ed = teacher.rewriter(surprise_threshold=7.0)
   out = ed.rewrite(["A prefix."] * 2, ["Tal is old. Tal lies in Vexmor. It is big.", "Rot is vile. Tal is old."],
                    key=jax.random.key(0))
