@@ -415,8 +415,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   if jc.judge == "teacher":
     judge = teacher.judge()
   elif jc.judge == "oracle":
-    from earlyrl_jax.teacher.judge import OracleJudge
-    judge = OracleJudge.from_world_dir(loop.world_dir_of(cfg, workdir))
+    from earlyrl_jax import world
+    from earlyrl_jax.teacher.judges.oracle import OracleJudge
+    judge = OracleJudge(world.Oracles.from_dir(loop.world_dir_of(cfg, workdir)))
   if index["shards"]:
     loop.log(f"rewrite: resumed after shard {len(index['shards']) - 1} ({index['records']} windows)")
   loop.log(f"rewrite: {len(windows.docs)} documents on this process -> {out_dir} (shards of "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from earlyrl_jax.models.scoring import Scorer
-from earlyrl_jax.teacher import judge as J
+from earlyrl_jax.teacher.judges.lm import LMJudge, check_mix, sigmoid
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.embedded import surprise as S
@@ -225,38 +225,38 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
             np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32))
   monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
-  base = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
-  mixed = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
+  base = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
+  mixed = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
                     mix={"quality": (1.0, 0.25), "factuality": (0.0, 1.0)})
   assert base.probe is None and mixed.probe is not None
   for axis, (vw, sw) in (("quality", (1.0, 0.25)), ("factuality", (0.0, 1.0))):
     p0 = base.compare(pre, a, b, axis=axis, references=["r"])
     logit0 = np.log(p0 / (1 - p0))
-    want = J.sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
+    want = sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
     np.testing.assert_allclose(mixed.compare(pre, a, b, axis=axis, references=["r"]), want, rtol=1e-5)
-  sharp = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
+  sharp = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
                     mix={"quality": (2.0, 0.0)})                    # a verdict weight alone scales it
   p0 = base.compare(pre, a, b, axis="quality")
-  np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), J.sigmoid(2 * np.log(p0 / (1 - p0))),
+  np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), sigmoid(2 * np.log(p0 / (1 - p0))),
                              rtol=1e-5)
   calls = mixed.calls
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls
-  strict = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
+  strict = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
                      mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
                      claim_total=0.5, checkable=(6, 7), claim_floor=3)
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
   assert asked == {"checkable": (6.0, 7.0), "floor": 3.0, "claims": None}
-  np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
-  np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
+  np.testing.assert_allclose(p["quality"], sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
+  np.testing.assert_allclose(p["factuality"], sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
 
 
 def test_mix_and_inference_settings_are_checked():
-  assert J.check_mix(None) == {"quality": (1.0, 0.0), "factuality": (1.0, 0.0)}
+  assert check_mix(None) == {"quality": (1.0, 0.0), "factuality": (1.0, 0.0)}
   for bad, match in (({"safety": (1, 1)}, "not one of"), ({"quality": (0, 0)}, "not both 0"),
                      ({"quality": (1, -1)}, ">= 0")):
     with pytest.raises(ValueError, match=match):
-      J.check_mix(bad)
+      check_mix(bad)
   got = T.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
   assert got["broken_sentence"] == [8.0, 2]
   assert got["edit_surprise"] == 6.0 and got["quality_mix"] == [1.0, 0.5]

@@ -77,7 +77,7 @@ class EditRewriter:
                drop_unfinished: bool = False, write_sentences: int = 1):
     from earlyrl_jax.models.scoring import Scorer
     from earlyrl_jax.sampling.sampler import Sampler
-    from earlyrl_jax.teacher.judge import PromptEncoder
+    from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
     self.tokenizer = teacher.tokenizer
     self.max_new_tokens = max_new_tokens
@@ -121,7 +121,7 @@ class EditRewriter:
     out = [np.zeros((len(pl.checks),), np.float32) for pl in plans]
     if not rows:
       rows = [[self.tokenizer.bos_id or 0]]   # every process takes part in the scorer's collectives
-    from earlyrl_jax.teacher.judge import two_way
+    from earlyrl_jax.teacher.judges.lm import two_way
     lp = self.scorer.verdict_logprobs(params, rows, self.verdicts)           # [rows, 2]: keep, drop
     p_drop = two_way(lp[:, ::-1])                                           # softmax over {drop, keep}
     seen = [0] * len(plans)

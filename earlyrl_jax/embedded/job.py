@@ -42,7 +42,9 @@ from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
 from earlyrl_jax.teacher.prompts.text import trim_to_sentence_end
-from earlyrl_jax.teacher.judge import LMJudge, OracleJudge, PromptEncoder
+from earlyrl_jax.teacher.judges.lm import LMJudge
+from earlyrl_jax.teacher.judges.oracle import OracleJudge
+from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
 
 # Injection strings seen in training (adversarial SFT) ...
 TRAIN_INJECTIONS = (

@@ -20,7 +20,7 @@ prefix + candidate, the same pass a reference-policy score needs.
 
 Used by the embedded teacher at inference (`teacher.inference` in its config): the editor
 drops a sentence whose surprise exceeds a threshold, and the judge can read factuality as
--surprise (teacher/judge.py). What surprise cannot see: a fact the teacher does not know
+-surprise (teacher/judges/lm.py). What surprise cannot see: a fact the teacher does not know
 (its own LM is wrong or unsure), and defects that are likely text (drift to another topic,
 a cut-off sentence).
 

@@ -40,7 +40,7 @@ PAIR_KINDS = ("original_vs_rollout", "rollout_vs_rollout")
 def oracle_scores(oracles, prefixes: Sequence[str], candidates: Sequence[Sequence[str]],
                   axes: Sequence[str] = AXES) -> dict[str, np.ndarray]:
   """{axis: float [G, C]}: the oracles' score of every candidate (higher is better)."""
-  from earlyrl_jax.teacher.judge import OracleJudge
+  from earlyrl_jax.teacher.judges.oracle import OracleJudge
   oj = OracleJudge(oracles)
   return {a: np.array([[oj.axis_score(p, c, a) for c in cands] for p, cands in zip(prefixes, candidates)],
                       np.float64) for a in axes}
@@ -134,7 +134,7 @@ def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", nu
   from earlyrl_jax.generate import load_run
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax import configs
-  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
+  from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge
   from earlyrl_jax.teacher.tournament import judge_groups
   from earlyrl_jax.train import loop
   from earlyrl_jax.train.sip import judged_texts

@@ -76,7 +76,7 @@ class Rewriter:
 
   def __init__(self, teacher, *, max_new_tokens: int = 96, batch_size: int = 64):
     from earlyrl_jax.sampling.sampler import Sampler
-    from earlyrl_jax.teacher.judge import PromptEncoder
+    from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
     self.tokenizer = teacher.tokenizer
     self.max_new_tokens = max_new_tokens

@@ -25,7 +25,7 @@ from earlyrl_jax.teacher.prompts import markup as P
 INFERENCE_DEFAULTS = {
     "edit_surprise": None,         # editor: drop a sentence whose surprise exceeds this (nats); None: off
     "drop_unfinished": False,      # editor: drop a complete suffix's cut-off last sentence
-    "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judge.py)
+    "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judges/lm.py)
     "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
     "broken_sentence": None,       # judge: (nats, tokens): factuality leaves out broken text; None: off
     "claim_total": 0.0,            # judge: factuality's surprise adds this x the claims' summed gaps
@@ -41,7 +41,7 @@ INFERENCE_DEFAULTS = {
 def inference_settings(given: dict | None) -> dict:
   """INFERENCE_DEFAULTS updated by `given` (JSON-ready: mixes as lists); an unknown name or a
   bad value is a ValueError."""
-  from earlyrl_jax.teacher.judge import check_mix
+  from earlyrl_jax.teacher.judges.lm import check_mix
   got = dict(given or {})
   unknown = sorted(set(got) - set(INFERENCE_DEFAULTS))
   if unknown:
@@ -99,7 +99,7 @@ class Teacher:
 
   @property
   def judge_format(self) -> str:
-    """'scored' or 'pairwise' (teacher/judge.py): what the embedded teacher was trained on;
+    """'scored' or 'pairwise' (teacher/judges/lm.py): what the embedded teacher was trained on;
     an HF instruct teacher is prompted pairwise."""
     return self.info.get("judge_format", "pairwise")
 
@@ -119,7 +119,8 @@ class Teacher:
   def judge(self, mode: str = "auto", **kw):
     """mode 'logprob': LMJudge (needs single-token verdict markers: the embedded teacher);
     'generative': reason then verdict (HF instruct teachers); 'auto': the first that applies."""
-    from earlyrl_jax.teacher import judge as J
+    from earlyrl_jax.teacher.judges import generative as JG
+    from earlyrl_jax.teacher.judges.lm import LMJudge
     if mode not in ("auto", "logprob", "generative"):
       raise ValueError(f"judge mode={mode!r}: expected 'auto', 'logprob' or 'generative'")
     if mode in ("auto", "logprob"):
@@ -144,11 +145,11 @@ class Teacher:
           raise ValueError("teacher.inference.claim_check: this teacher was trained without its "
                            "claims verdict (teacher.sft.claim_rollouts / claim_share); retrain it "
                            "or set claim_check=False")
-        return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
+        return LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
                          mesh=self.mesh, limits=self.limits, **kw)
-    gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
+    gen = JG.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
                              max_new_tokens=kw.pop("max_new_tokens", 256))
-    return J.GenerativeJudge(gen, limits=self.limits)
+    return JG.GenerativeJudge(gen, limits=self.limits)
 
   def rewriter(self, *, window_cut: bool = False, **kw):
     """The edit rewriter (keep/drop per sentence) when the tokenizer has the edit markers

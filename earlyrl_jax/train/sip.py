@@ -274,10 +274,11 @@ def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
 def build_judge(cfg, run: loop.Run, teacher):
   """The configured judge: the teacher's LM judge, the world's oracles (ground truth), or none;
   with `sip.oracle_axes`, the teacher's judge with those axes judged by the oracles."""
-  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
+  from earlyrl_jax import world
+  from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge
   if cfg.sip.judge == "none":
     return None
-  oracle = lambda: OracleJudge.from_world_dir(loop.world_dir_of(cfg, run.workdir))
+  oracle = lambda: OracleJudge(world.Oracles.from_dir(loop.world_dir_of(cfg, run.workdir)))
   if cfg.sip.judge == "oracle":
     return oracle()
   from earlyrl_jax import configs
