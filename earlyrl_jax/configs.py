@@ -87,6 +87,8 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "generate.dtype": ("", "float32", "bfloat16"),
     "teacher.placement": mesh_lib.PLACEMENTS,
     "teacher.judge_format": ("scored", "pairwise"),
+    "teacher.judge_kind": ("auto", "embedded", "generative"),     # teacher/teacher.py JUDGE_KINDS
+    "teacher.rewriter_kind": ("auto", "edit", "generative"),      # teacher/teacher.py REWRITER_KINDS
 }
 
 

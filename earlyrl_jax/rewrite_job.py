@@ -281,7 +281,7 @@ def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
   memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    rewriter = teacher.rewriter(window_cut=True)
+    rewriter = teacher.rewriter(kind=run.cfg.teacher.get("rewriter_kind", "auto"), window_cut=True)
     return rewriter if memo is None else MemoRewriter(rewriter, memo)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
@@ -410,10 +410,11 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   it = iter(windows)
   if index["iterator"] is not None:
     it.set_state(index["iterator"])
-  rewriter = teacher.rewriter(batch_size=jc.batch_size, window_cut=True)
+  rewriter = teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), batch_size=jc.batch_size,
+                              window_cut=True)
   judge, axes = None, sorted(cfg.sip.judge_axes.keys())
   if jc.judge == "teacher":
-    judge = teacher.judge()
+    judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
   elif jc.judge == "oracle":
     from earlyrl_jax import world
     from earlyrl_jax.teacher.judges.oracle import OracleJudge

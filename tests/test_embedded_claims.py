@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from earlyrl_jax import world as W
-from earlyrl_jax.teacher.judges.lm import LMJudge, two_way
+from earlyrl_jax.embedded import recipe as R
+from earlyrl_jax.embedded.judge import EmbeddedJudge
+from earlyrl_jax.embedded.recipe import JudgeRecipe
+from earlyrl_jax.teacher.judges.lm import two_way
 from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
@@ -80,7 +83,7 @@ class _ClaimScorer:
 
 def test_judge_reads_each_distinct_candidate_once_and_counts_unread_sentences_as_claims(sp):
   scorer = _ClaimScorer(sp)
-  judge = LMJudge(None, None, sp, max_len=256, scorer=scorer, limits=P.PromptLimits(80, 55, 100))
+  judge = EmbeddedJudge(None, None, sp, max_len=256, scorer=scorer, limits=P.PromptLimits(80, 55, 100))
   a = "Tal lies in Vexmoor. Tal is nice."
   long = "Tal is nice. Tal lies in Vexmoor. Rot lies in Kex. Rot is big."   # past 55 characters
   got = judge.claim_probs([a, "", a, long])
@@ -120,9 +123,10 @@ def test_judge_passes_its_claim_probs_to_factuality_only_when_asked(sp, monkeypa
     return np.zeros((n,), np.float32), np.array([2.0 * len(c) for c in cands], np.float32)
   monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   mix = {"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}
-  plain = LMJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), mix=mix)
+  plain = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), recipe=JudgeRecipe(mix=mix))
   plain.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="factuality")
-  checked = LMJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), mix=mix, claim_check=True)
+  checked = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp),
+                          recipe=JudgeRecipe(mix=mix, claim_check=True))
   checked.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="quality")
   assert seen == [None, None]                                          # quality needs no claims
   checked.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="factuality")
@@ -130,10 +134,10 @@ def test_judge_passes_its_claim_probs_to_factuality_only_when_asked(sp, monkeypa
 
 
 def test_claim_check_setting_is_checked_and_reaches_the_judge(sp):
-  assert T.inference_settings(None)["claim_check"] is False
-  assert T.inference_settings({"claim_check": True})["claim_check"] is True
+  assert R.inference_settings(None)["claim_check"] is False
+  assert R.inference_settings({"claim_check": True})["claim_check"] is True
   with pytest.raises(ValueError, match="claim_check"):
-    T.inference_settings({"claim_check": "yes"})
+    R.inference_settings({"claim_check": "yes"})
   teacher = random_teacher(sp, max_seq_len=128)
   teacher.info["inference"] = {"claim_check": True, "factuality_mix": (0.0, 1.0)}
   assert teacher.judge().claim_check and not random_teacher(sp, max_seq_len=128).judge().claim_check

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from earlyrl_jax.models.scoring import Scorer
-from earlyrl_jax.teacher.judges.lm import LMJudge, check_mix, sigmoid
+from earlyrl_jax.embedded import recipe as R
+from earlyrl_jax.embedded.judge import EmbeddedJudge
+from earlyrl_jax.embedded.recipe import JudgeRecipe, check_mix
+from earlyrl_jax.teacher.judges.lm import sigmoid
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.embedded import surprise as S
@@ -225,26 +228,26 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
             np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32))
   monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
-  base = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
-  mixed = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                    mix={"quality": (1.0, 0.25), "factuality": (0.0, 1.0)})
+  base = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), recipe=JudgeRecipe(format=fmt))
+  mixed = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(),
+                        recipe=JudgeRecipe(format=fmt, mix={"quality": (1.0, 0.25), "factuality": (0.0, 1.0)}))
   assert base.probe is None and mixed.probe is not None
   for axis, (vw, sw) in (("quality", (1.0, 0.25)), ("factuality", (0.0, 1.0))):
     p0 = base.compare(pre, a, b, axis=axis, references=["r"])
     logit0 = np.log(p0 / (1 - p0))
     want = sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
     np.testing.assert_allclose(mixed.compare(pre, a, b, axis=axis, references=["r"]), want, rtol=1e-5)
-  sharp = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                    mix={"quality": (2.0, 0.0)})                    # a verdict weight alone scales it
+  sharp = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(),   # a verdict weight alone scales it
+                        recipe=JudgeRecipe(format=fmt, mix={"quality": (2.0, 0.0)}))
   p0 = base.compare(pre, a, b, axis="quality")
   np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), sigmoid(2 * np.log(p0 / (1 - p0))),
                              rtol=1e-5)
   calls = mixed.calls
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls
-  strict = LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                     mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
-                     claim_total=0.5, checkable=(6, 7), claim_floor=3)
+  strict = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), recipe=JudgeRecipe(
+      format=fmt, mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
+      claim_total=0.5, checkable=(6, 7), claim_floor=3))
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
   assert asked == {"checkable": (6.0, 7.0), "floor": 3.0, "claims": None}
   np.testing.assert_allclose(p["quality"], sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
@@ -257,30 +260,30 @@ def test_mix_and_inference_settings_are_checked():
                      ({"quality": (1, -1)}, ">= 0")):
     with pytest.raises(ValueError, match=match):
       check_mix(bad)
-  got = T.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
+  got = R.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
   assert got["broken_sentence"] == [8.0, 2]
   assert got["edit_surprise"] == 6.0 and got["quality_mix"] == [1.0, 0.5]
   assert got["factuality_mix"] == [1.0, 0.0] and not got["drop_unfinished"]
   with pytest.raises(ValueError, match="unknown settings"):
-    T.inference_settings({"edit_surprize": 6})
+    R.inference_settings({"edit_surprize": 6})
   with pytest.raises(ValueError, match="positive"):
-    T.inference_settings({"edit_surprise": 0})
+    R.inference_settings({"edit_surprise": 0})
   with pytest.raises(ValueError, match="broken_sentence"):
-    T.inference_settings({"broken_sentence": (0, 2)})
-  assert got["claim_total"] == 0.0 and T.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
+    R.inference_settings({"broken_sentence": (0, 2)})
+  assert got["claim_total"] == 0.0 and R.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
   with pytest.raises(ValueError, match="claim_total"):
-    T.inference_settings({"claim_total": -1})
+    R.inference_settings({"claim_total": -1})
   assert got["checkable_claim"] is None and got["claim_floor"] == 0.0
-  assert T.inference_settings({"checkable_claim": (6, 7), "claim_floor": 3})["checkable_claim"] == [6.0, 7.0]
+  assert R.inference_settings({"checkable_claim": (6, 7), "claim_floor": 3})["checkable_claim"] == [6.0, 7.0]
   for bad in ((0, 7), (6,), "6,7"):
     with pytest.raises(ValueError, match="checkable_claim"):
-      T.inference_settings({"checkable_claim": bad})
+      R.inference_settings({"checkable_claim": bad})
   with pytest.raises(ValueError, match="claim_floor"):
-    T.inference_settings({"claim_floor": -1})
+    R.inference_settings({"claim_floor": -1})
   assert got["safety_by_sentence"] is False
-  assert T.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
+  assert R.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
   with pytest.raises(ValueError, match="safety_by_sentence"):
-    T.inference_settings({"safety_by_sentence": "yes"})
+    R.inference_settings({"safety_by_sentence": "yes"})
 
 
 # ------------------------------------------------------------------ settings vs the config hash
@@ -304,11 +307,11 @@ def test_inference_settings_recompute_the_report_not_the_teacher(tmp_path, teach
   reports = []
   monkeypatch.setattr(TT, "noisy_policies", lambda *a, **k: [])
   monkeypatch.setattr(TT, "build_heldout", lambda *a, **k: {})
-  monkeypatch.setattr(TT, "report", lambda c, w, t, o, hd, extra: reports.append(t.inference) or
-                      {"bars": {}, "inference": t.inference})
+  monkeypatch.setattr(TT, "report", lambda c, w, t, o, hd, extra: reports.append(R.settings_of(t)) or
+                      {"bars": {}, "inference": R.settings_of(t)})
   out = TT.run(cfg2, str(tmp_path))
-  assert reports == [TT.inference_settings(cfg2)] and out["teacher"].inference["edit_surprise"] == 5.0
-  assert T.read_teacher_config(path)["inference"] == TT.inference_settings(cfg2)  # recorded with it
+  assert reports == [TR.inference_settings(cfg2)] and R.settings_of(out["teacher"])["edit_surprise"] == 5.0
+  assert T.read_teacher_config(path)["inference"] == TR.inference_settings(cfg2)  # recorded with it
   assert T.load_teacher(path).rewriter().surprise_threshold == 5.0
   cfg2.teacher.inference.factuality_mix = (0.0, 0.0)
   with pytest.raises(Exception, match="teacher.inference"):

@@ -12,7 +12,9 @@ from flax import nnx
 from earlyrl_jax import world as W
 from earlyrl_jax.teacher.judges.base import Judge
 from earlyrl_jax.teacher.judges.generative import GenerativeJudge, sampler_generate
-from earlyrl_jax.teacher.judges.lm import LMJudge, _VerdictScorer, sentence_cuts, sigmoid, two_way
+from earlyrl_jax.embedded.judge import EmbeddedJudge, sentence_cuts
+from earlyrl_jax.embedded.recipe import JudgeRecipe
+from earlyrl_jax.teacher.judges.lm import LMJudge, _VerdictScorer, sigmoid, two_way
 from earlyrl_jax.teacher.judges.oracle import OracleJudge
 from earlyrl_jax.teacher.judges.trl import RewardFunction
 from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
@@ -100,7 +102,7 @@ def test_safety_by_sentence_is_not_cleared_by_an_appended_line(sp):
   np.testing.assert_allclose(whole.pointwise(["p"] * 3, ["Tal is old.", unsafe, injected]),
                              [0.1, 0.9, 0.1], rtol=1e-5)   # the injection clears the whole text
   scorer = _InjectableSafetyScorer(sp)
-  cut = LMJudge(None, None, sp, max_len=256, scorer=scorer, safety_by_sentence=True)
+  cut = EmbeddedJudge(None, None, sp, max_len=256, scorer=scorer, recipe=JudgeRecipe(safety_by_sentence=True))
   np.testing.assert_allclose(cut.pointwise(["p"] * 3, ["Tal is old.", unsafe, injected]),
                              [0.1, 0.9, 0.9], rtol=1e-5)   # ... not the sentence before it
   # Rows: 'Tal is old.' (shared by all three), unsafe, injected: each distinct cut once.
@@ -141,8 +143,8 @@ def test_lm_judge_on_a_real_model_matches_fallback(tiny_teacher):
 
 
 def test_safety_by_sentence_on_a_real_model_is_the_max_over_cuts(tiny_teacher):
-  whole = tiny_teacher.judge(safety_by_sentence=False)
-  cut = tiny_teacher.judge(safety_by_sentence=True)
+  whole = tiny_teacher.judge(recipe=JudgeRecipe(safety_by_sentence=False))
+  cut = tiny_teacher.judge(recipe=JudgeRecipe(safety_by_sentence=True))
   pre, cand = ["Tal is a city in Vexmoor."] * 2, ["Tal is old. It lies in Vexmoor. Brax", "No."]
   got = cut.pointwise(pre, cand)
   want = [whole.pointwise([p] * len(sentence_cuts(c)), sentence_cuts(c)).max()
@@ -325,18 +327,44 @@ def test_rewriter_returns_one_text_per_input(tiny_teacher):
   assert all(P.REWRITE_CLOSE not in o for o in out)
 
 
-def test_teacher_without_single_token_verdicts_judges_generatively():
+def test_an_hf_teacher_judges_generatively_and_kinds_are_chosen_not_guessed():
   from earlyrl_jax.data.tokenizer import ByteTokenizer
   from earlyrl_jax.models.transformer import Transformer
   mc = tiny_model_config(vocab_size=259, max_seq_len=512)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
-  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40))
-  j = t.judge(max_new_tokens=4)
+  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40), source="hf")
+  j = t.judge(max_new_tokens=4)   # 'auto' on an HF teacher: generative
   assert isinstance(j, GenerativeJudge)
   p = j.compare(["p"], ["a"], ["b"], axis="quality")
   assert p.tolist() == [0.5] and j.unparsable == 1  # random bytes: no verdict, a counted tie
+  with pytest.raises(ValueError, match="teacher.judge_kind='embedded'.*not an embedded teacher"):
+    t.judge(kind="embedded")
+  with pytest.raises(ValueError, match="teacher.rewriter_kind='edit'.*not an embedded teacher"):
+    t.rewriter(kind="edit")
+  with pytest.raises(ValueError, match="teacher.judge_kind='logprobs': expected one of"):
+    t.judge(kind="logprobs")
+  # The same weights as an embedded teacher: 'auto' is the embedded judge, which needs the
+  # markers as single tokens (no fallback to another kind behind the user's back).
+  t.source = "embedded"
   with pytest.raises(ValueError, match="single-token"):
-    t.judge(mode="logprob")
+    t.judge()
+  assert isinstance(t.judge(kind="generative", max_new_tokens=4), GenerativeJudge)
+
+
+def test_the_kinds_in_the_config_are_the_teachers():
+  from earlyrl_jax import configs
+  assert configs.ENUM_FIELDS["teacher.judge_kind"] == T.JUDGE_KINDS
+  assert configs.ENUM_FIELDS["teacher.rewriter_kind"] == T.REWRITER_KINDS
+  with pytest.raises(ValueError, match="Teacher.source='served'"):
+    T.Teacher(None, None, None, None, source="served")
+  from configs import tiny
+  for field in ("judge_kind", "rewriter_kind"):
+    cfg = tiny.get_config()
+    assert cfg.teacher[field] == "auto"
+    configs.validate_fields(cfg)
+    cfg.teacher[field] = "logprobs"
+    with pytest.raises(configs.ConfigError, match=f"teacher.{field}: 'logprobs' is not one of"):
+      configs.validate_fields(cfg)
 
 
 def test_hf_style_teacher_rewrites_generatively_and_stops_on_the_marker_sequence():
@@ -346,7 +374,7 @@ def test_hf_style_teacher_rewrites_generatively_and_stops_on_the_marker_sequence
   from earlyrl_jax.models.transformer import Transformer
   mc = tiny_model_config(vocab_size=259, max_seq_len=512)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
-  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40))
+  t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40), source="hf")
   r = t.rewriter(max_new_tokens=6)
   assert isinstance(r, rw.Rewriter) and r.end_id is None and r.end_sequences
   out = r.rewrite(["A prefix."] * 2, ["A suffix."] * 2, key=jax.random.key(0))

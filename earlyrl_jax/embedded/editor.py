@@ -15,9 +15,9 @@ A fine suffix comes back byte for byte (every sentence kept); an unsafe insertio
 false claim, word salad, typos or a cut-off last sentence is dropped. The verdict at a
 CHECK sees the prefix and the sentences before it (causal), so all verdicts of a row
 come from the same prompt. With temperature > 0 the keep/drop decisions are sampled
-from those verdicts: the rewriter's GRPO (train_teacher.grpo) explores and reinforces
+from those verdicts: the rewriter's GRPO (embedded/training.py) explores and reinforces
 them with the paper's reward. At inference (`teacher.inference` in the teacher's config)
-the editor also drops a sentence its own LM finds surprising (teacher/surprise.py: a
+the editor also drops a sentence its own LM finds surprising (embedded/surprise.py: a
 misspelt word, a false object) and the cut-off last sentence of a complete suffix.
 Teachers whose tokenizer lacks the edit markers (HF instruct models) use the generative
 `rewriter.Rewriter`.
@@ -29,6 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from earlyrl_jax.embedded.recipe import settings_of
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import is_unfinished, split_sentences
 
@@ -67,7 +68,7 @@ class EditRewriter:
   an unfinished last sentence is the window's edge, not a defect: it is kept unchecked.
   threshold: a sentence is dropped when P(drop) exceeds it (greedy rewriting).
   surprise_threshold: a sentence is also dropped when its surprise under the teacher's own LM
-  (teacher/surprise.py) exceeds it, in nats; None: verdicts alone.
+  (embedded/surprise.py) exceeds it, in nats; None: verdicts alone.
   drop_unfinished: a last sentence without an end (and no window cut) is dropped unchecked.
   write_sentences: complete sentences kept of a continuation written anew.
   """
@@ -190,3 +191,13 @@ class EditRewriter:
       out.extend(texts)
     self.calls += len(prefixes)
     return out
+
+
+def edit_rewriter(teacher, *, window_cut: bool = False, **kw) -> EditRewriter:
+  """The editor of a loaded embedded teacher (`Teacher.rewriter('edit')`), with its inference
+  settings (`edit_surprise`, `drop_unfinished`) where `kw` does not set them."""
+  settings = settings_of(teacher)
+  kw.setdefault("surprise_threshold", settings["edit_surprise"])
+  kw.setdefault("drop_unfinished", settings["drop_unfinished"])
+  return EditRewriter(teacher, window_cut=window_cut, **kw)
+

@@ -36,6 +36,7 @@ import optax
 
 from earlyrl_jax import configs
 from earlyrl_jax import world as W
+from earlyrl_jax.embedded import recipe as R
 from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
@@ -94,10 +95,10 @@ def config_hash(cfg) -> str:
 
 
 def inference_settings(cfg) -> dict:
-  """`teacher.inference` as a plain dict (T.INFERENCE_DEFAULTS where unset), checked."""
+  """`teacher.inference` as a plain dict (recipe.INFERENCE_DEFAULTS where unset), checked."""
   sec = cfg.teacher.get("inference")
   try:
-    return T.inference_settings(sec.to_dict() if sec is not None else None)
+    return R.inference_settings(sec.to_dict() if sec is not None else None)
   except ValueError as e:
     raise configs.ConfigError(f"teacher.inference: {e}") from None
 
@@ -548,10 +549,7 @@ def grpo(cfg, teacher: T.Teacher, rewrites: list[dict], mesh) -> tuple[object, d
   g = cfg.teacher.grpo
   if g.steps <= 0:
     return teacher.params, {}
-  editor = teacher.rewriter(max_new_tokens=cfg.teacher.rewrite_max_new_tokens)
-  if not hasattr(editor, "edit"):
-    raise ValueError("teacher.grpo: the embedded teacher's tokenizer lacks the edit markers "
-                     "(prompts.EDIT_VERDICTS); retrain it with this version")
+  editor = teacher.rewriter(kind="edit", max_new_tokens=cfg.teacher.rewrite_max_new_tokens)
   keep_id, drop_id = editor.verdicts
   tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(g.learning_rate))
   graphdef = teacher.graphdef
@@ -586,7 +584,7 @@ def grpo(cfg, teacher: T.Teacher, rewrites: list[dict], mesh) -> tuple[object, d
     key, k = jax.random.split(key)
     plans, keep, texts = editor.edit(params, rp, ro, key=k, temperature=g.temperature, rng=sample_rng)
     judge = LMJudge(graphdef, params, teacher.tokenizer, max_len=L, limits=teacher.limits,
-                    judge_format=teacher.judge_format)
+                    judge_format=teacher.info.get("judge_format", "pairwise"))
     jq = 0.5 * (judge.compare(rp, texts, ro, axis="quality") + 1 - judge.compare(rp, ro, texts, axis="quality"))
     jf = 0.5 * (judge.compare(rp, texts, ro, axis="factuality", references=ro)
                 + 1 - judge.compare(rp, ro, texts, axis="factuality", references=ro))
@@ -845,7 +843,7 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   judge = teacher.judge()
   oracle = OracleJudge(oracles)
   res: dict = {"config_hash": extra.get("config_hash"), "prompt_version": P.PROMPT_VERSION,
-               "judge_format": teacher.judge_format, "inference": teacher.inference}
+               "judge_format": teacher.info.get("judge_format", "pairwise"), "inference": R.settings_of(teacher)}
   t0 = time.time()
   rows = {}
   for name, j in (("teacher", judge), ("oracle", oracle)):
@@ -868,7 +866,7 @@ def report(cfg, workdir: str, teacher: T.Teacher, oracles, heldout: dict, extra:
   res["per_kind"] = rows
   res.update(_injection(judge, heldout["corrupted"], heldout["safety"]))
   res.update(_rewrite_eval(teacher, oracles, heldout["rewrites"], jax.random.key(cfg.seed + 17)))
-  if extra.get("sft_counts", {}).get("claims") and isinstance(judge, LMJudge):
+  if extra.get("sft_counts", {}).get("claims") and hasattr(judge, "claim_probs"):
     res["claims_verdict"] = _claims_eval(judge, oracles, heldout)
   res["eval_seconds"] = time.time() - t0
   res["judge_rows"] = judge.calls

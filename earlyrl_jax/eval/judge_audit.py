@@ -168,7 +168,8 @@ def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", nu
     the_judge = OracleJudge(oracles)
   else:
     from earlyrl_jax.teacher.teacher import load_teacher
-    the_judge = load_teacher(teacher_dir or _teacher_dir(cfg, run_dir), mesh=mesh).judge()
+    the_judge = load_teacher(teacher_dir or _teacher_dir(cfg, run_dir), mesh=mesh).judge(
+        kind=cfg.teacher.get("judge_kind", "auto"))
     asked = cfg if oracle_axes is None else ml_collections.ConfigDict({"sip": {"oracle_axes": oracle_axes}})
     axes = configs.oracle_axes(asked)
     if axes:

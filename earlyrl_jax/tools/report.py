@@ -368,7 +368,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   needs_teacher = any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
                       for m in methods)
   teacher = sip.load_teacher_for(cfg, workdir, mesh) if needs_teacher else None
-  judge = teacher.judge() if teacher is not None else None
+  judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto")) if teacher is not None else None
   total = len(methods) * r.num_seeds
   per_seed: dict[str, list[dict]] = {m: [] for m in methods}
   curves: dict[str, list[dict]] = {}

@@ -283,7 +283,8 @@ def build_judge(cfg, run: loop.Run, teacher):
     return oracle()
   from earlyrl_jax import configs
   axes = configs.oracle_axes(cfg)
-  return AxisJudges(teacher.judge(), dict.fromkeys(axes, oracle())) if axes else teacher.judge()
+  judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
+  return AxisJudges(judge, dict.fromkeys(axes, oracle())) if axes else judge
 
 
 def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:

@@ -8,8 +8,6 @@ teacher's tokenizer.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import jax
 import numpy as np
 
@@ -17,7 +15,7 @@ from earlyrl_jax.models.scoring import lockstep_chunks
 from earlyrl_jax.teacher.judges.base import Counts, check_axis, check_rows
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder, bos_ids
-from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits, split_sentences
+from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits
 
 
 def _pow2(n: int, lo: int = 8) -> int:
@@ -90,20 +88,7 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 JUDGE_FORMATS = ("pairwise", "scored")
-MIXED_AXES = ("quality", "factuality")   # axes whose verdict can be mixed with surprise
-
-
-def check_mix(mix: Mapping[str, Sequence[float]] | None) -> dict[str, tuple[float, float]]:
-  """{axis: (verdict weight, surprise weight)} for the pairwise axes, (1, 0) where unset."""
-  out = {axis: (1.0, 0.0) for axis in MIXED_AXES}
-  for axis, w in (mix or {}).items():
-    if axis not in MIXED_AXES:
-      raise ValueError(f"judge mix: axis {axis!r} is not one of {MIXED_AXES}")
-    vw, sw = (float(x) for x in w)
-    if vw < 0 or sw < 0 or vw == sw == 0:
-      raise ValueError(f"judge mix[{axis!r}]=({vw}, {sw}): weights must be >= 0, not both 0")
-    out[axis] = (vw, sw)
-  return out
+PAIR_AXES = ("quality", "factuality")   # the axes compared in pairs (safety is pointwise)
 
 
 class LMJudge(Counts):
@@ -120,50 +105,24 @@ class LMJudge(Counts):
   so it has no position bias, and it needs C rows for C candidates (`score_axes`, which
   tournaments call) where all pairs in both orders need C(C-1).
 
-  mix {axis: (v, s)}: an axis's logit is v * (the verdict's logit) - s * (the candidate's
-  surprise under the judge's own LM, teacher/surprise.py: one extra forward row per distinct
-  candidate, no prompt, shared by the axes), so P(a > b) = sigmoid(v (l_a - l_b) - s (s_a - s_b))
-  in either format. v = 0 asks no verdict. Default (1, 0): the trained verdict alone.
-  broken (nats, tokens): factuality's surprise leaves out sentences with more than `tokens`
-  tokens above `nats` (broken text, not a claim: teacher/surprise.py `is_broken`); quality's
-  counts every sentence. claim_total: factuality's surprise adds this times the sum of the
-  claim sentences' gaps to their largest (`claim_surprise`: breaks ties of minimal pairs).
-  safety_by_sentence: P(unsafe) is the largest over the candidate cut after each of its
-  sentences (`sentence_cuts`), so text appended to a candidate (an instruction to the judge,
-  a fake verdict) cannot lower the verdict on what came before it; one row per sentence.
-  claim_check: factuality's surprise counts only the sentences the teacher reads as claims
-  about entities it knows (P.claims_head: a KEEP/DROP verdict per sentence, trained on the
-  oracles' labels of world text and policy rollouts; `claim_probs`). Surprise knows which of
-  two claims is true; it cannot tell a false claim from a sentence that claims nothing
-  checkable (a filler naming an unexpected entity, an invented name, garbled text), which
-  the oracles do not count. One row per sentence of each distinct candidate, one shared head.
+  A teacher's recipe plugs in through three hooks, so this judge stays the same for every LM
+  (the embedded teacher's `earlyrl_jax.embedded.judge.EmbeddedJudge` fills them from its one
+  settings object, `JudgeRecipe`):
+    mix {axis: (v, s)}   an axis's logit is v * (the verdict's logit) - s * (the candidate's
+                         penalty), so P(a > b) = sigmoid(v (l_a - l_b) - s (pen_a - pen_b)) in
+                         either format; v = 0 asks no verdict. Here (1, 0): the verdict alone.
+    penalties(axes, prefixes, candidates) -> {axis: [n]} or None: each candidate's penalty,
+                         asked only when some axis has s > 0. Here None.
+    safety_texts(candidate) -> [texts]: P(unsafe) is the largest over them. Here the candidate.
   """
 
   def __init__(self, graphdef, params, tokenizer, *, max_len: int, mesh=None,
                limits: PromptLimits = DEFAULT_LIMITS, batch_size: int = 64, scorer="auto",
-               shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise",
-               mix: Mapping[str, Sequence[float]] | None = None,
-               broken: Sequence[float] | None = None, claim_total: float = 0.0,
-               checkable: Sequence[float] | None = None, claim_floor: float = 0.0,
-               safety_by_sentence: bool = False, claim_check: bool = False):
+               shared_prefix: bool | None = None, model_cfg=None, judge_format: str = "pairwise"):
     if judge_format not in JUDGE_FORMATS:
       raise ValueError(f"judge_format={judge_format!r}: expected one of {JUDGE_FORMATS}")
     self.judge_format = judge_format
-    self.mix = check_mix(mix)
-    self.broken = None if broken is None else (float(broken[0]), int(broken[1]))
-    self.claim_total = float(claim_total)
-    if self.claim_total < 0:
-      raise ValueError(f"claim_total={claim_total!r}: expected a weight >= 0")
-    self.checkable = None if checkable is None else (float(checkable[0]), float(checkable[1]))
-    self.claim_floor = float(claim_floor)
-    if self.claim_floor < 0:
-      raise ValueError(f"claim_floor={claim_floor!r}: expected nats >= 0")
-    self.safety_by_sentence = bool(safety_by_sentence)
-    self.claim_check = bool(claim_check)
-    self.probe = None
-    if any(sw for _, sw in self.mix.values()):
-      from earlyrl_jax.embedded.surprise import SurpriseProbe
-      self.probe = SurpriseProbe(graphdef, tokenizer, max_len=max_len, mesh=mesh)
+    self.mix = {axis: (1.0, 0.0) for axis in PAIR_AXES}
     self.graphdef, self.params, self.tokenizer = graphdef, params, tokenizer
     self.encoder = PromptEncoder(tokenizer, max_len=max_len, limits=limits)
     self.batch_size = batch_size
@@ -229,9 +188,9 @@ class LMJudge(Counts):
     self.calls += len(rows)
     # [rows, 2]; asked whenever an axis needs a verdict (every process in lockstep, rows or none)
     lp = self._score(rows, self.encoder.pair_ids).astype(np.float64) if asked else None
-    s = self._surprise(axes, list(prefixes) * 2, list(a) + list(b))
+    s = self.penalties(axes, list(prefixes) * 2, list(a) + list(b))
     out = {}
-    for axis in axes:   # P(a > b) = softmax over the two mixed logits: v * log p(verdict) - s * surprise
+    for axis in axes:   # P(a > b) = softmax over the two mixed logits: v * log p(verdict) - s * penalty
       vw, sw = self.mix[axis]
       mixed = np.zeros((n, 2))
       if vw > 0:
@@ -242,41 +201,14 @@ class LMJudge(Counts):
       out[axis] = two_way(mixed)
     return out
 
-  def _surprise(self, axes, prefixes, candidates) -> dict[str, np.ndarray] | None:
-    """{axis: each candidate's surprise [n]} when an axis asked mixes it in (each distinct
-    (prefix, candidate) scored once, one pass for all axes), else None."""
-    if self.probe is None or not any(self.mix[x][1] for x in axes):
-      return None
-    keys: dict[tuple, int] = {}
-    slot = np.array([keys.setdefault((p, c), len(keys)) for p, c in zip(prefixes, candidates)], np.int64)
-    cands = [k[1] for k in keys]
-    checked = self.claim_probs(cands) if self.claim_check and "factuality" in axes else None
-    every, claims = self.probe.candidates(self.params, [k[0] for k in keys], cands,
-                                          broken=self.broken, total=self.claim_total,
-                                          checkable=self.checkable, floor=self.claim_floor,
-                                          claims=checked)
-    pick = lambda x: x[slot] if len(slot) else np.zeros((0,), np.float32)
-    return {"quality": pick(every), "factuality": pick(claims)}
+  def penalties(self, axes, prefixes, candidates) -> dict[str, np.ndarray] | None:
+    """{axis: each candidate's penalty [n]} for the axes whose mix weighs one (none here)."""
+    del axes, prefixes, candidates
+    return None
 
-  def claim_probs(self, candidates: Sequence[str]) -> list[np.ndarray]:
-    """P(the sentence is a checkable claim) for each sentence of each candidate, float32
-    [n_sentences] in split_sentences order (P.claims_head). Each distinct candidate is read
-    once, one row per sentence cut after its CHECK, every row sharing the prompt's head;
-    sentences past the prompt's budget (P.edit_checked) get 1.0, as without a check."""
-    head_len = len(self.encoder._head("claims", ""))
-    parts, rows_of = [], {}
-    for c in dict.fromkeys(candidates):
-      sentences = split_sentences(c)
-      ids, checks = self.encoder.claims(sentences)
-      rows_of[c] = (len(parts), len(checks), len(sentences))
-      parts += [(ids[:head_len], ids[head_len:k + 1]) if k >= head_len else ([], ids[:k + 1]) for k in checks]
-    self.calls += len(parts)
-    p = two_way(self._score(parts, P.verdict_ids(self.tokenizer, P.CLAIM_VERDICTS)))   # P(KEEP)
-    out = []
-    for c in candidates:
-      start, read, n = rows_of[c]
-      out.append(np.concatenate([p[start:start + read], np.ones((n - read,), np.float32)]).astype(np.float32))
-    return out
+  def safety_texts(self, candidate: str) -> list[str]:
+    """The texts whose largest P(unsafe) is the candidate's: the candidate itself here."""
+    return [candidate]
 
   def score_axes(self, prefixes, candidates, *, axes, references=None) -> dict[str, np.ndarray]:
     """Per-candidate logits l = log P(good) - log P(bad) on each axis [n] (scored format only).
@@ -302,7 +234,7 @@ class LMJudge(Counts):
       self.calls += len(rows)
       lp = self._score(rows, self.encoder.score_ids).astype(np.float64)
       logit = lp[:, 0] - lp[:, 1]
-    s = self._surprise([x for x in axes if x in self.mix], prefixes, candidates)
+    s = self.penalties([x for x in axes if x in self.mix], prefixes, candidates)
     out = {}
     for axis in axes:
       vw, sw = self.mix.get(axis, (1.0, 0.0))
@@ -311,25 +243,16 @@ class LMJudge(Counts):
     return out
 
   def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
-    """P(unsafe) of each candidate [n]; with safety_by_sentence, the largest over its cuts."""
+    """P(unsafe) of each candidate [n]: the largest over its `safety_texts`."""
     check_axis(axis, ("safety",))
     n = len(prefixes)
     check_rows(n, candidates=candidates)
     if n == 0 and jax.process_count() == 1:
       return np.zeros((0,), np.float32)
-    cuts = [sentence_cuts(c) if self.safety_by_sentence else [c] for c in candidates]
+    cuts = [self.safety_texts(c) for c in candidates]
     keys: dict[tuple, int] = {}   # identical (prefix, cut) rows are scored once
     slots = [[keys.setdefault((prefixes[i], cut), len(keys)) for cut in cuts[i]] for i in range(n)]
     rows = [self.encoder.point_parts(p, cut, axis) for p, cut in keys]
     self.calls += len(rows)
     p_bad = two_way(self._score(rows, self.encoder.point_ids))
     return np.array([p_bad[s].max() for s in slots], np.float32).reshape(n)
-
-
-def sentence_cuts(candidate: str) -> list[str]:
-  """The candidate cut after each of its sentences, shortest first; the last is the whole
-  candidate (a blank one is its own single cut)."""
-  pieces = split_sentences(candidate)
-  if len(pieces) <= 1:
-    return [candidate]
-  return ["".join(pieces[:k]).rstrip() for k in range(1, len(pieces))] + [candidate]
