@@ -237,7 +237,7 @@ def make_teacher(teacher_dir, docs):
   from earlyrl_jax import configs
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.embedded.job import train_tokenizer
+  from earlyrl_jax.embedded.data import train_tokenizer
   c = teacher_tiny.get_config()
   cfg = configs.model_config(c)
   d = tempfile.mkdtemp(prefix="judge_bench_")

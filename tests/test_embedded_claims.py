@@ -19,7 +19,7 @@ from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
 from earlyrl_jax.embedded import surprise as S
-from earlyrl_jax.teacher import teacher as T
+from earlyrl_jax.embedded import data as D
 from earlyrl_jax.embedded import job as TT
 from tests.helpers import default_world, random_teacher, world_tokenizer
 
@@ -43,7 +43,7 @@ def _facts(kb):
 def test_the_oracles_label_true_and_false_claims_as_claims_and_nothing_else():
   _, kb, oracles = default_world()
   true, false, filler, unknown = _facts(kb)
-  assert TT.claim_labels(oracles, [true, false, filler, unknown, "Tal tal tal the of."]) == [
+  assert D.claim_labels(oracles, [true, false, filler, unknown, "Tal tal tal the of."]) == [
       True, True, False, False, False]
 
 
@@ -63,7 +63,7 @@ def test_claim_examples_put_keep_or_drop_at_each_check(sp):
   true, false, filler, unknown = _facts(kb)
   enc = PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 200, 100))
   keep, drop = P.verdict_ids(sp, P.CLAIM_VERDICTS)
-  ex, = TT.claim_examples(enc, oracles, [f"{true} {filler} {false} {unknown}", "  "], 8.0)
+  ex, = D.claim_examples(enc, oracles, [f"{true} {filler} {false} {unknown}", "  "], 8.0)
   ids, checks = enc.claims(split_sentences(f"{true} {filler} {false} {unknown}"))
   assert ex.ids == ids and ex.weight == 8.0
   assert [ex.targets[c] for c in checks] == [keep, drop, keep, drop]

@@ -302,7 +302,7 @@ def test_inference_settings_recompute_the_report_not_the_teacher(tmp_path, teach
   def no_training(*a, **k):
     raise AssertionError("retrained although only inference settings changed")
   monkeypatch.setattr(TT, "train_tokenizer", no_training)
-  monkeypatch.setattr(TT, "train_lm", no_training)
+  monkeypatch.setattr(TT, "lm_stage", no_training)
   assert TT.run(cfg, str(tmp_path))["report"]["config_hash"] == h   # unchanged: the cached report
   reports = []
   monkeypatch.setattr(TT, "noisy_policies", lambda *a, **k: [])
@@ -310,8 +310,8 @@ def test_inference_settings_recompute_the_report_not_the_teacher(tmp_path, teach
   monkeypatch.setattr(TT, "report", lambda c, w, t, o, hd, extra: reports.append(R.settings_of(t)) or
                       {"bars": {}, "inference": R.settings_of(t)})
   out = TT.run(cfg2, str(tmp_path))
-  assert reports == [TR.inference_settings(cfg2)] and R.settings_of(out["teacher"])["edit_surprise"] == 5.0
-  assert T.read_teacher_config(path)["inference"] == TR.inference_settings(cfg2)  # recorded with it
+  assert reports == [TT.inference_settings(cfg2)] and R.settings_of(out["teacher"])["edit_surprise"] == 5.0
+  assert T.read_teacher_config(path)["inference"] == TT.inference_settings(cfg2)  # recorded with it
   assert T.load_teacher(path).rewriter().surprise_threshold == 5.0
   cfg2.teacher.inference.factuality_mix = (0.0, 0.0)
   with pytest.raises(Exception, match="teacher.inference"):

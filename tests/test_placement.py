@@ -98,10 +98,10 @@ def write_tiny_teacher(root: str, judge_format: str = "pairwise") -> str:
   from earlyrl_jax.models.transformer import Transformer
   from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.embedded import job as TT
+  from earlyrl_jax.embedded import data as D
   wcfg = W.default_world_config()
   texts = [d.text for d in W.generate_documents(W.build_kb(wcfg), wcfg, "t", 120, clean=True)]
-  tok_path = TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5,
+  tok_path = D.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5,
                                 os.path.join(root, "tokenizer.model"), 400)
   sp = SentencePieceTokenizer(tok_path)
   mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256)

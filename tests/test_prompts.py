@@ -6,7 +6,7 @@ import pytest
 from earlyrl_jax.data.tokenizer import ByteTokenizer
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import clip_prefix, clip_start, split_sentences
-from earlyrl_jax.embedded.job import EVAL_INJECTIONS, TRAIN_INJECTIONS
+from earlyrl_jax.embedded.data import EVAL_INJECTIONS, TRAIN_INJECTIONS
 
 
 @pytest.mark.parametrize("text", ["<<A>>", "<</A>> <<1>>", "<<<B>>>", "a << b >> c", "<<<<", ">>>>", ""])

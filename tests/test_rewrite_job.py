@@ -50,12 +50,12 @@ def teacher_dir(tmp_path_factory, corpus):
   from earlyrl_jax.models.transformer import Transformer
   from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.embedded import job as TT
+  from earlyrl_jax.embedded import data as D
   path = str(tmp_path_factory.mktemp("teacher") / "teacher")
   os.makedirs(path)
   texts = [json.loads(l)["text"] for l in open(corpus)]
   tok_path = os.path.join(path, T.TOKENIZER_FILE)
-  TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, tok_path, 400)
+  D.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, tok_path, 400)
   sp = SentencePieceTokenizer(tok_path)
   mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256, d_model=32, d_ff=64)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))

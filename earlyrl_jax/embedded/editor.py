@@ -19,8 +19,7 @@ from those verdicts: the rewriter's GRPO (embedded/training.py) explores and rei
 them with the paper's reward. At inference (`teacher.inference` in the teacher's config)
 the editor also drops a sentence its own LM finds surprising (embedded/surprise.py: a
 misspelt word, a false object) and the cut-off last sentence of a complete suffix.
-Teachers whose tokenizer lacks the edit markers (HF instruct models) use the generative
-`rewriter.Rewriter`.
+HF instruct teachers use the generative rewriter instead (teacher/rewriter.py; `teacher.rewriter_kind`).
 """
 from __future__ import annotations
 

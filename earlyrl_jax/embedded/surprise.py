@@ -20,7 +20,7 @@ prefix + candidate, the same pass a reference-policy score needs.
 
 Used by the embedded teacher at inference (`teacher.inference` in its config): the editor
 drops a sentence whose surprise exceeds a threshold, and the judge can read factuality as
--surprise (teacher/judges/lm.py). What surprise cannot see: a fact the teacher does not know
+-surprise (embedded/judge.py). What surprise cannot see: a fact the teacher does not know
 (its own LM is wrong or unsure), and defects that are likely text (drift to another topic,
 a cut-off sentence).
 
@@ -35,7 +35,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import split_sentences
 
 LIST_STARTS = ("- ", "Q:", "A:")  # world lines whose separator from the prefix is a newline

@@ -72,7 +72,7 @@ def grpo_terms(model, batch, frozen):
 
 class Rewriter:
   """Generative rewriting of (prefix, suffix) pairs with any teacher (HF instruct models);
-  greedy by default (temperature=0). The embedded teacher uses `editor.EditRewriter`."""
+  greedy by default (temperature=0). The embedded teacher uses `embedded.editor.EditRewriter`."""
 
   def __init__(self, teacher, *, max_new_tokens: int = 96, batch_size: int = 64):
     from earlyrl_jax.sampling.sampler import Sampler
