@@ -641,7 +641,7 @@ def report(p: dict) -> list[str]:
                f"prompts <= {js.prompt_len} tokens ({args.chars_per_token:g} chars/token at the "
                f"prompt char limits + {args.template_tokens} template tokens), "
                f"{js.new_tokens} new tokens")
-  out.append(f"  - teacher weights and compute in {tmc.dtype} (sip.load_teacher_for loads HF "
+  out.append(f"  - teacher weights and compute in {tmc.dtype} (teacher_setup.load_teacher_for loads HF "
              "weights without a dtype: float32); --teacher_dtype=bfloat16 halves both")
   out.append("  - activations: the XLA:CPU compile stands in for the accelerator's (same HLO, "
              "shardings and per-device shapes; its fusion differs)")

@@ -35,7 +35,7 @@ MODES: dict[str, Mode] = {
     "report": Mode("earlyrl_jax.tools.report:run", "the paper's table in miniature: world, "
                    "teacher, then NLL / rewrite-NLL / SIP RF-NLL, DPO, PG (+ oracle judge) from one "
                    "base model; report.{md,json} and plots", trains=True),
-    "sip": Mode("earlyrl_jax.train.sip:run", "self-improving pretraining: rollouts, teacher "
+    "sip": Mode("earlyrl_jax.sip_job:run", "self-improving pretraining: rollouts, teacher "
                 "rewrites and judging, online DPO / RF-NLL / policy gradient", trains=True),
     "rewrite": Mode("earlyrl_jax.rewrite_job:run", "rewrite (and optionally judge) every window of "
                     "the corpus with the teacher into ArrayRecord shards + index (resumable), "

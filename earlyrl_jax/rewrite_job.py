@@ -373,7 +373,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   from earlyrl_jax.models.scoring import any_process
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax.train import loop
-  from earlyrl_jax.train.sip import load_teacher_for
+  from earlyrl_jax.teacher_setup import load_teacher_for
 
   configs.validate(cfg)
   jc = job_config(cfg)

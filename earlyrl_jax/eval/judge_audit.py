@@ -119,7 +119,7 @@ def format_audit(a: dict[str, Any]) -> str:
 
 
 def _teacher_dir(cfg, run_dir: str) -> str:
-  from earlyrl_jax.train.sip import teacher_workdir
+  from earlyrl_jax.teacher_setup import teacher_workdir
   return cfg.teacher.path or os.path.join(teacher_workdir(cfg, run_dir), "teacher")
 
 

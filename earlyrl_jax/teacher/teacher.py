@@ -75,24 +75,20 @@ class Teacher:
 
   def judge_kind(self, kind: str = "auto") -> str:
     """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
-    if kind not in JUDGE_KINDS:
-      raise ValueError(f"teacher.judge_kind={kind!r}: expected one of {JUDGE_KINDS}")
-    if kind == "auto":
-      return "embedded" if self.source == "embedded" else "generative"
-    if kind == "embedded" and self.source != "embedded":
-      raise ValueError(f"teacher.judge_kind='embedded': {self.name} is not an embedded teacher "
-                       f"(it was loaded from an HF model directory); use 'generative' or 'auto'")
-    return kind
+    return self._kind("judge_kind", kind, JUDGE_KINDS, embedded="embedded")
 
   def rewriter_kind(self, kind: str = "auto") -> str:
     """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
-    if kind not in REWRITER_KINDS:
-      raise ValueError(f"teacher.rewriter_kind={kind!r}: expected one of {REWRITER_KINDS}")
+    return self._kind("rewriter_kind", kind, REWRITER_KINDS, embedded="edit")
+
+  def _kind(self, field: str, kind: str, kinds: tuple[str, ...], *, embedded: str) -> str:
+    if kind not in kinds:
+      raise ValueError(f"teacher.{field}={kind!r}: expected one of {kinds}")
     if kind == "auto":
-      return "edit" if self.source == "embedded" else "generative"
-    if kind == "edit" and self.source != "embedded":
-      raise ValueError(f"teacher.rewriter_kind='edit': {self.name} is not an embedded teacher "
-                       f"(it was loaded from an HF model directory); use 'generative' or 'auto'")
+      return embedded if self.source == "embedded" else "generative"
+    if kind == embedded and self.source != "embedded":
+      raise ValueError(f"teacher.{field}={kind!r}: {self.name} is not an embedded teacher (it was "
+                       f"loaded from an HF model directory); use 'generative' or 'auto'")
     return kind
 
   def judge(self, kind: str = "auto", **kw):
