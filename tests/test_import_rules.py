@@ -110,9 +110,12 @@ def imports_of(module: str) -> dict[str, int]:
   return out
 
 
+def layer_prefix(module: str) -> str:
+  return max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+
+
 def layer(module: str) -> int:
-  best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
-  return LAYERS[best]
+  return LAYERS[layer_prefix(module)]
 
 
 def _under(module: str, prefix: str) -> bool:
@@ -162,7 +165,8 @@ def test_no_import_cycle_between_modules():
 
 
 def test_every_module_has_a_layer_and_the_checks_can_fail(tmp_path, monkeypatch):
-  assert all(layer(m) in NAMES for m in MODULES)
+  # A new top-level module or package gets its place in LAYERS (the package map) first.
+  assert [m for m in MODULES if layer_prefix(m) == "earlyrl_jax" and m != "earlyrl_jax"] == []
   assert "earlyrl_jax.embedded.judge" in imports_of("earlyrl_jax.teacher.teacher")   # lazy ones count
   # A teacher module that imports the trainer, inside a function, is caught with its line.
   bad = tmp_path / "earlyrl_jax" / "teacher" / "bad.py"
