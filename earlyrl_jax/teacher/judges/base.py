@@ -42,8 +42,6 @@ def check_axis(axis: str, allowed=AXES) -> None:
     raise ValueError(f"axis={axis!r}: expected one of {allowed}")
 
 
-
-
 class Counts:
   """The counts a judge keeps (class defaults, so every judge starts at 0):
 

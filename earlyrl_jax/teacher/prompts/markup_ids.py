@@ -15,6 +15,7 @@ from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits
 
 
 def bos_ids(tokenizer) -> list[int]:
+  """[BOS] when the tokenizer has one, else []: what every encoded prompt starts with."""
   return [tokenizer.bos_id] if getattr(tokenizer, "bos_id", None) is not None else []
 
 
@@ -26,7 +27,6 @@ def fit_ids(ids_head: list[int], ids_tail: list[int], max_len: int) -> list[int]
   if room > 4:
     return ids_head[:room]  + ids_tail
   return (ids_head[:1] + ids_tail)[-max_len:]
-
 
 
 class PromptEncoder:
