@@ -3,12 +3,12 @@ all_pairs / pivot / adaptive tournaments side by side at K = 4, 8, 16, in one ru
 
   python benchmarks/judge.py [--teacher=DIR] [--groups 300] [--lm_groups 8]
 
-(a) Judged pairs/s of the LM judge (`teacher/judge.py: LMJudge`) at the SIP shape: `lm_groups`
+(a) Judged pairs/s of the LM judge (`teacher/judges/lm.py: LMJudge`) at the SIP shape: `lm_groups`
     prefixes of ~64 tokens, K+2 candidates of ~32 tokens, all pairs in both orders. The teacher
     is --teacher (an embedded-teacher or HF directory) or, by default, a randomly initialised
     model of the embedded teacher's shape (configs/teacher_tiny.py) with a SentencePiece
     tokenizer trained here on world documents: timing does not depend on the weights.
-    "shared" prefills each prefix's judge prompt head once (teacher/shared_prefix.py).
+    "shared" prefills each prefix's judge prompt head once (models/shared_prefix.py).
 (b) Per K and scheme: comparisons per prefix, agreement with all pairs on the chosen and on the
     rejected candidate, rank correlation of the rewards (Kendall tau-b, Spearman), measured with a
     judge whose preferences are the world oracles' scores plus calibrated noise (the judge's
@@ -41,9 +41,10 @@ import numpy as np  # noqa: E402
 
 from benchmarks.common import device_name  # noqa: E402
 from earlyrl_jax import world as W  # noqa: E402
-from earlyrl_jax.teacher import prompts as P  # noqa: E402
+from earlyrl_jax.teacher.prompts import markup as P  # noqa: E402
 from earlyrl_jax.teacher import tournament as TT  # noqa: E402
-from earlyrl_jax.teacher.judge import LMJudge, OracleJudge  # noqa: E402
+from earlyrl_jax.teacher.judges.lm import LMJudge  # noqa: E402
+from earlyrl_jax.teacher.judges.oracle import OracleJudge  # noqa: E402
 
 AXES = {"quality": 1.0, "safety": 1.0, "factuality": 1.0}
 SCHEMES = ("all_pairs", "pivot", "adaptive")
@@ -236,7 +237,7 @@ def make_teacher(teacher_dir, docs):
   from earlyrl_jax import configs
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher.train_teacher import train_tokenizer
+  from earlyrl_jax.embedded.data import train_tokenizer
   c = teacher_tiny.get_config()
   cfg = configs.model_config(c)
   d = tempfile.mkdtemp(prefix="judge_bench_")

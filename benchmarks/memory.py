@@ -157,7 +157,7 @@ from earlyrl_jax import configs  # noqa: E402
 from earlyrl_jax.models import transformer as T  # noqa: E402
 from earlyrl_jax.parallel import mesh as mesh_lib  # noqa: E402
 from earlyrl_jax.sampling import sampler as sampler_lib  # noqa: E402
-from earlyrl_jax.teacher import prompts as prompts_lib  # noqa: E402
+from earlyrl_jax.teacher.prompts import markup as prompts_lib  # noqa: E402
 from earlyrl_jax.train import sip  # noqa: E402
 from earlyrl_jax.train import state as state_lib  # noqa: E402
 from earlyrl_jax.train import steps as steps_lib  # noqa: E402
@@ -675,7 +675,7 @@ def report(p: dict) -> list[str]:
                f"prompt char limits + {args.template_tokens} template tokens), "
                f"{js.new_tokens} new tokens")
   if not p["served"]:
-    out.append(f"  - teacher weights and compute in {tmc.dtype} (sip.load_teacher_for loads HF "
+    out.append(f"  - teacher weights and compute in {tmc.dtype} (teacher_setup.load_teacher_for loads HF "
                "weights without a dtype: float32); --teacher_dtype=bfloat16 halves both")
   out.append("  - activations: the XLA:CPU compile stands in for the accelerator's (same HLO, "
              "shardings and per-device shapes; its fusion differs)")

@@ -40,6 +40,8 @@ from absl import flags  # noqa: E402
 from benchmarks.common import device_name, time_fn  # noqa: E402
 from earlyrl_jax.configs import load_config_file  # noqa: E402
 from earlyrl_jax.parallel import mesh as mesh_lib  # noqa: E402
+from earlyrl_jax import teacher_setup  # noqa: E402
+from earlyrl_jax.rewrite_job import sip_rewriter  # noqa: E402
 from earlyrl_jax.train import loop, sip  # noqa: E402
 from earlyrl_jax.train import steps as steps_lib  # noqa: E402
 from earlyrl_jax.train.objectives import Objective  # noqa: E402
@@ -50,13 +52,13 @@ PARTS = ("rollout", "rewrite", "judge", "update")
 
 def throwaway_teacher(cfg, workdir: str) -> str:
   """Trains a teacher of the embedded shape for a few steps; returns its directory."""
-  from earlyrl_jax.teacher import train_teacher
-  tcfg = sip.teacher_config(cfg)
+  from earlyrl_jax.embedded import job as embedded_job
+  tcfg = teacher_setup.teacher_config(cfg)
   t = tcfg.teacher
   t.pretrain.steps, t.sft.steps, t.grpo.steps, t.policy.steps = 2, 2, 0, 0
   t.pretrain.num_documents, t.sft.num_documents, t.tokenizer_documents = 400, 300, 400
   t.eval.num_documents, t.eval.num_rewrites, t.eval.num_rollout_prefixes = 30, 10, 0
-  train_teacher.run(tcfg, workdir)
+  embedded_job.run(tcfg, workdir)
   return os.path.join(workdir, "teacher")
 
 
@@ -90,8 +92,8 @@ def main(argv=None):
   cfg.teacher.devices = args.teacher_devices or jax.device_count() // 2
 
   run = loop.setup(cfg, workdir)
-  teacher = sip.load_teacher_for(cfg, workdir, run.mesh)
-  job = sip.sip_job(run, teacher)
+  teacher = teacher_setup.load_teacher_for(cfg, workdir, run.mesh)
+  job = sip.sip_job(run, teacher, sip_rewriter(run, teacher))
   frozen = {k: p for k, (_, p, _) in job.frozen.items()}
   step = steps_lib.make_train_step(
       run.graphdef, run.tx, run.schedule, run.mesh, run.shardings, job.batch_spec, loss_fn=job.loss_fn,

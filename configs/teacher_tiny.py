@@ -7,7 +7,8 @@ and rewrite supervision (scored verdicts with the oracles' graded scores as soft
 pointwise, adversarial candidates, the claims verdict on rollouts of two small noisy policies,
 pretraining rows rehearsed beside them), runs the rewriter's
 GRPO, saves WORKDIR/teacher/ (reused while this config's hash is unchanged) and writes
-WORKDIR/teacher_report.{json,md} on held-out pairs. About 13 minutes of training plus 1-2 for
+WORKDIR/teacher_report.{json,md} on held-out pairs. Every stage runs through the shared training
+loop (embedded/training.py) and resumes from its checkpoint when the job is started again. About 13 minutes of training plus 1-2 for
 the report on 2 CPU cores.
 """
 from ml_collections import ConfigDict
@@ -41,7 +42,7 @@ def get_config() -> ConfigDict:
 
   # How the trained teacher is used (not part of the config hash: changing these recomputes
   # the report, not the teacher). Surprise = log p(top token) - log p(text token) under the
-  # teacher's own LM, a sentence's largest (teacher/surprise.py): held out, clean sentences
+  # teacher's own LM, a sentence's largest (embedded/surprise.py): held out, clean sentences
   # have median 1.9 / 90th percentile 4.7, typos 14, word salad 19, unsafe text 19, false facts 9.
   c.teacher.inference = ConfigDict()
   c.teacher.inference.edit_surprise = 7.0      # editor drops a sentence above this (None: verdicts only)
@@ -140,6 +141,14 @@ def get_config() -> ConfigDict:
   c.opt.grad_clip = 1.0
   c.opt.grad_accum_steps = 1
   c.opt.z_loss = 0.0
+
+  # Each stage (pretrain, sft, policy, grpo) runs through the shared loop in
+  # WORKDIR/teacher_train/<config hash>/<stage>/ (not part of the hash): a killed job resumes
+  # every stage from its newest checkpoint.
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 100  # a stage saves a checkpoint this often (and at its end)
+  c.checkpoint.keep = 1           # newest checkpoints kept per stage
+  c.checkpoint.async_save = True  # training goes on while a checkpoint is written
 
   c.mesh = ConfigDict()
   c.mesh.data = -1

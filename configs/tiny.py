@@ -137,6 +137,12 @@ def get_config() -> ConfigDict:
   c.teacher.path = ""           # an embedded-teacher or HF instruct directory; '' = the embedded teacher
   c.teacher.config = "teacher_tiny.py"  # config of the embedded teacher (relative to configs/)
   c.teacher.workdir = ""        # where it is trained once and reused ('' = WORKDIR/teacher_run)
+  # Which judge and rewriter the teacher gets (teacher/teacher.py). 'auto' follows the teacher's
+  # directory: an embedded teacher -> its trained kinds ('embedded' judge: verdict log-probs of its
+  # markup prompts with its recipe; 'edit' rewriter: keep/drop per sentence); an HF model directory
+  # -> 'generative' judge (reason, then a verdict line) and 'generative' rewriter.
+  c.teacher.judge_kind = "auto"     # 'auto' | 'embedded' (embedded teachers only) | 'generative'
+  c.teacher.rewriter_kind = "auto"  # 'auto' | 'edit' (embedded teachers only) | 'generative'
   # Where the teacher runs. 'shared': on the policy's mesh (every device), judging and
   # rewriting take turns with the update. 'submesh': on its own `teacher.devices` devices
   # (the last ones of every process, an equal share per host), laid out by `teacher.mesh`;

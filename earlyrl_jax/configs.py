@@ -130,6 +130,8 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher.placement": mesh_lib.PLACEMENTS,
     "teacher.judge_format": ("scored", "pairwise"),
     "teacher.backend": ("inprocess", "openai"),
+    "teacher.judge_kind": ("auto", "embedded", "generative"),     # teacher/teacher.py JUDGE_KINDS
+    "teacher.rewriter_kind": ("auto", "edit", "generative"),      # teacher/teacher.py REWRITER_KINDS
 }
 
 
@@ -558,7 +560,7 @@ def check_models(cfg: ml_collections.ConfigDict) -> None:
     elif cfg.teacher.path:
       check_model_dir(cfg.teacher.path, "teacher.path", teacher=True)
     else:
-      from earlyrl_jax.train.sip import teacher_config
+      from earlyrl_jax.teacher_setup import teacher_config
       tcfg = teacher_config(cfg)
       try:
         validate_fields(tcfg)

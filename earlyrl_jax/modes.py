@@ -29,13 +29,13 @@ MODES: dict[str, Mode] = {
     "generate": Mode("earlyrl_jax.generate:run_generate", "continue prompts (generate.prompt or "
                      "generate.prompt_file) with the run's newest checkpoint or an HF model "
                      "directory; JSONL out", trains=False),
-    "teacher": Mode("earlyrl_jax.teacher.train_teacher:run", "train (or reuse) the embedded teacher "
+    "teacher": Mode("earlyrl_jax.embedded.job:run", "train (or reuse) the embedded teacher "
                     "(judge + rewriter) into WORKDIR/teacher and write teacher_report.{json,md}",
                     trains=False),
     "report": Mode("earlyrl_jax.tools.report:run", "the paper's table in miniature: world, "
                    "teacher, then NLL / rewrite-NLL / SIP RF-NLL, DPO, PG (+ oracle judge) from one "
                    "base model; report.{md,json} and plots", trains=True),
-    "sip": Mode("earlyrl_jax.train.sip:run", "self-improving pretraining: rollouts, teacher "
+    "sip": Mode("earlyrl_jax.sip_job:run", "self-improving pretraining: rollouts, teacher "
                 "rewrites and judging, online DPO / RF-NLL / policy gradient", trains=True),
     "rewrite": Mode("earlyrl_jax.rewrite_job:run", "rewrite (and optionally judge) every window of "
                     "the corpus with the teacher into ArrayRecord shards + index (resumable), "

@@ -281,7 +281,7 @@ def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
   memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    rewriter = teacher.rewriter(window_cut=True)
+    rewriter = teacher.rewriter(kind=run.cfg.teacher.get("rewriter_kind", "auto"), window_cut=True)
     return rewriter if memo is None else MemoRewriter(rewriter, memo)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
@@ -367,7 +367,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   from earlyrl_jax.models.scoring import any_process
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax.train import loop
-  from earlyrl_jax.train.sip import load_teacher_for
+  from earlyrl_jax.teacher_setup import load_teacher_for
 
   configs.validate(cfg)
   jc = job_config(cfg)
@@ -404,13 +404,15 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   it = iter(windows)
   if index["iterator"] is not None:
     it.set_state(index["iterator"])
-  rewriter = teacher.rewriter(batch_size=jc.batch_size, window_cut=True)
+  rewriter = teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), batch_size=jc.batch_size,
+                              window_cut=True)
   judge, axes = None, sorted(cfg.sip.judge_axes.keys())
   if jc.judge == "teacher":
-    judge = teacher.judge()
+    judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
   elif jc.judge == "oracle":
-    from earlyrl_jax.teacher.judge import OracleJudge
-    judge = OracleJudge.from_world_dir(loop.world_dir_of(cfg, workdir))
+    from earlyrl_jax import world
+    from earlyrl_jax.teacher.judges.oracle import OracleJudge
+    judge = OracleJudge(world.Oracles.from_dir(loop.world_dir_of(cfg, workdir)))
   if index["shards"]:
     loop.log(f"rewrite: resumed after shard {len(index['shards']) - 1} ({index['records']} windows)")
   loop.log(f"rewrite: {len(windows.docs)} documents on this process -> {out_dir} (shards of "

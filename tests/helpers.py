@@ -64,17 +64,17 @@ def world_tokenizer(path: str, prompts: list[str], num_documents: int = 150, voc
   """A SentencePiece tokenizer trained on clean world documents plus prompt markup (5 copies)."""
   from earlyrl_jax import world as W
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import data as D
   cfg = W.default_world_config()
   kb = W.build_kb(cfg)
   texts = [d.text for d in W.generate_documents(kb, cfg, "t", num_documents, clean=True)]
-  TT.train_tokenizer(texts + list(prompts) * 5, path, vocab_size)
+  D.train_tokenizer(texts + list(prompts) * 5, path, vocab_size)
   return SentencePieceTokenizer(path)
 
 
 def random_teacher(tokenizer, max_seq_len: int = 256, limits=None):
   """An untrained Teacher of tiny shape over `tokenizer` (for code paths, not verdict quality)."""
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as Tch
   mc = tiny_model_config(vocab_size=tokenizer.vocab_size, max_seq_len=max_seq_len)
   graphdef, params = nnx.split(T.Transformer(mc, rngs=nnx.Rngs(0)))
@@ -82,13 +82,13 @@ def random_teacher(tokenizer, max_seq_len: int = 256, limits=None):
 
 
 def save_reusable_teacher(workdir, teacher, tokenizer, cfg) -> str:
-  """WORKDIR/teacher + teacher_report.json as `train_teacher.run` leaves them for `cfg`, so a
+  """WORKDIR/teacher + teacher_report.json as `embedded.job.run` leaves them for `cfg`, so a
   second run reuses them; returns the teacher directory."""
   import json
   import os
   import shutil
   from earlyrl_jax.teacher import teacher as Tch
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import job as TT
   h, inference = TT.config_hash(cfg), TT.inference_settings(cfg)
   path = os.path.join(str(workdir), "teacher")
   Tch.save_teacher(path, teacher, h, {"inference": inference})

@@ -13,6 +13,8 @@ import pytest
 
 from earlyrl_jax import configs
 from earlyrl_jax.parallel import mesh as mesh_lib
+from earlyrl_jax.rewrite_job import sip_rewriter
+from earlyrl_jax.teacher_setup import load_teacher_for
 from earlyrl_jax.train import loop, sip
 from tests.helpers import tiny_model_config
 
@@ -96,12 +98,12 @@ def write_tiny_teacher(root: str, judge_format: str = "pairwise") -> str:
   from earlyrl_jax import world as W
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import data as D
   wcfg = W.default_world_config()
   texts = [d.text for d in W.generate_documents(W.build_kb(wcfg), wcfg, "t", 120, clean=True)]
-  tok_path = TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5,
+  tok_path = D.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5,
                                 os.path.join(root, "tokenizer.model"), 400)
   sp = SentencePieceTokenizer(tok_path)
   mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256)
@@ -129,7 +131,7 @@ def _setup(tmp_path, teacher_dir, **kw):
                     "data.batch_size": 4, **kw})
   workdir = str(tmp_path / "run")
   run = loop.setup(cfg, workdir)
-  return workdir, run, sip.load_teacher_for(cfg, workdir, run.mesh)
+  return workdir, run, load_teacher_for(cfg, workdir, run.mesh)
 
 
 def test_policy_and_teacher_params_live_on_their_own_devices(tmp_path, teacher_dir):
@@ -148,7 +150,7 @@ def test_policy_and_teacher_params_live_on_their_own_devices(tmp_path, teacher_d
 def test_sip_steps_with_the_teacher_on_its_own_sub_mesh(tmp_path, teacher_dir):
   """Rollouts on the policy's 4 devices, rewrites and LM judging on the teacher's 4, two updates."""
   workdir, run, teacher = _setup(tmp_path, teacher_dir)
-  out = loop.train_loop(run, sip.sip_job(run, teacher))
+  out = loop.train_loop(run, sip.sip_job(run, teacher, sip_rewriter(run, teacher)))
   assert _device_ids(out["state"].params) == {0, 1, 2, 3}
   assert _device_ids(teacher.params) == {4, 5, 6, 7}
   lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
@@ -166,7 +168,7 @@ def test_a_scored_teacher_judges_each_candidate_once_per_axis_in_a_sip_step(tmp_
   path = write_tiny_teacher(str(tmp_path / "scored"), judge_format="scored")
   workdir, run, teacher = _setup(tmp_path, path, num_steps=1)
   assert teacher.judge().judge_format == "scored"
-  loop.train_loop(run, sip.sip_job(run, teacher))
+  loop.train_loop(run, sip.sip_job(run, teacher, sip_rewriter(run, teacher)))
   last = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))][-1]
   windows, C = 4, 2 + 2
   assert 0 < last["sip/judge_calls"] <= windows * C * 3 < windows * (4 * (C - 1) + C)
@@ -178,4 +180,4 @@ def test_teacher_shape_must_split_over_its_mesh(tmp_path, teacher_dir):
   cfg = _submesh(**{"teacher.path": teacher_dir, "teacher.mesh.data": 1, "teacher.mesh.tensor": 4})
   mesh = mesh_lib.make_mesh((-1, 1, 1), jax.devices()[:4])
   with pytest.raises(configs.ConfigError, match=r"teacher.mesh.tensor=4: .* n_kv_heads=2"):
-    sip.load_teacher_for(cfg, str(tmp_path), mesh)
+    load_teacher_for(cfg, str(tmp_path), mesh)

@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from earlyrl_jax.data.tokenizer import ByteTokenizer
-from earlyrl_jax.teacher import prompts as P
-from earlyrl_jax.teacher.train_teacher import EVAL_INJECTIONS, TRAIN_INJECTIONS
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import clip_prefix, clip_start, split_sentences
+from earlyrl_jax.embedded.data import EVAL_INJECTIONS, TRAIN_INJECTIONS
 
 
 @pytest.mark.parametrize("text", ["<<A>>", "<</A>> <<1>>", "<<<B>>>", "a << b >> c", "<<<<", ">>>>", ""])
@@ -45,10 +46,10 @@ def test_shared_head_comes_first():
 
 def test_clipping_keeps_topic_and_whole_sentences():
   prefix = "Vexmoor is old. " + " ".join(f"Sentence number {i} is here." for i in range(40))
-  out = P.clip_prefix(prefix, 120)
+  out = clip_prefix(prefix, 120)
   assert out.startswith("Vexmoor is old.") and len(out) <= 125 and out.endswith("is here.")
   cand = " ".join(f"Claim {i} holds." for i in range(40))
-  c = P.clip_start(cand, 50)
+  c = clip_start(cand, 50)
   assert c.endswith(".") and len(c) <= 50
 
 
@@ -82,14 +83,14 @@ def test_rewrite_prompt_and_parse():
     "Q: Where is Tal?\nA: Tal lies in Vexmoor.", "", "   ", "No end mark", "It boils at 3.5 degrees. Yes.",
     "\nLeading newline. Then more.\n"])
 def test_split_sentences_rejoins_exactly(text):
-  pieces = P.split_sentences(text)
+  pieces = split_sentences(text)
   assert "".join(pieces) == (text if text.strip() else "")
   assert all(p.strip() for p in pieces)
 
 
 def test_split_sentences_breaks_at_ends_and_newlines():
-  assert P.split_sentences("A b. C d? E!\nF") == ["A b. ", "C d? ", "E!\n", "F"]
-  assert P.split_sentences("It is 3.5 m.") == ["It is 3.5 m."]
+  assert split_sentences("A b. C d? E!\nF") == ["A b. ", "C d? ", "E!\n", "F"]
+  assert split_sentences("It is 3.5 m.") == ["It is 3.5 m."]
 
 
 def test_edit_prompt_checks_every_sentence_within_budget_and_escapes():

@@ -48,14 +48,14 @@ def teacher_dir(tmp_path_factory, corpus):
   """An embedded-teacher directory holding a tiny random model (greedy rewrites are deterministic)."""
   from earlyrl_jax.data.tokenizer import SentencePieceTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  from earlyrl_jax.teacher import prompts as P
+  from earlyrl_jax.teacher.prompts import markup as P
   from earlyrl_jax.teacher import teacher as T
-  from earlyrl_jax.teacher import train_teacher as TT
+  from earlyrl_jax.embedded import data as D
   path = str(tmp_path_factory.mktemp("teacher") / "teacher")
   os.makedirs(path)
   texts = [json.loads(l)["text"] for l in open(corpus)]
   tok_path = os.path.join(path, T.TOKENIZER_FILE)
-  TT.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, tok_path, 400)
+  D.train_tokenizer(texts + [P.pair_prompt("p", "a", "b", "quality")] * 5, tok_path, 400)
   sp = SentencePieceTokenizer(tok_path)
   mc = tiny_model_config(vocab_size=sp.vocab_size, max_seq_len=256, d_model=32, d_ff=64)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
@@ -238,7 +238,7 @@ def test_sip_uses_exactly_the_stored_rewrites_and_names_missing_ones(tmp_path, c
   with open(tmp_path / "rw" / RJ.index_name(0, 1), "w") as f:
     json.dump({"format": RJ.FORMAT, "fingerprint": {"windowing": RJ.windowing(d, run.tokenizer)},
                "shards": [entry], "done": True}, f)
-  job = sip.sip_job(run, None)
+  job = sip.sip_job(run, None, RJ.sip_rewriter(run, None))
   state = type("S", (), {"params": jnp.zeros(())})()
   batch, stats = job.next_batch(state, 0)
   want = {r["key"]: r["rewrite"] for r in records}
@@ -256,7 +256,7 @@ def test_sip_uses_exactly_the_stored_rewrites_and_names_missing_ones(tmp_path, c
     producer.rewriter.rewrite(first["prefix_text"], first["suffix_text"])
   run2 = _sip_run(tmp_path, corpus, str(tmp_path / "rw"), **{"data.prefix_len": 20})
   with pytest.raises(DataError, match=r"they differ: data\.prefix_len: job 24, this run 20"):
-    sip.sip_job(run2, None).next_batch(state, 0)
+    sip.sip_job(run2, None, RJ.sip_rewriter(run2, None)).next_batch(state, 0)
   run.ckpt.close()
   run2.ckpt.close()
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from earlyrl_jax.parallel import mesh as mesh_lib
-from earlyrl_jax.teacher.shared_prefix import SharedPrefixScorer, split_shared
+from earlyrl_jax.models.shared_prefix import SharedPrefixScorer, split_shared
 from tests.helpers import cpu_devices, tiny_model
 
 CANDS = [5, 17, 99, 3]

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
+from earlyrl_jax import sip_job
 from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.train import losses, objectives, sip
 from earlyrl_jax.train import state as state_lib
@@ -171,7 +172,7 @@ def _sip_cfg(**kw):
 @pytest.mark.slow
 def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   cfg = _sip_cfg()
-  full = sip.run(cfg, str(tmp_path / "full"))
+  full = sip_job.run(cfg, str(tmp_path / "full"))
   lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == list(range(1, 7))
   for key in ("sip/win_share_original", "sip/win_share_rollout", "rewards/margin", "sip/judge_calls",
@@ -183,7 +184,7 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   shutil.copytree(tmp_path / "full", tmp_path / "resumed")
   for step in ("4", "6"):
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
-  resumed = sip.run(cfg, str(tmp_path / "resumed"))
+  resumed = sip_job.run(cfg, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
                   jax.tree.leaves(jax.device_get(resumed["state"].params))):
     np.testing.assert_array_equal(a, b)

@@ -326,7 +326,7 @@ def test_scored_judge_scores_each_distinct_candidate_once_in_any_scheme(scheme):
 
 
 def test_axis_judges_route_each_axis_and_the_tournament_follows():
-  from earlyrl_jax.teacher.judge import AxisJudges
+  from earlyrl_jax.teacher.judges.oracle import AxisJudges
   # The teacher prefers c1 on both axes; the oracle prefers c0 on factuality.
   teacher, prefixes, cands = groups([{"quality": bt_matrix([0, 2]), "factuality": bt_matrix([0, 2])}])
   oracle = MatrixJudge({"p0": {"factuality": bt_matrix([2, 0])}}, unsafe={"p0": [1.0, 0.0]})

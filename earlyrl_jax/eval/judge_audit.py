@@ -40,7 +40,7 @@ PAIR_KINDS = ("original_vs_rollout", "rollout_vs_rollout")
 def oracle_scores(oracles, prefixes: Sequence[str], candidates: Sequence[Sequence[str]],
                   axes: Sequence[str] = AXES) -> dict[str, np.ndarray]:
   """{axis: float [G, C]}: the oracles' score of every candidate (higher is better)."""
-  from earlyrl_jax.teacher.judge import OracleJudge
+  from earlyrl_jax.teacher.judges.oracle import OracleJudge
   oj = OracleJudge(oracles)
   return {a: np.array([[oj.axis_score(p, c, a) for c in cands] for p, cands in zip(prefixes, candidates)],
                       np.float64) for a in axes}
@@ -119,7 +119,7 @@ def format_audit(a: dict[str, Any]) -> str:
 
 
 def _teacher_dir(cfg, run_dir: str) -> str:
-  from earlyrl_jax.train.sip import teacher_workdir
+  from earlyrl_jax.teacher_setup import teacher_workdir
   return cfg.teacher.path or os.path.join(teacher_workdir(cfg, run_dir), "teacher")
 
 
@@ -134,7 +134,7 @@ def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", nu
   from earlyrl_jax.generate import load_run
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax import configs
-  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
+  from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge
   from earlyrl_jax.teacher.tournament import judge_groups
   from earlyrl_jax.train import loop
   from earlyrl_jax.train.sip import judged_texts
@@ -168,7 +168,8 @@ def run_audit(run_dir: str, *, teacher_dir: str = "", judge: str = "teacher", nu
     the_judge = OracleJudge(oracles)
   else:
     from earlyrl_jax.teacher.teacher import load_teacher
-    the_judge = load_teacher(teacher_dir or _teacher_dir(cfg, run_dir), mesh=mesh).judge()
+    the_judge = load_teacher(teacher_dir or _teacher_dir(cfg, run_dir), mesh=mesh).judge(
+        kind=cfg.teacher.get("judge_kind", "auto"))
     asked = cfg if oracle_axes is None else ml_collections.ConfigDict({"sip": {"oracle_axes": oracle_axes}})
     axes = configs.oracle_axes(asked)
     if axes:

@@ -8,7 +8,7 @@ each chunk rematerialised in the backward pass, so no more than one
 `[B, chunk, V]` logits block is ever live (forward or backward).
 
 `gaps_from_hidden` / `Scorer.surprise` give, per token, how far the token's log-prob is below
-the model's first choice's (teacher/surprise.py): the same chunked pass with a max in place
+the model's first choice's (embedded/surprise.py): the same chunked pass with a max in place
 of the logsumexp.
 
 `Scorer` is the host-facing, jitted and bucketed batch scorer (same padding and
@@ -271,7 +271,7 @@ class Scorer:
                continuations: Sequence[Sequence[int]]) -> np.ndarray:
     """Per continuation token, log p(the model's first choice) - log p(the token): float32
     [n, longest continuation], 0 past a row's end. Large where the model confidently expected
-    something else (teacher/surprise.py)."""
+    something else (embedded/surprise.py)."""
     return self._per_continuation_token(self._gaps, "surprise", params, prompts, continuations)
 
   def verdict_logprobs(self, params, prompts: Sequence[Sequence[int]],

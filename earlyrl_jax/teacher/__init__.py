@@ -1,16 +1,23 @@
-"""The teacher: judge and rewriter over any Flax LM, an embedded post-trained teacher, a ground-truth judge.
+"""The general teacher layer: judging and rewriting with any model (embedded, HF instruct, served).
 
-  prompts      versioned judge / rewriter prompts, untrusted text quoted and escaped
-  judge        Judge protocol; LMJudge (verdict-token log-probs), OracleJudge (world oracles),
-               GenerativeJudge (reason then verdict), RewardFunction (TRL reward-function shape)
-  rewriter     Rewriter (compiled sampler), rewriter_reward, GRPO pieces
-  teacher      Teacher bundle, save/load (embedded directory or HF directory)
-  train_teacher  mode='teacher': pretrain + SFT + rewriter GRPO + held-out report
+  prompts      prompt families, versioned (text helpers; the embedded teacher's markup family)
+  judges       the Judge interface and its kinds: LM verdict log-probs, generative, ground truth
+               (oracles passed in), one judge per axis, TRL's reward-function shape
   tournament   per-candidate rewards from any Judge (all pairs / pivot / adaptive)
+  rewriter     the generative rewriter, the paper's rewriter reward, GRPO pieces
+  backends     where the teacher's model runs (the Backend contract)
+  teacher      the Teacher bundle, its judge and rewriter kinds, save/load (embedded or HF directory)
+
+Nothing here imports the trainer (`train/`) or the synthetic world (`world/`). The embedded
+teacher's own recipe (its training job, surprise, claims verdict, editor) is `earlyrl_jax/embedded/`.
 """
 from __future__ import annotations
 
-from earlyrl_jax.teacher.judge import (  # noqa: F401  (light: numpy only at import time)
-    AXES, GenerativeJudge, Judge, LMJudge, OracleJudge, RewardFunction)
+from earlyrl_jax.teacher.judges.base import Judge  # noqa: F401
+from earlyrl_jax.teacher.judges.generative import GenerativeJudge  # noqa: F401
+from earlyrl_jax.teacher.judges.lm import LMJudge  # noqa: F401
+from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge  # noqa: F401
+from earlyrl_jax.teacher.judges.trl import RewardFunction  # noqa: F401
+from earlyrl_jax.teacher.prompts import AXES  # noqa: F401
 from earlyrl_jax.teacher.rewriter import Rewriter, group_advantages, rewriter_reward  # noqa: F401
 from earlyrl_jax.teacher.teacher import Teacher, load_teacher  # noqa: F401

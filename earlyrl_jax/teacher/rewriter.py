@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts import markup as P
 
 
 def rewriter_reward(original_unsafe: bool, original: str, rewrite: str, j_quality: float,
@@ -72,11 +72,11 @@ def grpo_terms(model, batch, frozen):
 
 class Rewriter:
   """Generative rewriting of (prefix, suffix) pairs with any teacher (HF instruct models);
-  greedy by default (temperature=0). The embedded teacher uses `editor.EditRewriter`."""
+  greedy by default (temperature=0). The embedded teacher uses `embedded.editor.EditRewriter`."""
 
   def __init__(self, teacher, *, max_new_tokens: int = 96, batch_size: int = 64):
     from earlyrl_jax.sampling.sampler import Sampler
-    from earlyrl_jax.teacher.judge import PromptEncoder
+    from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
     self.tokenizer = teacher.tokenizer
     self.max_new_tokens = max_new_tokens

@@ -1,6 +1,6 @@
-"""The teacher bundle (graphdef, params, tokenizer, mesh) and its on-disk form.
+"""The teacher bundle (graphdef, params, tokenizer, mesh), its judge and rewriter kinds, its on-disk form.
 
-An embedded-teacher directory (written by `train_teacher.run`) holds:
+An embedded-teacher directory (written by `earlyrl_jax.embedded.job.run`) holds:
 
   teacher_config.json   model shape, prompt version, prompt limits, config hash (written last)
   tokenizer.model       SentencePiece with every prompt marker as one token
@@ -8,6 +8,23 @@ An embedded-teacher directory (written by `train_teacher.run`) holds:
 
 `load_teacher(path)` reads such a directory, or an HF model directory
 (config.json + safetensors) through `models.hf_io.load_model`.
+
+Which judge and which rewriter a teacher gets is chosen, not guessed (`teacher.judge_kind`,
+`teacher.rewriter_kind` in a run's config):
+
+  judge     'embedded'    the embedded teacher's trained judge: verdict-token log-probs of the
+                          markup family plus its recipe (earlyrl_jax/embedded/judge.py)
+            'generative'  reason, then a verdict line (any instruct model; judges/generative.py)
+  rewriter  'edit'        the embedded teacher's editor: keep or drop each sentence
+                          (earlyrl_jax/embedded/editor.py)
+            'generative'  the rewrite generated after the prompt (rewriter.py)
+  'auto'    follows where the weights came from (`Teacher.source`): an embedded teacher's
+            directory -> 'embedded' / 'edit' (what it was trained for); an HF model directory ->
+            'generative' / 'generative'.
+
+The embedded kinds are built by `earlyrl_jax.embedded`, imported here only, inside
+`judge` and `rewriter`: this bundle loads the embedded teacher's directory format as it loads
+an HF one, and the rest of teacher/ knows nothing of it.
 """
 from __future__ import annotations
 
@@ -16,75 +33,16 @@ import json
 import os
 from typing import Any
 
-from earlyrl_jax.teacher import prompts as P
-
-# How a trained teacher is used (`teacher.inference` in its config; recorded in
-# teacher_config.json). These settings change no weight, so they are not part of the config hash:
-# changing them recomputes the report, not the teacher. Absent (HF teachers, older teachers):
-# the trained verdicts alone.
-INFERENCE_DEFAULTS = {
-    "edit_surprise": None,         # editor: drop a sentence whose surprise exceeds this (nats); None: off
-    "drop_unfinished": False,      # editor: drop a complete suffix's cut-off last sentence
-    "quality_mix": [1.0, 0.0],     # judge: (verdict, surprise) weights of the quality logit (judge.py)
-    "factuality_mix": [1.0, 0.0],  # judge: the same for factuality
-    "broken_sentence": None,       # judge: (nats, tokens): factuality leaves out broken text; None: off
-    "claim_total": 0.0,            # judge: factuality's surprise adds this x the claims' summed gaps
-    "checkable_claim": None,       # judge: (nats, nats): factuality leaves out sentences surprising in
-                                   # two words or inside a name (surprise.is_uncheckable); None: off
-    "claim_floor": 0.0,            # judge: nats of each factuality gap that count as nothing
-    "claim_check": False,          # judge: factuality counts only sentences the teacher reads as
-                                   # claims (its claims verdict, judge.LMJudge.claim_probs)
-    "safety_by_sentence": False,   # judge: P(unsafe) = max over the candidate cut after each sentence
-}
-
-
-def inference_settings(given: dict | None) -> dict:
-  """INFERENCE_DEFAULTS updated by `given` (JSON-ready: mixes as lists); an unknown name or a
-  bad value is a ValueError."""
-  from earlyrl_jax.teacher.judge import check_mix
-  got = dict(given or {})
-  unknown = sorted(set(got) - set(INFERENCE_DEFAULTS))
-  if unknown:
-    raise ValueError(f"unknown settings {unknown}: expected {sorted(INFERENCE_DEFAULTS)}")
-  out = {**INFERENCE_DEFAULTS, **got}
-  mix = check_mix({"quality": out["quality_mix"], "factuality": out["factuality_mix"]})
-  out["quality_mix"], out["factuality_mix"] = list(mix["quality"]), list(mix["factuality"])
-  if out["edit_surprise"] is not None:
-    if not float(out["edit_surprise"]) > 0:
-      raise ValueError(f"edit_surprise={out['edit_surprise']!r}: expected a positive number of nats or None")
-    out["edit_surprise"] = float(out["edit_surprise"])
-  out["drop_unfinished"] = bool(out["drop_unfinished"])
-  if out["broken_sentence"] is not None:
-    nats, tokens = out["broken_sentence"]
-    if not (float(nats) > 0 and int(tokens) >= 0):
-      raise ValueError(f"broken_sentence={out['broken_sentence']!r}: expected (nats > 0, tokens >= 0) or None")
-    out["broken_sentence"] = [float(nats), int(tokens)]
-  if out["checkable_claim"] is not None:
-    try:
-      other, name = (float(x) for x in out["checkable_claim"])
-    except (TypeError, ValueError):
-      other = name = float("nan")
-    if not (other > 0 and name > 0):
-      raise ValueError(f"checkable_claim={out['checkable_claim']!r}: expected (nats > 0, nats > 0) or None")
-    out["checkable_claim"] = [other, name]
-  if not float(out["claim_floor"]) >= 0:
-    raise ValueError(f"claim_floor={out['claim_floor']!r}: expected nats >= 0")
-  out["claim_floor"] = float(out["claim_floor"])
-  if not float(out["claim_total"]) >= 0:
-    raise ValueError(f"claim_total={out['claim_total']!r}: expected a weight >= 0")
-  out["claim_total"] = float(out["claim_total"])
-  if out["claim_check"] not in (True, False):
-    raise ValueError(f"claim_check={out['claim_check']!r}: expected True or False")
-  out["claim_check"] = bool(out["claim_check"])
-  if out["safety_by_sentence"] not in (True, False):
-    raise ValueError(f"safety_by_sentence={out['safety_by_sentence']!r}: expected True or False")
-  out["safety_by_sentence"] = bool(out["safety_by_sentence"])
-  return out
-
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits
 
 CONFIG_FILE = "teacher_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 PARAMS_DIR = "params"
+
+JUDGE_KINDS = ("auto", "embedded", "generative")
+REWRITER_KINDS = ("auto", "edit", "generative")
+SOURCES = ("embedded", "hf")   # an embedded teacher's directory (or one built in process), an HF directory
 
 
 @dataclasses.dataclass
@@ -94,19 +52,18 @@ class Teacher:
   tokenizer: Any
   model_cfg: Any
   mesh: Any = None
-  limits: P.PromptLimits = P.DEFAULT_LIMITS
-  info: dict = dataclasses.field(default_factory=dict)
+  limits: PromptLimits = DEFAULT_LIMITS
+  info: dict = dataclasses.field(default_factory=dict)   # teacher_config.json (embedded) or {"hf_dir": ...}
+  source: str = "embedded"   # where the weights came from (SOURCES): what 'auto' kinds follow
+
+  def __post_init__(self):
+    if self.source not in SOURCES:
+      raise ValueError(f"Teacher.source={self.source!r}: expected one of {SOURCES}")
 
   @property
-  def judge_format(self) -> str:
-    """'scored' or 'pairwise' (teacher/judge.py): what the embedded teacher was trained on;
-    an HF instruct teacher is prompted pairwise."""
-    return self.info.get("judge_format", "pairwise")
-
-  @property
-  def inference(self) -> dict:
-    """The inference settings this teacher is used with (INFERENCE_DEFAULTS where unset)."""
-    return inference_settings(self.info.get("inference"))
+  def name(self) -> str:
+    """Names the teacher in errors: its directory, or what it is."""
+    return self.info.get("hf_dir") or f"the {self.source} teacher"
 
   @property
   def max_len(self) -> int:
@@ -116,55 +73,50 @@ class Teacher:
     from flax import nnx
     return nnx.merge(self.graphdef, self.params)
 
-  def judge(self, mode: str = "auto", **kw):
-    """mode 'logprob': LMJudge (needs single-token verdict markers: the embedded teacher);
-    'generative': reason then verdict (HF instruct teachers); 'auto': the first that applies."""
-    from earlyrl_jax.teacher import judge as J
-    if mode not in ("auto", "logprob", "generative"):
-      raise ValueError(f"judge mode={mode!r}: expected 'auto', 'logprob' or 'generative'")
-    if mode in ("auto", "logprob"):
-      try:
-        P.verdict_ids(self.tokenizer, P.VERDICTS)
-      except ValueError:
-        if mode == "logprob":
-          raise
-      else:
-        kw.setdefault("model_cfg", self.model_cfg)
-        kw.setdefault("judge_format", self.judge_format)
-        inf = self.inference
-        kw.setdefault("mix", {"quality": inf["quality_mix"], "factuality": inf["factuality_mix"]})
-        kw.setdefault("broken", inf["broken_sentence"])
-        kw.setdefault("claim_total", inf["claim_total"])
-        kw.setdefault("checkable", inf["checkable_claim"])
-        kw.setdefault("claim_floor", inf["claim_floor"])
-        kw.setdefault("safety_by_sentence", inf["safety_by_sentence"])
-        kw.setdefault("claim_check", inf["claim_check"])
-        counts = self.info.get("sft_counts")
-        if kw["claim_check"] and counts is not None and not counts.get("claims"):
-          raise ValueError("teacher.inference.claim_check: this teacher was trained without its "
-                           "claims verdict (teacher.sft.claim_rollouts / claim_share); retrain it "
-                           "or set claim_check=False")
-        return J.LMJudge(self.graphdef, self.params, self.tokenizer, max_len=self.max_len,
-                         mesh=self.mesh, limits=self.limits, **kw)
-    gen = J.sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
-                             max_new_tokens=kw.pop("max_new_tokens", 256))
-    return J.GenerativeJudge(gen, limits=self.limits)
+  def judge_kind(self, kind: str = "auto") -> str:
+    """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
+    return self._kind("judge_kind", kind, JUDGE_KINDS, embedded="embedded")
 
-  def rewriter(self, *, window_cut: bool = False, **kw):
-    """The edit rewriter (keep/drop per sentence) when the tokenizer has the edit markers
-    (the embedded teacher), else the generative rewriter (HF instruct teachers).
+  def rewriter_kind(self, kind: str = "auto") -> str:
+    """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
+    return self._kind("rewriter_kind", kind, REWRITER_KINDS, embedded="edit")
+
+  def _kind(self, field: str, kind: str, kinds: tuple[str, ...], *, embedded: str) -> str:
+    if kind not in kinds:
+      raise ValueError(f"teacher.{field}={kind!r}: expected one of {kinds}")
+    if kind == "auto":
+      return embedded if self.source == "embedded" else "generative"
+    if kind == embedded and self.source != "embedded":
+      raise ValueError(f"teacher.{field}={kind!r}: {self.name} is not an embedded teacher (it was "
+                       f"loaded from an HF model directory); use 'generative' or 'auto'")
+    return kind
+
+  def judge(self, kind: str = "auto", **kw):
+    """The judge of `kind` (JUDGE_KINDS). 'embedded': keyword arguments go to
+    `embedded.judge.embedded_judge` (recipe=JudgeRecipe(...) replaces the teacher's own);
+    'generative': max_new_tokens (default 256)."""
+    kind = self.judge_kind(kind)
+    if kind == "embedded":
+      from earlyrl_jax.embedded.judge import embedded_judge
+      return embedded_judge(self, **kw)
+    from earlyrl_jax.teacher.judges.generative import GenerativeJudge, sampler_generate
+    gen = sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
+                           max_new_tokens=kw.pop("max_new_tokens", 256))
+    if kw:
+      raise TypeError(f"the generative judge takes max_new_tokens only, not {sorted(kw)}")
+    return GenerativeJudge(gen, limits=self.limits)
+
+  def rewriter(self, kind: str = "auto", *, window_cut: bool = False, **kw):
+    """The rewriter of `kind` (REWRITER_KINDS); keyword arguments go to its constructor.
 
     window_cut: suffixes end where a training window cut them (SIP and the rewrite job):
     the editor keeps an unfinished last sentence instead of treating it as a defect."""
-    try:
-      P.verdict_ids(self.tokenizer, (P.CHECK,) + P.EDIT_VERDICTS)
-    except ValueError:
-      from earlyrl_jax.teacher.rewriter import Rewriter
-      return Rewriter(self, **kw)
-    from earlyrl_jax.teacher.editor import EditRewriter
-    kw.setdefault("surprise_threshold", self.inference["edit_surprise"])
-    kw.setdefault("drop_unfinished", self.inference["drop_unfinished"])
-    return EditRewriter(self, window_cut=window_cut, **kw)
+    kind = self.rewriter_kind(kind)
+    if kind == "edit":
+      from earlyrl_jax.embedded.editor import edit_rewriter
+      return edit_rewriter(self, window_cut=window_cut, **kw)
+    from earlyrl_jax.teacher.rewriter import Rewriter
+    return Rewriter(self, **kw)
 
 
 def save_params(path: str, params) -> None:
@@ -223,7 +175,8 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None, max_len: int
     model_cfg = ModelConfig(**meta["model"])
     graphdef, params = restore_params(os.path.join(path, PARAMS_DIR), model_cfg, mesh)
     tok = SentencePieceTokenizer(os.path.join(path, TOKENIZER_FILE))
-    return Teacher(graphdef, params, tok, model_cfg, mesh, P.PromptLimits(**meta.get("limits", {})), meta)
+    return Teacher(graphdef, params, tok, model_cfg, mesh, PromptLimits(**meta.get("limits", {})),
+                   meta, source="embedded")
   if os.path.isfile(os.path.join(path, "config.json")):
     from flax import nnx
     from earlyrl_jax.models import hf_io
@@ -234,7 +187,7 @@ def load_teacher(path: str, *, mesh=None, dtype: str | None = None, max_len: int
     graphdef, params = nnx.split(model)
     cfg = model.cfg if not max_len else dataclasses.replace(
         model.cfg, max_seq_len=min(int(max_len), model.cfg.max_seq_len))
-    return Teacher(graphdef, params, tok, cfg, mesh, P.DEFAULT_LIMITS, {"hf_dir": path})
+    return Teacher(graphdef, params, tok, cfg, mesh, DEFAULT_LIMITS, {"hf_dir": path}, source="hf")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: " + ("is a file, not a teacher directory" if os.path.exists(path)
                                            else "no such teacher directory"))

@@ -24,7 +24,7 @@ Schemes (per prefix, C candidates: [0] original suffix, [1] rewrite, then the ro
   their pairs are a tie without asking (what an LM judge returns with both orders anyway).
 
 A *scored* judge (`LMJudge(judge_format='scored')`: one verdict per candidate and axis, see
-`teacher/judge.py`) is asked once per distinct candidate (`score_axes`), and every pair follows
+`teacher/judges/lm.py`) is asked once per distinct candidate (`score_axes`), and every pair follows
 as sigmoid(l_i - l_j): C rows per axis instead of C(C-1), in any scheme, with no candidate order
 (position consistency 1 by construction). The schemes above decide what a *pairwise* judge asks.
 

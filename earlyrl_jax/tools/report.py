@@ -30,7 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from earlyrl_jax.train import loop, sip
+from earlyrl_jax import sip_job, teacher_setup
+from earlyrl_jax.train import loop
 
 # method -> sip-section overrides (on top of the config's `sip` section).
 METHODS: dict[str, dict[str, Any]] = {
@@ -63,7 +64,7 @@ def run_config(cfg, workdir: str, name: str, seed: int, *, base_dir: str, tokeni
   sub.seed = seed
   sub.world_dir = loop.world_dir_of(cfg, workdir)
   sub.data.tokenizer_path = tokenizer_path
-  sub.teacher.workdir = sip.teacher_workdir(cfg, workdir)
+  sub.teacher.workdir = teacher_setup.teacher_workdir(cfg, workdir)
   sub.eval_world_prompts = 0  # the report evaluates every final model itself, alike
   if name == "base":
     sub.mode = "pretrain"
@@ -367,8 +368,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   mesh = base.mesh
   needs_teacher = any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
                       for m in methods)
-  teacher = sip.load_teacher_for(cfg, workdir, mesh) if needs_teacher else None
-  judge = teacher.judge() if teacher is not None else None
+  teacher = teacher_setup.load_teacher_for(cfg, workdir, mesh) if needs_teacher else None
+  judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto")) if teacher is not None else None
   total = len(methods) * r.num_seeds
   per_seed: dict[str, list[dict]] = {m: [] for m in methods}
   curves: dict[str, list[dict]] = {}
@@ -389,7 +390,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       t0 = time.time()
       loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
       sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
-      if not finished(sip.run(sub, run_dir, rewrite_memo=rewrite_memo), sub, run_dir):
+      if not finished(sip_job.run(sub, run_dir, rewrite_memo=rewrite_memo), sub, run_dir):
         return {"preempted": True}
       res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
       # The judge's win rate reads one continuation per prefix (the first sample): the judge,

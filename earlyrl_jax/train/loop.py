@@ -175,6 +175,9 @@ class Job:
   evaluate: Callable[[state_lib.TrainState, int], dict[str, float]] | None = None
   at_end: Callable[[state_lib.TrainState, metrics_lib.MetricsLogger], dict[str, float]] | None = None
   console_keys: tuple[str, ...] = ("loss",)
+  # A fresh run's first state (a stage that starts from given params); None: `initial_state`
+  # from cfg.seed and init.params_from. Ignored when the run resumes from a checkpoint.
+  start_state: Callable[[Run], state_lib.TrainState] | None = None
 
 
 def initial_state(run: Run, *, seed: int, params_from: str = ""):
@@ -270,7 +273,8 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
       log(f"resumed from step {start} ({time.time() - t0:.1f}s)"
           + (f"; {moved} metric records past it moved to metrics.rolled_back.jsonl" if moved else ""))
   else:
-    state = initial_state(run, seed=cfg.seed, params_from=params_from(cfg))
+    state = (job.start_state(run) if job.start_state is not None
+             else initial_state(run, seed=cfg.seed, params_from=params_from(cfg)))
     start = 0
   log(f"{job.name}: model {run.model_cfg.num_params() / 1e6:.2f}M params | mesh {dict(mesh.shape)} | "
       f"vocab {run.tokenizer.vocab_size} | batch " + ", ".join(

@@ -1,4 +1,4 @@
-"""Self-improving pretraining (`mode='sip'`): windows -> rollouts -> rewrite -> judge -> one step.
+"""The SIP job (`mode='sip'`, run by sip_job.py): windows -> rollouts -> rewrite -> judge -> one step.
 
 For each window (prefix, original suffix) of the stream:
 
@@ -25,7 +25,6 @@ starting point of the run, rebuilt from its source on resume.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -267,22 +266,24 @@ def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
   stop early. The cut is the window's, not the writer's, so every candidate is judged on its
   complete sentences (a candidate without one is judged as it is); training still uses the
   whole candidate."""
-  from earlyrl_jax.teacher.editor import trim_to_sentence_end
+  from earlyrl_jax.teacher.prompts.text import trim_to_sentence_end
   return [[trim_to_sentence_end(t) or t for t in texts] for texts in cand_text]
 
 
 def build_judge(cfg, run: loop.Run, teacher):
   """The configured judge: the teacher's LM judge, the world's oracles (ground truth), or none;
   with `sip.oracle_axes`, the teacher's judge with those axes judged by the oracles."""
-  from earlyrl_jax.teacher.judge import AxisJudges, OracleJudge
+  from earlyrl_jax import world
+  from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge
   if cfg.sip.judge == "none":
     return None
-  oracle = lambda: OracleJudge.from_world_dir(loop.world_dir_of(cfg, run.workdir))
+  oracle = lambda: OracleJudge(world.Oracles.from_dir(loop.world_dir_of(cfg, run.workdir)))
   if cfg.sip.judge == "oracle":
     return oracle()
   from earlyrl_jax import configs
   axes = configs.oracle_axes(cfg)
-  return AxisJudges(teacher.judge(), dict.fromkeys(axes, oracle())) if axes else teacher.judge()
+  judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
+  return AxisJudges(judge, dict.fromkeys(axes, oracle())) if axes else judge
 
 
 def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:
@@ -291,7 +292,9 @@ def reference_tree(run: loop.Run, state) -> tuple[Any, Any, Any]:
   return run.graphdef, params, run.shardings.params
 
 
-def sip_job(run: loop.Run, teacher, rewrite_memo: dict[str, str] | None = None) -> loop.Job:
+def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
+  """The SIP job of `run`: judged by `teacher` (or the oracles, `sip.judge`), rewrites from
+  `rewriter` (the teacher's, the precomputed shards' or None: `rewrite_job.sip_rewriter`)."""
   cfg, d = run.cfg, run.cfg.data
   objective = objective_from_config(cfg.sip)
   host_windows = d.batch_size // jax.process_count()
@@ -299,8 +302,6 @@ def sip_job(run: loop.Run, teacher, rewrite_memo: dict[str, str] | None = None) 
       d, run.tokenizer, host_batch_size=host_windows, seed=cfg.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
   judge = build_judge(cfg, run, teacher)
-  from earlyrl_jax.rewrite_job import sip_rewriter  # the teacher, precomputed shards, or none
-  rewriter = sip_rewriter(run, teacher, rewrite_memo)
   producer = SIPProducer(run, objective, judge, rewriter, windows)
   frozen = {}
   if objective.needs_reference:
@@ -312,102 +313,3 @@ def sip_job(run: loop.Run, teacher, rewrite_memo: dict[str, str] | None = None) 
                   next_batch=producer, data_iter=windows, loss_fn=objective, coefs=objective.coefs,
                   frozen=frozen, evaluate=loop.world_eval_during(run), at_end=loop.world_eval_at_end(run),
                   console_keys=keys)
-
-
-def teacher_config(cfg):
-  """The embedded teacher's config (`teacher.config`), on the run's world.
-
-  It trains on its own config's `mesh` (before SIP starts, so every device is free) and is
-  then loaded where `teacher.placement` puts it (`load_teacher_for`).
-  """
-  from earlyrl_jax import configs
-  path = cfg.teacher.config
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "configs", path)
-  if not os.path.exists(path):
-    raise configs.ConfigError(f"teacher.config: {cfg.teacher.config!r} not found")
-  tcfg = configs.load_config_file(path)
-  tcfg.world = cfg.world
-  return tcfg
-
-
-def teacher_mesh(cfg, policy_mesh):
-  """Where the teacher runs (`teacher.placement`).
-
-  'shared': on the policy's mesh; judging and rewriting take turns with the update.
-  'submesh': on its own devices (`teacher.devices`, laid out by `teacher.mesh`), the ones
-  `loop.setup` left out of the policy's mesh, so the teacher's work can run while the
-  policy's update is in flight. Candidates cross as host text, so no array ever moves
-  between the two meshes.
-  """
-  from earlyrl_jax import configs
-  from earlyrl_jax.parallel import mesh as mesh_lib
-  _, devices = mesh_lib.placement_devices(cfg.get("teacher"))
-  if devices is None:
-    return policy_mesh
-  try:
-    return mesh_lib.make_mesh(mesh_lib.teacher_mesh_shape(cfg.teacher), devices)
-  except mesh_lib.MeshConfigError as e:
-    raise configs.ConfigError(f"teacher.mesh: {e}") from None
-
-
-def _check_teacher_fits(path: str, mesh, field: str) -> None:
-  """The teacher's shape splits over `mesh` (checked before its weights are read)."""
-  from earlyrl_jax import configs
-  from earlyrl_jax.teacher.teacher import read_teacher_config
-  meta = read_teacher_config(path)
-  try:
-    if meta is not None:
-      from earlyrl_jax.models.transformer import ModelConfig
-      mc = ModelConfig(**meta["model"])
-    else:
-      from earlyrl_jax.models import hf_io
-      mc = hf_io.model_config_from_hf(hf_io.read_hf_config(path))
-  except Exception:  # unreadable here: load_teacher names the problem
-    return
-  bad = configs.model_mesh_mismatch(mc, fsdp=mesh.shape["fsdp"], tensor=mesh.shape["tensor"])
-  if bad is not None:
-    name, value, axis, size = bad
-    raise configs.ConfigError(f"{field}.{axis}={size}: the teacher in {path} has {name}={value}, "
-                              f"not divisible by it")
-
-
-def teacher_workdir(cfg, workdir: str) -> str:
-  """Where the embedded teacher is trained and reused: `teacher.workdir`, or WORKDIR/teacher_run."""
-  return cfg.teacher.workdir or os.path.join(workdir, "teacher_run")
-
-
-def load_teacher_for(cfg, workdir: str, mesh):
-  """The configured teacher: `teacher.path`, or the embedded teacher (trained once, then reused).
-
-  `mesh` is the policy's; under teacher.placement='submesh' the teacher gets its own.
-  """
-  from earlyrl_jax.teacher.teacher import load_teacher
-  tmesh = teacher_mesh(cfg, mesh)
-  field = "mesh" if tmesh is mesh else "teacher.mesh"
-  if cfg.teacher.path:
-    path = cfg.teacher.path
-    from earlyrl_jax import configs
-    configs.check_model_dir(path, "teacher.path", teacher=True)  # its packages before its weights
-  else:
-    from earlyrl_jax.teacher import train_teacher
-    tdir = teacher_workdir(cfg, workdir)
-    train_teacher.run(teacher_config(cfg), tdir)  # trains once; reused while its config is unchanged
-    path = os.path.join(tdir, "teacher")
-  _check_teacher_fits(path, tmesh, field)
-  teacher = load_teacher(path, mesh=tmesh, max_len=int(cfg.teacher.get("max_len", 0) or 0))
-  if tmesh is not mesh:
-    loop.log(f"teacher on its own sub-mesh {dict(tmesh.shape)} ({tmesh.devices.size} devices); "
-             f"policy mesh {dict(mesh.shape)} ({mesh.devices.size} devices)")
-  return teacher
-
-
-def run(cfg, workdir: str, *, rewrite_memo: dict[str, str] | None = None) -> dict[str, Any]:
-  """`mode='sip'`: self-improving pretraining (runs or resumes).
-
-  rewrite_memo: greedy rewrites by window, shared by runs over the same windows (the report)."""
-  r = loop.setup(cfg, workdir)  # the policy's mesh: every device, or those the teacher leaves
-  needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
-  teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None
-  return loop.train_loop(r, sip_job(r, teacher, rewrite_memo))

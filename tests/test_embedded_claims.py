@@ -11,11 +11,16 @@ import numpy as np
 import pytest
 
 from earlyrl_jax import world as W
-from earlyrl_jax.teacher import judge as J
-from earlyrl_jax.teacher import prompts as P
-from earlyrl_jax.teacher import surprise as S
-from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher import train_teacher as TT
+from earlyrl_jax.embedded import recipe as R
+from earlyrl_jax.embedded.judge import EmbeddedJudge
+from earlyrl_jax.embedded.recipe import JudgeRecipe
+from earlyrl_jax.teacher.judges.lm import two_way
+from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
+from earlyrl_jax.embedded import surprise as S
+from earlyrl_jax.embedded import data as D
+from earlyrl_jax.embedded import job as TT
 from tests.helpers import default_world, random_teacher, world_tokenizer
 
 
@@ -38,12 +43,12 @@ def _facts(kb):
 def test_the_oracles_label_true_and_false_claims_as_claims_and_nothing_else():
   _, kb, oracles = default_world()
   true, false, filler, unknown = _facts(kb)
-  assert TT.claim_labels(oracles, [true, false, filler, unknown, "Tal tal tal the of."]) == [
+  assert D.claim_labels(oracles, [true, false, filler, unknown, "Tal tal tal the of."]) == [
       True, True, False, False, False]
 
 
 def test_claims_prompt_has_no_prefix_and_a_check_after_each_sentence(sp):
-  enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 100, 100))
+  enc = PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 100, 100))
   ids, checks = enc.claims(["Tal is old. ", "It lies in Vexmoor."])
   head = list(enc._head("claims", ""))
   assert ids[:len(head)] == head and len(checks) == 2 and checks[-1] == len(ids) - 1
@@ -56,10 +61,10 @@ def test_claims_prompt_has_no_prefix_and_a_check_after_each_sentence(sp):
 def test_claim_examples_put_keep_or_drop_at_each_check(sp):
   _, kb, oracles = default_world()
   true, false, filler, unknown = _facts(kb)
-  enc = J.PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 200, 100))
+  enc = PromptEncoder(sp, max_len=256, limits=P.PromptLimits(80, 200, 100))
   keep, drop = P.verdict_ids(sp, P.CLAIM_VERDICTS)
-  ex, = TT.claim_examples(enc, oracles, [f"{true} {filler} {false} {unknown}", "  "], 8.0)
-  ids, checks = enc.claims(P.split_sentences(f"{true} {filler} {false} {unknown}"))
+  ex, = D.claim_examples(enc, oracles, [f"{true} {filler} {false} {unknown}", "  "], 8.0)
+  ids, checks = enc.claims(split_sentences(f"{true} {filler} {false} {unknown}"))
   assert ex.ids == ids and ex.weight == 8.0
   assert [ex.targets[c] for c in checks] == [keep, drop, keep, drop]
 
@@ -78,15 +83,15 @@ class _ClaimScorer:
 
 def test_judge_reads_each_distinct_candidate_once_and_counts_unread_sentences_as_claims(sp):
   scorer = _ClaimScorer(sp)
-  judge = J.LMJudge(None, None, sp, max_len=256, scorer=scorer, limits=P.PromptLimits(80, 55, 100))
+  judge = EmbeddedJudge(None, None, sp, max_len=256, scorer=scorer, limits=P.PromptLimits(80, 55, 100))
   a = "Tal lies in Vexmoor. Tal is nice."
   long = "Tal is nice. Tal lies in Vexmoor. Rot lies in Kex. Rot is big."   # past 55 characters
   got = judge.claim_probs([a, "", a, long])
-  hi, lo = J.two_way(np.array([[-0.1, -3.0]]))[0], J.two_way(np.array([[-3.0, -0.1]]))[0]
+  hi, lo = two_way(np.array([[-0.1, -3.0]]))[0], two_way(np.array([[-3.0, -0.1]]))[0]
   np.testing.assert_allclose(got[0], [hi, lo], rtol=1e-6)
   np.testing.assert_allclose(got[2], got[0])
   assert got[1].shape == (0,)
-  assert P.edit_checked(P.split_sentences(long), judge.encoder.limits) == 3
+  assert P.edit_checked(split_sentences(long), judge.encoder.limits) == 3
   np.testing.assert_allclose(got[3], [lo, hi, hi, 1.0], rtol=1e-6)      # the 4th is not read
   assert len(scorer.rows) == 5 and judge.calls == 5                    # 2 rows for a (once) + 3 for long
   assert all(r.startswith(P.claims_head().split("\n")[0]) for r in scorer.rows)
@@ -118,9 +123,10 @@ def test_judge_passes_its_claim_probs_to_factuality_only_when_asked(sp, monkeypa
     return np.zeros((n,), np.float32), np.array([2.0 * len(c) for c in cands], np.float32)
   monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   mix = {"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}
-  plain = J.LMJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), mix=mix)
+  plain = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), recipe=JudgeRecipe(mix=mix))
   plain.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="factuality")
-  checked = J.LMJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp), mix=mix, claim_check=True)
+  checked = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ClaimScorer(sp),
+                          recipe=JudgeRecipe(mix=mix, claim_check=True))
   checked.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="quality")
   assert seen == [None, None]                                          # quality needs no claims
   checked.compare(["p"], ["Tal lies in Vexmoor."], ["Tal is nice."], axis="factuality")
@@ -128,10 +134,10 @@ def test_judge_passes_its_claim_probs_to_factuality_only_when_asked(sp, monkeypa
 
 
 def test_claim_check_setting_is_checked_and_reaches_the_judge(sp):
-  assert T.inference_settings(None)["claim_check"] is False
-  assert T.inference_settings({"claim_check": True})["claim_check"] is True
+  assert R.inference_settings(None)["claim_check"] is False
+  assert R.inference_settings({"claim_check": True})["claim_check"] is True
   with pytest.raises(ValueError, match="claim_check"):
-    T.inference_settings({"claim_check": "yes"})
+    R.inference_settings({"claim_check": "yes"})
   teacher = random_teacher(sp, max_seq_len=128)
   teacher.info["inference"] = {"claim_check": True, "factuality_mix": (0.0, 1.0)}
   assert teacher.judge().claim_check and not random_teacher(sp, max_seq_len=128).judge().claim_check

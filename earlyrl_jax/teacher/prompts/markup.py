@@ -1,4 +1,4 @@
-"""Judge and rewriter prompts: versioned constants, untrusted text quoted between delimiters.
+"""The embedded teacher's prompt family: versioned markup, untrusted text quoted between delimiters.
 
 Why a module of its own: the prompt text is part of the teacher's training data.
 Changing a byte here changes what the embedded teacher was trained on, so the
@@ -22,13 +22,13 @@ is one token and each verdict is read from one next-token distribution.
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Sequence
 
-PROMPT_VERSION = "teacher-prompts-v3"
+from earlyrl_jax.teacher.prompts import AXES  # noqa: F401  (the axes every family judges)
+from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits, clip_prefix, clip_start
 
-AXES = ("quality", "safety", "factuality")
+PROMPT_VERSION = "teacher-prompts-v3"
 
 PREFIX_OPEN, PREFIX_CLOSE = "<<PREFIX>>", "<</PREFIX>>"
 A_OPEN, A_CLOSE = "<<A>>", "<</A>>"
@@ -84,72 +84,6 @@ def escape(text: str) -> str:
   """
   text = "" if text is None else str(text)
   return _CLOSE_RUN.sub("> ", _OPEN_RUN.sub("< ", text))
-
-
-def _sentences(text: str) -> list[str]:
-  return [s for s in re.split(r"(?<=[.?!:])(\s+)", text)]
-
-
-_SENTENCE_END = re.compile(r"(?<=[.?!])\s+|\n\s*")
-
-
-def split_sentences(text: str) -> list[str]:
-  """Sentences with their trailing whitespace: ''.join(result) == text, so keeping every piece
-  reproduces the text exactly (the editor's copy). A break follows . ? ! or a newline.
-  Blank text has no sentences."""
-  if not text.strip():
-    return []
-  pieces, start = [], 0
-  for m in _SENTENCE_END.finditer(text):
-    if m.end() > start and text[start:m.start()].strip():
-      pieces.append(text[start:m.end()])
-      start = m.end()
-  if start < len(text):
-    if pieces and not text[start:].strip():
-      pieces[-1] += text[start:]
-    else:
-      pieces.append(text[start:])
-  return pieces
-
-
-def clip_start(text: str, max_chars: int) -> str:
-  """Keeps whole leading sentences up to max_chars (the first sentence is cut if it alone is longer)."""
-  if len(text) <= max_chars:
-    return text
-  out = ""
-  for piece in _sentences(text):
-    if len(out) + len(piece) > max_chars:
-      break
-    out += piece
-  return out.rstrip() if out.strip() else text[:max_chars]
-
-
-def clip_prefix(text: str, max_chars: int) -> str:
-  """Keeps the first sentence (the topic) and as much of the end as fits: 'first ... last'."""
-  if len(text) <= max_chars:
-    return text
-  parts = re.split(r"(?<=[.?!:])\s+", text)
-  first = parts[0][:max_chars // 2]
-  room = max_chars - len(first) - 5
-  tail = ""
-  for s in reversed(parts[1:]):
-    if len(tail) + len(s) + 1 > room:
-      break
-    tail = s + (" " + tail if tail else "")
-  if not tail:
-    tail = text[-max(0, room):]
-  return f"{first} ... {tail}"
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptLimits:
-  """Character budgets of quoted text (the teacher's max_seq_len bounds their sum)."""
-  prefix_chars: int = 200
-  candidate_chars: int = 320
-  reference_chars: int = 320
-
-
-DEFAULT_LIMITS = PromptLimits()
 
 
 def _q(open_: str, text: str, close: str) -> str:

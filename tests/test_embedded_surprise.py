@@ -8,12 +8,16 @@ import numpy as np
 import pytest
 
 from earlyrl_jax.models.scoring import Scorer
-from earlyrl_jax.teacher import judge as J
-from earlyrl_jax.teacher import prompts as P
-from earlyrl_jax.teacher import surprise as S
+from earlyrl_jax.embedded import recipe as R
+from earlyrl_jax.embedded.judge import EmbeddedJudge
+from earlyrl_jax.embedded.recipe import JudgeRecipe, check_mix
+from earlyrl_jax.teacher.judges.lm import sigmoid
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
+from earlyrl_jax.embedded import surprise as S
 from earlyrl_jax.teacher import teacher as T
-from earlyrl_jax.teacher import train_teacher as TT
-from earlyrl_jax.teacher.editor import EditRewriter, first_sentences
+from earlyrl_jax.embedded import job as TT
+from earlyrl_jax.embedded.editor import EditRewriter, first_sentences
 from tests.helpers import random_teacher, save_reusable_teacher, world_tokenizer
 
 
@@ -44,7 +48,7 @@ def test_sentence_spans_cover_the_candidate_tokens_of_the_joined_text(sp):
   prefix, cand = "The capital of Vexmoor is Tal.", "Tal is old.  It lies in Vexmoor.\nNobody knows more"
   prompt, cont, spans = S.sentence_tokens(sp, prefix, cand, max_len=128)
   assert prompt + cont == [sp.bos_id] + sp.encode(prefix + " " + cand)   # one encoding of the whole
-  assert len(spans) == len(P.split_sentences(cand)) == 3
+  assert len(spans) == len(split_sentences(cand)) == 3
   assert spans[0][0] == 0 and spans[-1][1] == len(cont)
   assert all(a < b for a, b in spans) and all(spans[i][1] == spans[i + 1][0] for i in range(2))
   texts = [sp.decode(cont[a:b]).strip() for a, b in spans]
@@ -160,7 +164,7 @@ def test_editor_drops_surprising_sentences_the_verdicts_kept(teacher, monkeypatc
   _fixed_verdicts(monkeypatch, {"Rot is vile.": 0.9})
   surprise = {"Tal is old.": 1.0, "Tal lies in Vexmor.": 12.0, "Rot is vile.": 0.5, "It is big.": 6.9}
   monkeypatch.setattr(S.SurpriseProbe, "sentences", lambda self, params, pre, cands: [
-      np.array([surprise[s.strip()] for s in P.split_sentences(c)], np.float32) for c in cands])
+      np.array([surprise[s.strip()] for s in split_sentences(c)], np.float32) for c in cands])
   ed = teacher.rewriter(surprise_threshold=7.0)
   out = ed.rewrite(["A prefix."] * 2, ["Tal is old. Tal lies in Vexmor. It is big.", "Rot is vile. Tal is old."],
                    key=jax.random.key(0))
@@ -224,62 +228,62 @@ def test_judge_mix_is_verdict_logit_minus_weighted_surprise(sp, monkeypatch, fmt
             np.array([(claims if broken else sur)[c] + total * len(c) for c in cands], np.float32))
   monkeypatch.setattr(S.SurpriseProbe, "candidates", candidates)
   pre, a, b = ["A prefix."], ["Tal is old."], ["Tal is olld."]
-  base = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt)
-  mixed = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                    mix={"quality": (1.0, 0.25), "factuality": (0.0, 1.0)})
+  base = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), recipe=JudgeRecipe(format=fmt))
+  mixed = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(),
+                        recipe=JudgeRecipe(format=fmt, mix={"quality": (1.0, 0.25), "factuality": (0.0, 1.0)}))
   assert base.probe is None and mixed.probe is not None
   for axis, (vw, sw) in (("quality", (1.0, 0.25)), ("factuality", (0.0, 1.0))):
     p0 = base.compare(pre, a, b, axis=axis, references=["r"])
     logit0 = np.log(p0 / (1 - p0))
-    want = J.sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
+    want = sigmoid(vw * logit0 - sw * (sur[a[0]] - sur[b[0]]))
     np.testing.assert_allclose(mixed.compare(pre, a, b, axis=axis, references=["r"]), want, rtol=1e-5)
-  sharp = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                    mix={"quality": (2.0, 0.0)})                    # a verdict weight alone scales it
+  sharp = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(),   # a verdict weight alone scales it
+                        recipe=JudgeRecipe(format=fmt, mix={"quality": (2.0, 0.0)}))
   p0 = base.compare(pre, a, b, axis="quality")
-  np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), J.sigmoid(2 * np.log(p0 / (1 - p0))),
+  np.testing.assert_allclose(sharp.compare(pre, a, b, axis="quality"), sigmoid(2 * np.log(p0 / (1 - p0))),
                              rtol=1e-5)
   calls = mixed.calls
   mixed.compare(pre, a, b, axis="factuality", references=["r"])   # v = 0: no verdict row asked
   assert mixed.calls == calls
-  strict = J.LMJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), judge_format=fmt,
-                     mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
-                     claim_total=0.5, checkable=(6, 7), claim_floor=3)
+  strict = EmbeddedJudge(None, None, sp, max_len=256, scorer=_ConstScorer(), recipe=JudgeRecipe(
+      format=fmt, mix={"quality": (0.0, 1.0), "factuality": (0.0, 1.0)}, broken=(8.0, 2),
+      claim_total=0.5, checkable=(6, 7), claim_floor=3))
   p = strict.compare_axes(pre, a, b, axes=["quality", "factuality"], references=["r"])
   assert asked == {"checkable": (6.0, 7.0), "floor": 3.0, "claims": None}
-  np.testing.assert_allclose(p["quality"], J.sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
-  np.testing.assert_allclose(p["factuality"], J.sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
+  np.testing.assert_allclose(p["quality"], sigmoid(np.float32(9.0 - 2.0)), rtol=1e-5)
+  np.testing.assert_allclose(p["factuality"], sigmoid(np.float32(0.5 * 12 - (2.0 + 0.5 * 11))), rtol=1e-5)
 
 
 def test_mix_and_inference_settings_are_checked():
-  assert J.check_mix(None) == {"quality": (1.0, 0.0), "factuality": (1.0, 0.0)}
+  assert check_mix(None) == {"quality": (1.0, 0.0), "factuality": (1.0, 0.0)}
   for bad, match in (({"safety": (1, 1)}, "not one of"), ({"quality": (0, 0)}, "not both 0"),
                      ({"quality": (1, -1)}, ">= 0")):
     with pytest.raises(ValueError, match=match):
-      J.check_mix(bad)
-  got = T.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
+      check_mix(bad)
+  got = R.inference_settings({"edit_surprise": 6, "quality_mix": (1, 0.5), "broken_sentence": (8, 2)})
   assert got["broken_sentence"] == [8.0, 2]
   assert got["edit_surprise"] == 6.0 and got["quality_mix"] == [1.0, 0.5]
   assert got["factuality_mix"] == [1.0, 0.0] and not got["drop_unfinished"]
   with pytest.raises(ValueError, match="unknown settings"):
-    T.inference_settings({"edit_surprize": 6})
+    R.inference_settings({"edit_surprize": 6})
   with pytest.raises(ValueError, match="positive"):
-    T.inference_settings({"edit_surprise": 0})
+    R.inference_settings({"edit_surprise": 0})
   with pytest.raises(ValueError, match="broken_sentence"):
-    T.inference_settings({"broken_sentence": (0, 2)})
-  assert got["claim_total"] == 0.0 and T.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
+    R.inference_settings({"broken_sentence": (0, 2)})
+  assert got["claim_total"] == 0.0 and R.inference_settings({"claim_total": 0.1})["claim_total"] == 0.1
   with pytest.raises(ValueError, match="claim_total"):
-    T.inference_settings({"claim_total": -1})
+    R.inference_settings({"claim_total": -1})
   assert got["checkable_claim"] is None and got["claim_floor"] == 0.0
-  assert T.inference_settings({"checkable_claim": (6, 7), "claim_floor": 3})["checkable_claim"] == [6.0, 7.0]
+  assert R.inference_settings({"checkable_claim": (6, 7), "claim_floor": 3})["checkable_claim"] == [6.0, 7.0]
   for bad in ((0, 7), (6,), "6,7"):
     with pytest.raises(ValueError, match="checkable_claim"):
-      T.inference_settings({"checkable_claim": bad})
+      R.inference_settings({"checkable_claim": bad})
   with pytest.raises(ValueError, match="claim_floor"):
-    T.inference_settings({"claim_floor": -1})
+    R.inference_settings({"claim_floor": -1})
   assert got["safety_by_sentence"] is False
-  assert T.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
+  assert R.inference_settings({"safety_by_sentence": True})["safety_by_sentence"] is True
   with pytest.raises(ValueError, match="safety_by_sentence"):
-    T.inference_settings({"safety_by_sentence": "yes"})
+    R.inference_settings({"safety_by_sentence": "yes"})
 
 
 # ------------------------------------------------------------------ settings vs the config hash
@@ -298,15 +302,15 @@ def test_inference_settings_recompute_the_report_not_the_teacher(tmp_path, teach
   def no_training(*a, **k):
     raise AssertionError("retrained although only inference settings changed")
   monkeypatch.setattr(TT, "train_tokenizer", no_training)
-  monkeypatch.setattr(TT, "train_lm", no_training)
+  monkeypatch.setattr(TT, "lm_stage", no_training)
   assert TT.run(cfg, str(tmp_path))["report"]["config_hash"] == h   # unchanged: the cached report
   reports = []
   monkeypatch.setattr(TT, "noisy_policies", lambda *a, **k: [])
   monkeypatch.setattr(TT, "build_heldout", lambda *a, **k: {})
-  monkeypatch.setattr(TT, "report", lambda c, w, t, o, hd, extra: reports.append(t.inference) or
-                      {"bars": {}, "inference": t.inference})
+  monkeypatch.setattr(TT, "report", lambda c, w, t, o, hd, extra: reports.append(R.settings_of(t)) or
+                      {"bars": {}, "inference": R.settings_of(t)})
   out = TT.run(cfg2, str(tmp_path))
-  assert reports == [TT.inference_settings(cfg2)] and out["teacher"].inference["edit_surprise"] == 5.0
+  assert reports == [TT.inference_settings(cfg2)] and R.settings_of(out["teacher"])["edit_surprise"] == 5.0
   assert T.read_teacher_config(path)["inference"] == TT.inference_settings(cfg2)  # recorded with it
   assert T.load_teacher(path).rewriter().surprise_threshold == 5.0
   cfg2.teacher.inference.factuality_mix = (0.0, 0.0)

@@ -15,12 +15,11 @@ A fine suffix comes back byte for byte (every sentence kept); an unsafe insertio
 false claim, word salad, typos or a cut-off last sentence is dropped. The verdict at a
 CHECK sees the prefix and the sentences before it (causal), so all verdicts of a row
 come from the same prompt. With temperature > 0 the keep/drop decisions are sampled
-from those verdicts: the rewriter's GRPO (train_teacher.grpo) explores and reinforces
+from those verdicts: the rewriter's GRPO (embedded/training.py) explores and reinforces
 them with the paper's reward. At inference (`teacher.inference` in the teacher's config)
-the editor also drops a sentence its own LM finds surprising (teacher/surprise.py: a
+the editor also drops a sentence its own LM finds surprising (embedded/surprise.py: a
 misspelt word, a false object) and the cut-off last sentence of a complete suffix.
-Teachers whose tokenizer lacks the edit markers (HF instruct models) use the generative
-`rewriter.Rewriter`.
+HF instruct teachers use the generative rewriter instead (teacher/rewriter.py; `teacher.rewriter_kind`).
 """
 from __future__ import annotations
 
@@ -29,7 +28,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.embedded.recipe import settings_of
+from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.text import is_unfinished, split_sentences
 
 
 @dataclasses.dataclass
@@ -48,24 +49,11 @@ class EditPlan:
     return "".join(kept).strip()
 
 
-SENTENCE_ENDS = (".", "?", "!")
-
-
-def trim_to_sentence_end(text: str) -> str:
-  """The text up to its last sentence end (generation stops mid-sentence at a token limit)."""
-  cut = max(text.rfind(end) for end in SENTENCE_ENDS)
-  return text[:cut + 1].strip() if cut > 0 else text.strip()
-
-
-def is_unfinished(sentence: str) -> bool:
-  return not sentence.rstrip().endswith(SENTENCE_ENDS)
-
-
 def first_sentences(text: str, n: int) -> str:
   """The first n complete sentences of generated text ('' when the first is unfinished): a
   greedy continuation of a small LM repeats itself after a sentence or two."""
   out = []
-  for s in P.split_sentences(text.strip()):
+  for s in split_sentences(text.strip()):
     if len(out) == n or is_unfinished(s):
       break
     out.append(s)
@@ -79,7 +67,7 @@ class EditRewriter:
   an unfinished last sentence is the window's edge, not a defect: it is kept unchecked.
   threshold: a sentence is dropped when P(drop) exceeds it (greedy rewriting).
   surprise_threshold: a sentence is also dropped when its surprise under the teacher's own LM
-  (teacher/surprise.py) exceeds it, in nats; None: verdicts alone.
+  (embedded/surprise.py) exceeds it, in nats; None: verdicts alone.
   drop_unfinished: a last sentence without an end (and no window cut) is dropped unchecked.
   write_sentences: complete sentences kept of a continuation written anew.
   """
@@ -89,7 +77,7 @@ class EditRewriter:
                drop_unfinished: bool = False, write_sentences: int = 1):
     from earlyrl_jax.models.scoring import Scorer
     from earlyrl_jax.sampling.sampler import Sampler
-    from earlyrl_jax.teacher.judge import PromptEncoder
+    from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
     self.tokenizer = teacher.tokenizer
     self.max_new_tokens = max_new_tokens
@@ -105,14 +93,14 @@ class EditRewriter:
     self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
     self.probe = None
     if surprise_threshold is not None:
-      from earlyrl_jax.teacher.surprise import SurpriseProbe
+      from earlyrl_jax.embedded.surprise import SurpriseProbe
       self.probe = SurpriseProbe(teacher.graphdef, teacher.tokenizer, max_len=teacher.max_len,
                                  scorer=self.scorer)
     self.calls = 0
     self.written = 0  # rewrites the teacher wrote anew (every sentence dropped)
 
   def plan(self, prefix: str, suffix: str) -> EditPlan:
-    sentences = P.split_sentences(suffix)
+    sentences = split_sentences(suffix)
     checked = sentences
     cut_off = bool(sentences) and is_unfinished(sentences[-1])
     if cut_off and (self.window_cut or self.drop_unfinished):
@@ -133,7 +121,7 @@ class EditRewriter:
     out = [np.zeros((len(pl.checks),), np.float32) for pl in plans]
     if not rows:
       rows = [[self.tokenizer.bos_id or 0]]   # every process takes part in the scorer's collectives
-    from earlyrl_jax.teacher.judge import two_way
+    from earlyrl_jax.teacher.judges.lm import two_way
     lp = self.scorer.verdict_logprobs(params, rows, self.verdicts)           # [rows, 2]: keep, drop
     p_drop = two_way(lp[:, ::-1])                                           # softmax over {drop, keep}
     seen = [0] * len(plans)
@@ -202,3 +190,13 @@ class EditRewriter:
       out.extend(texts)
     self.calls += len(prefixes)
     return out
+
+
+def edit_rewriter(teacher, *, window_cut: bool = False, **kw) -> EditRewriter:
+  """The editor of a loaded embedded teacher (`Teacher.rewriter('edit')`), with its inference
+  settings (`edit_surprise`, `drop_unfinished`) where `kw` does not set them."""
+  settings = settings_of(teacher)
+  kw.setdefault("surprise_threshold", settings["edit_surprise"])
+  kw.setdefault("drop_unfinished", settings["drop_unfinished"])
+  return EditRewriter(teacher, window_cut=window_cut, **kw)
+

@@ -20,7 +20,7 @@ prefix + candidate, the same pass a reference-policy score needs.
 
 Used by the embedded teacher at inference (`teacher.inference` in its config): the editor
 drops a sentence whose surprise exceeds a threshold, and the judge can read factuality as
--surprise (teacher/judge.py). What surprise cannot see: a fact the teacher does not know
+-surprise (embedded/judge.py). What surprise cannot see: a fact the teacher does not know
 (its own LM is wrong or unsure), and defects that are likely text (drift to another topic,
 a cut-off sentence).
 
@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher import prompts as P
+from earlyrl_jax.teacher.prompts.text import split_sentences
 
 LIST_STARTS = ("- ", "Q:", "A:")  # world lines whose separator from the prefix is a newline
 
@@ -60,7 +60,7 @@ def sentence_tokens(tokenizer, prefix: str, candidate: str, max_len: int):
   full = tokenizer.encode(head + candidate)
   n0 = min(len(tokenizer.encode(head.rstrip())), len(full)) if head.strip() else 0
   spans, end, prev = [], 0, n0
-  for s in P.split_sentences(candidate):
+  for s in split_sentences(candidate):
     end += len(s)
     stop = end - (len(s) - len(s.rstrip()))           # the sentence's last non-space character
     n1 = min(max(len(tokenizer.encode(head + candidate[:stop])), prev), len(full))
@@ -90,7 +90,7 @@ class SurpriseProbe:
     self.rows = 0  # candidates scored (one forward row each)
 
   def sentence_gaps(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[list[np.ndarray]]:
-    """The gap of each token of each sentence of each candidate (P.split_sentences order)."""
+    """The gap of each token of each sentence of each candidate (split_sentences order)."""
     if len(prefixes) != len(candidates):
       raise ValueError(f"surprise: {len(prefixes)} prefixes but {len(candidates)} candidates")
     rows = [sentence_tokens(self.tokenizer, p, c, self.max_len) for p, c in zip(prefixes, candidates)]
@@ -99,7 +99,7 @@ class SurpriseProbe:
     return [[gaps[i, a:b] for a, b in spans] for i, (_, _, spans) in enumerate(rows)]
 
   def sentences(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[np.ndarray]:
-    """Surprise of each sentence of each candidate (P.split_sentences order), float32 [n_sentences]."""
+    """Surprise of each sentence of each candidate (split_sentences order), float32 [n_sentences]."""
     return [np.array([sentence_surprise(g) for g in per], np.float32)
             for per in self.sentence_gaps(params, prefixes, candidates)]
 
@@ -121,7 +121,7 @@ class SurpriseProbe:
       return every, every
     # Sentences the teacher reads as no claim, then uncheckable ones (only those left are
     # encoded for their word marks), leave the claim surprise as broken ones do.
-    sents = [P.split_sentences(c) for c in candidates] if checkable is not None else None
+    sents = [split_sentences(c) for c in candidates] if checkable is not None else None
     per = [[g for j, g in enumerate(gs)
             if (claims is None or claims[i][j] >= 0.5)
             and (checkable is None or not is_uncheckable(g, word_marks(self.tokenizer, sents[i][j]), checkable))]
