@@ -2,6 +2,7 @@
 
   python benchmarks/sip_step.py                       # a throwaway embedded-teacher shape
   python benchmarks/sip_step.py --teacher=RUN/teacher_run/teacher --k=4 --scheme=adaptive
+  python benchmarks/sip_step.py --compare-ref=main --repeat=2   # before (a git rev) and after, one run
 
 A SIP step = rollouts (policy sampler) + rewrite (teacher sampler) + judging
 (teacher forward passes over the tournament) + the update (one jitted step). The
@@ -10,9 +11,16 @@ Both are timed in this run; the last line is
 
   sip_step: ratio_vs_nll=<x> rollout=<f> rewrite=<f> judge=<f> update=<f>
 
-with the four parts as fractions of the SIP step. Without --teacher, a teacher of the
-embedded teacher's shape is trained for a handful of steps (its verdicts are poor, its
-cost is the real one).
+with the four parts as fractions of the SIP step (update: the reference's pass, made with
+the batch, plus the jitted step). Without --teacher, a teacher of the embedded teacher's
+shape is trained for a handful of steps (its verdicts are poor, its cost is the real one).
+
+`--compare-ref=REV` measures before and after in one invocation: the tree of git revision
+REV (exported to a temporary directory) and this tree run this benchmark alternately,
+`--repeat` times each, on the same teacher (one process per measurement, so neither
+inherits the other's compiled programs); each prints its own line, then the spread.
+`--price` (on by default) prints the paper's shape priced in FLOPs and GPU-hours next to
+the measured split (benchmarks/sip_cost_model.py).
 
 Steps run as in training: the update is dispatched and the next batch is produced while
 it runs (the rewrite first: it needs no policy params). `--teacher_placement=submesh` puts
@@ -27,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,12 +50,12 @@ from absl import flags  # noqa: E402
 from benchmarks.common import device_name, time_fn  # noqa: E402
 from earlyrl_jax.configs import load_config_file  # noqa: E402
 from earlyrl_jax.parallel import mesh as mesh_lib  # noqa: E402
-from earlyrl_jax.train import loop, sip  # noqa: E402
+from earlyrl_jax.train import losses, loop, sip  # noqa: E402
 from earlyrl_jax.train import steps as steps_lib  # noqa: E402
-from earlyrl_jax.train.objectives import Objective  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PARTS = ("rollout", "rewrite", "judge", "update")
+LINE = re.compile(r"^sip_step: ratio_vs_nll=([\d.]+) (.*)$")
 
 
 def throwaway_teacher(cfg, workdir: str) -> str:
@@ -60,10 +70,66 @@ def throwaway_teacher(cfg, workdir: str) -> str:
   return os.path.join(workdir, "teacher")
 
 
+def document_rows(batch, layout, length: int, pad_id: int):
+  """The windows themselves (prefix + original suffix) as plain rows of `length` tokens, read
+  back from a SIP batch (its trunk and lm branch): what an NLL step trains on."""
+  docs = []
+  for g in range(batch["tokens"].shape[0]):
+    on, branch = batch["segment_ids"][g] > 0, batch["branch_ids"][g]
+    trunk = batch["tokens"][g][on & (branch == 0)]
+    lm = batch["tokens"][g][on & (branch == layout.lm_id)]
+    docs.append(np.concatenate([trunk, lm]))   # lm starts with the prefix's last token
+  return sip.candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], length, pad_id)
+
+
+def export_tree(rev: str, into: str) -> str:
+  """This repository's tree at git revision `rev`, written to `into` (no checkout touched)."""
+  archive = subprocess.run(["git", "-C", REPO, "archive", rev], check=True, capture_output=True).stdout
+  subprocess.run(["tar", "-x", "-C", into], input=archive, check=True)
+  return into
+
+
+def compare(args, argv) -> None:
+  """Before (the tree of --compare-ref) and after (this tree), alternately, in one invocation."""
+  workdir = args.workdir or tempfile.mkdtemp(prefix="sip_step_compare_")
+  teacher = args.teacher
+  if not teacher:
+    cfg = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
+    cfg.world.num_train_documents = 2000
+    teacher = throwaway_teacher(cfg, os.path.join(workdir, "teacher_run"))
+  before = export_tree(args.compare_ref, tempfile.mkdtemp(prefix="sip_step_ref_"))
+  passed = [a for a in argv if not a.startswith(("--compare-ref", "--repeat", "--workdir", "--teacher",
+                                                 "--price", "--no-price"))]
+  lines = {"before": [], "after": []}
+  for r in range(args.repeat):
+    for label, root in (("before", before), ("after", REPO)):
+      cmd = [sys.executable, os.path.join(root, "benchmarks", "sip_step.py"), f"--teacher={teacher}",
+             f"--workdir={os.path.join(workdir, f'{label}_{r}')}", *passed]
+      if label == "after":
+        cmd.append("--no-price")
+      env = {**os.environ, "PYTHONPATH": root}
+      out = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+      found = [l for l in out.stdout.splitlines() if LINE.match(l)]
+      if out.returncode or not found:
+        raise RuntimeError(f"{label} ({root}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+      detail = [l for l in out.stdout.splitlines() if l.startswith("SIP step")]
+      print(f"[{label} {r + 1}/{args.repeat}] {detail[-1] if detail else ''}", flush=True)
+      print(f"[{label} {r + 1}/{args.repeat}] {found[-1]}", flush=True)
+      lines[label].append(float(LINE.match(found[-1]).group(1)))
+  print(f"device: {device_name()}; before = {args.compare_ref} "
+        f"({subprocess.run(['git', '-C', REPO, 'rev-parse', '--short', args.compare_ref], capture_output=True, text=True).stdout.strip()}), "
+        f"after = this tree; {args.repeat} alternating run(s) each")
+  for label, v in lines.items():
+    print(f"sip_step_{label}: ratio_vs_nll median={np.median(v):.1f} min={min(v):.1f} max={max(v):.1f} "
+          f"runs={' '.join(f'{x:.1f}' for x in v)}")
+  print(f"sip_step_compare: before/after={np.median(lines['before']) / np.median(lines['after']):.2f}x")
+
+
 def main(argv=None):
+  argv = list(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--teacher", default="", help="a trained teacher directory (default: throwaway)")
-  p.add_argument("--windows", type=int, default=16, help="windows (prefixes) per step")
+  p.add_argument("--windows", type=int, default=8, help="windows (prefixes) per step")
   p.add_argument("--k", type=int, default=4, help="rollouts per prefix")
   p.add_argument("--recipe", default="dpo")
   p.add_argument("--scheme", default="all_pairs", help="all_pairs | pivot | adaptive")
@@ -73,8 +139,22 @@ def main(argv=None):
                  help="teacher on the policy's devices, or on its own sub-mesh")
   p.add_argument("--teacher_devices", type=int, default=0,
                  help="submesh: the teacher's devices (default: half of them)")
+  p.add_argument("--max_staleness", type=int, default=0, choices=(0, 1),
+                 help="sip.max_staleness: 1 produces the next batch while the update runs")
+  p.add_argument("--compare-ref", dest="compare_ref", default="",
+                 help="a git revision: measure it (before) and this tree (after) in one run")
+  p.add_argument("--repeat", type=int, default=2, help="--compare-ref: runs of each, alternating")
+  p.add_argument("--price", dest="price", action="store_true", default=True,
+                 help="print the paper's shape priced (benchmarks/sip_cost_model.py)")
+  p.add_argument("--no-price", dest="price", action="store_false")
   args = p.parse_args(argv)
   flags.FLAGS.mark_as_parsed()
+  if args.compare_ref:
+    compare(args, argv)
+    if args.price:
+      from benchmarks import sip_cost_model
+      sip_cost_model.main([])
+    return
 
   workdir = args.workdir or tempfile.mkdtemp(prefix="sip_step_")
   cfg = load_config_file(os.path.join(REPO, "configs", "tiny.py"))
@@ -88,18 +168,18 @@ def main(argv=None):
   cfg.teacher.path = args.teacher or throwaway_teacher(cfg, os.path.join(workdir, "teacher_run"))
   cfg.teacher.placement = args.teacher_placement
   cfg.teacher.devices = args.teacher_devices or jax.device_count() // 2
+  cfg.sip.max_staleness = args.max_staleness
 
   run = loop.setup(cfg, workdir)
   teacher = sip.load_teacher_for(cfg, workdir, run.mesh)
   job = sip.sip_job(run, teacher)
-  frozen = {k: p for k, (_, p, _) in job.frozen.items()}
+  frozen = {}   # the reference's log-probs come with the batch (train/objectives.py)
   step = steps_lib.make_train_step(
       run.graphdef, run.tx, run.schedule, run.mesh, run.shardings, job.batch_spec, loss_fn=job.loss_fn,
-      coefs=job.coefs, frozen_graphdefs={k: g for k, (g, _, _) in job.frozen.items()},
-      frozen_shardings={k: s for k, (_, _, s) in job.frozen.items()})
+      coefs=job.coefs)
   state = loop.initial_state(run, seed=0)
   times = {k: [] for k in PARTS}
-  waits = []
+  waits, refs = [], []
   with jax.set_mesh(run.mesh):
     # Warm-up: compile every program (step 0), and run one whole step so that the timed
     # ones start from an idle device.
@@ -115,6 +195,7 @@ def main(argv=None):
       state, metrics = step(state, mesh_lib.shard_batch(batch, run.mesh), frozen)
       for k in PARTS[:3]:
         times[k].append(stats[f"time/{k}"])
+      refs.append(stats.get("time/reference", 0.0))
       if i > 1:  # time/update of batch i is the update of step i-1 (step 0's was not timed)
         times["update"].append(stats["time/update"])
         waits.append(stats.get("time/update_wait", stats["time/update"]))
@@ -123,11 +204,13 @@ def main(argv=None):
     times["update"].append(t_end - t_dispatch)  # the last update: nothing left to overlap it
     waits.append(t_end - t_dispatch)
     totals = [(t_end - t_start) / args.steps]
-    # The plain NLL step on the same window rows (the LM term alone).
-    lm = {k: v for k, v in batch.items() if k.startswith("lm_")}
-    nll_obj = Objective("rf_nll", lm_coef=1.0, coef=0.0)
+    times["update"] = [u + float(np.mean(refs)) for u in times["update"]]  # + the reference's pass
+    # The plain NLL step on the same windows (prefix + original suffix rows, the LM term alone).
+    producer = job.next_batch.produce
+    lm = document_rows(batch, producer.layout, producer.row_len, run.tokenizer.pad_id)
     nll_step = steps_lib.make_train_step(run.graphdef, run.tx, run.schedule, run.mesh, run.shardings,
-                                         steps_lib.spec_of(lm), loss_fn=nll_obj, coefs=nll_obj.coefs)
+                                         steps_lib.spec_of(lm), loss_fn=losses.lm_terms,
+                                         coefs={"nll": 1.0})
     lm_dev = mesh_lib.shard_batch(lm, run.mesh)
     holder = [state]
 
@@ -149,9 +232,13 @@ def main(argv=None):
   n_teacher = teacher.mesh.devices.size
   print(f"placement: {args.teacher_placement} (policy {run.mesh.devices.size} devices "
         f"{dict(run.mesh.shape)}, teacher {n_teacher} devices {dict(teacher.mesh.shape)}); "
-        f"update {np.mean(times['update']) * 1e3:.0f} ms, of which {np.mean(waits) * 1e3:.0f} ms "
-        f"not overlapped (update_wait)")
+        f"update {np.mean(times['update']) * 1e3:.0f} ms (reference pass {np.mean(refs) * 1e3:.0f} ms), "
+        f"of which {np.mean(waits) * 1e3:.0f} ms not overlapped (update_wait); max_staleness "
+        f"{args.max_staleness}")
   print(f"sip_step: ratio_vs_nll={sip_s / t_nll:.1f} " + " ".join(f"{k}={frac[k]:.3f}" for k in PARTS))
+  if args.price:
+    from benchmarks import sip_cost_model
+    sip_cost_model.main([], measured=frac)
 
 
 if __name__ == "__main__":

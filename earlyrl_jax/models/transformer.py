@@ -198,12 +198,6 @@ class KVCache:
   def batch_size(self) -> int:
     return self.segment_ids.shape[0]
 
-  def repeat(self, k: int) -> "KVCache":
-    """Fans each row out to k consecutive rows (shared-prefix sampling)."""
-    rep = lambda a: jnp.repeat(a, k, axis=0)
-    return KVCache(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)),
-                   segment_ids=rep(self.segment_ids), index=self.index)
-
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
 
