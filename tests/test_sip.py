@@ -294,3 +294,72 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
                   jax.tree.leaves(jax.device_get(resumed["state"].params))):
     np.testing.assert_array_equal(a, b)
+
+
+def test_prefetcher_makes_each_batch_from_the_params_one_step_old_and_checkpoints_it():
+  """sip.max_staleness=1: batch N comes from the params before update N-1; a checkpoint holds
+  the batch made ahead, so a run stopped after any step resumes with the same batches."""
+  from types import SimpleNamespace
+  from earlyrl_jax.train.prefetch import Prefetcher
+
+  class Windows:  # a checkpointable window iterator
+    def __init__(self):
+      self.i = 0
+    def __next__(self):
+      self.i += 1
+      return self.i
+    def get_state(self):
+      return {"i": self.i}
+    def set_state(self, s):
+      self.i = s["i"]
+
+  def make(windows):
+    def produce(state, step):  # the batch records its window and the params it was made from
+      w = next(windows)
+      return {"w": np.array([w]), "p": np.asarray(state.params["v"]).copy()}, {"step": float(step)}
+    return produce
+
+  def run(ahead, steps=(0, 6), restore=None):
+    windows = Windows()
+    pf = Prefetcher(make(windows), windows, num_steps=6, ahead=ahead)
+    if restore is not None:
+      pf.set_state(restore)
+    params, got = {"v": jnp.array([float(steps[0])])}, []
+    for step in range(*steps):
+      batch, stats = pf(SimpleNamespace(params=params), step)
+      got.append((int(batch["w"][0]), float(batch["p"][0]), stats["step"]))
+      params = {"v": params["v"] + 1.0}   # "update": params after step s are s + 1
+    return got, pf
+  fresh, pf = run(ahead=1)
+  # batch s: window s+1, params of step max(s-1, 0)
+  assert fresh == [(s + 1, float(max(s - 1, 0)), float(s)) for s in range(6)]
+  assert pf.params_step == {0: 0, 1: 0, 2: 1, 3: 2, 4: 3, 5: 4}
+  assert run(ahead=0)[0] == [(s + 1, float(s), float(s)) for s in range(6)]
+  # Stopped after step 2 (checkpoint at 3): its state holds batch 3, made from the params of 2.
+  _, pf = run(ahead=1, steps=(0, 3))
+  state = pf.get_state()
+  assert b'"ahead"' in state
+  resumed, _ = run(ahead=1, steps=(3, 6), restore=state)
+  assert resumed == fresh[3:]
+  # At staleness 0 the state is the window iterator's own, and either kind resumes either way.
+  _, pf0 = run(ahead=0, steps=(0, 3))
+  assert json.loads(pf0.get_state()) == {"i": 3}
+  assert run(ahead=0, steps=(3, 6), restore=state)[0][0] == fresh[3]
+
+
+@pytest.mark.slow
+def test_sip_at_staleness_1_resumes_exactly(tmp_path):
+  cfg = _sip_cfg(**{"sip.max_staleness": 1, "num_steps": 5})
+  full = sip.run(cfg, str(tmp_path / "full"))
+  lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
+  assert [l["step"] for l in lines] == list(range(1, 6))
+  # As if killed after the step-2 checkpoint: the batch made ahead comes back from it.
+  shutil.copytree(tmp_path / "full", tmp_path / "resumed")
+  for step in ("4", "5"):
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
+  resumed = sip.run(cfg, str(tmp_path / "resumed"))
+  for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
+                  jax.tree.leaves(jax.device_get(resumed["state"].params))):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(Exception, match="sip.max_staleness"):
+    sip.run(_sip_cfg(**{"sip.max_staleness": 2}), str(tmp_path / "bad"))
