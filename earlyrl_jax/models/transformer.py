@@ -14,12 +14,14 @@ a key at slot s iff s <= t, both carry the same segment id, and the id is not 0
 (0 marks padding / empty cache slots). Training passes packed sequences with
 segment ids; the sampler passes left-padded prompts and a cache.
 
-Branches (optional `branch_ids`, training and scoring only): a row may hold one shared
-trunk (branch 0) followed by several continuations of it (branches 1, 2, ...), each with
-RoPE positions that continue the trunk's. A key on a branch is seen only by queries on
-the same branch; trunk keys by all. Each branch then computes exactly what the row
-trunk + branch would compute alone, and the trunk runs once for all of them (a DPO pair
-shares its window's prefix: train/objectives.py).
+Trees in a row (optional `visible_until`, training and scoring only): a key at slot s is
+also hidden from queries at slots >= visible_until[s]. Laid out depth first, a tree of
+sequences that share beginnings (a trunk, then several continuations of it, each with RoPE
+positions that continue its parent's) fits in one row: every token stays visible until
+its node's subtree ends, so a continuation sees its ancestors and never a sibling, and
+computes exactly what the row ancestors + continuation computes alone, while the shared
+part runs once (a DPO pair shares its window's prefix: train/objectives.py; prompts that
+share a head: models/scoring.py). Without it every key stays visible to the row's end.
 """
 from __future__ import annotations
 
@@ -162,15 +164,14 @@ def apply_rope(x_BxTxNxH: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Arra
   return out.astype(x_BxTxNxH.dtype)
 
 
-def attention_bias(q_seg_BxT, q_slot_T, kv_seg_BxS, kv_slot_S, branch_BxT=None) -> jax.Array:
-  """The one masking rule as an additive float32 bias [B, T, S] (0 = attend); with branch ids
-  (queries and keys on the same slots), a branch's keys are hidden from other branches."""
+def attention_bias(q_seg_BxT, q_slot_T, kv_seg_BxS, kv_slot_S, kv_until_BxS=None) -> jax.Array:
+  """The one masking rule as an additive float32 bias [B, T, S] (0 = attend); with
+  `kv_until`, a key is also hidden from queries at slots >= its value (trees in a row)."""
   mask = ((kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
           & (q_seg_BxT[:, :, None] == kv_seg_BxS[:, None, :])
           & (kv_seg_BxS[:, None, :] != 0))
-  if branch_BxT is not None:
-    kv_branch = branch_BxT[:, None, :]
-    mask = mask & ((kv_branch == 0) | (kv_branch == branch_BxT[:, :, None]))
+  if kv_until_BxS is not None:
+    mask = mask & (q_slot_T[None, :, None] < kv_until_BxS[:, None, :])
   return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
 
 
@@ -440,22 +441,22 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
                segment_ids: jax.Array | None = None, cache: KVCache | None = None,
-               branch_ids: jax.Array | None = None, prefix: PrefixCache | None = None):
+               visible_until: jax.Array | None = None, prefix: PrefixCache | None = None):
     logits, new_cache = self.forward(tokens_BxT, positions=positions, segment_ids=segment_ids,
-                                     cache=cache, branch_ids=branch_ids, prefix=prefix)
+                                     cache=cache, visible_until=visible_until, prefix=prefix)
     return logits if cache is None else (logits, new_cache)
 
   def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None,
-                    branch_ids=None, prefix: PrefixCache | None = None):
+                    visible_until=None, prefix: PrefixCache | None = None):
     """Final-norm hidden states [B, T, D] and the updated cache (or None).
 
-    branch_ids [B, T]: shared trunk (0) and its continuations (see the module docstring);
-    without a cache only. prefix: one decode step (T = 1) of B = G*group rows whose keys
+    visible_until [B, T]: the slot from which each token is hidden (trees in a row, see the
+    module docstring); without a cache only. prefix: one decode step (T = 1) of B = G*group rows whose keys
     are their group's prompt in `prefix`, then their own tokens in `cache` (its slot 0
     follows the prompt's last)."""
     cfg = self.cfg
-    if branch_ids is not None and cache is not None:
-      raise ValueError("branch_ids are for cache-free passes (training, scoring)")
+    if visible_until is not None and cache is not None:
+      raise ValueError("visible_until is for cache-free passes (training, scoring)")
     if prefix is not None and (cache is None or jnp.shape(tokens_BxT)[1] != 1):
       raise ValueError("prefix= is for decoding one token with a per-row cache")
     tokens_BxT = jnp.asarray(tokens_BxT)
@@ -472,7 +473,7 @@ class Transformer(nnx.Module):
     new_k, new_v = [], []
     cache_seg = None
     if cache is None:
-      bias = attention_bias(segment_ids, q_slot, segment_ids, q_slot, branch_ids)
+      bias = attention_bias(segment_ids, q_slot, segment_ids, q_slot, visible_until)
     else:
       cache_seg = jax.lax.dynamic_update_slice_in_dim(
           cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1)
@@ -510,10 +511,10 @@ class Transformer(nnx.Module):
     logits = (h_BxTxD.astype(dt).reshape(B * T, D) @ w).reshape(B, T, -1)
     return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
-  def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None, branch_ids=None,
+  def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None, visible_until=None,
               prefix=None):
     h, new_cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids,
-                                      cache=cache, branch_ids=branch_ids, prefix=prefix)
+                                      cache=cache, visible_until=visible_until, prefix=prefix)
     return self.logits_from_hidden(h), new_cache
 
 

@@ -18,7 +18,8 @@ objective here turns them into terms the one train step combines:
   kl      optional k3 estimate of KL(π || π_ref) on the rollout tokens, per token
 
 One row per window, its prefix computed once (`Layout`): the prefix is the row's trunk and
-every sequence a term reads is a branch after it (models/transformer.py, branch_ids):
+every sequence a term reads is a branch after it (a tree in a row: models/transformer.py,
+visible_until; `branch_ids` say which branch a token is on, for the per-branch sums):
 
     [ prefix[:-1] | p_last + candidate 1 | p_last + candidate 2 | ... | p_last + original ]
       trunk, id 0   branch 1              branch 2                      lm branch (last)
@@ -46,8 +47,8 @@ from earlyrl_jax.models import scoring
 from earlyrl_jax.train import losses
 
 RECIPES = ("dpo", "rf_nll", "pg")
-ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "branch_ids", "loss_mask")
-MODEL_FIELDS = ROW_FIELDS[:-1]   # what a forward pass reads (the reference pass: no mask)
+ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "visible_until", "branch_ids", "loss_mask")
+MODEL_FIELDS = ROW_FIELDS[:5]    # what a forward pass reads (the reference pass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +98,8 @@ def window_rows(layout: Layout, prefixes: Sequence[np.ndarray], branches: Sequen
   G, L = len(prefixes), layout.length
   out = {"tokens": np.full((G, L), pad_id, np.int32), "targets": np.full((G, L), pad_id, np.int32),
          "positions": np.zeros((G, L), np.int32), "segment_ids": np.zeros((G, L), np.int32),
-         "branch_ids": np.zeros((G, L), np.int32), "loss_mask": np.zeros((G, L), np.float32)}
+         "visible_until": np.full((G, L), L, np.int32), "branch_ids": np.zeros((G, L), np.int32),
+         "loss_mask": np.zeros((G, L), np.float32)}
   lm = layout.lm_len > 0
 
   def put(g, start, branch, ids, first_pos, last_target=None):
@@ -110,6 +112,8 @@ def window_rows(layout: Layout, prefixes: Sequence[np.ndarray], branches: Sequen
     out["positions"][g, sl] = first_pos + np.arange(n)
     out["segment_ids"][g, sl] = 1
     out["branch_ids"][g, sl] = branch
+    if branch:   # a branch's tokens are hidden from everything after it (its siblings)
+      out["visible_until"][g, sl] = start + n
 
   for g, p in enumerate(prefixes):
     p = np.asarray(p, np.int32)
@@ -195,7 +199,7 @@ class Objective:
     outside the gradient, once per batch: the step reads it as `ref_logp`."""
     cut = {k: batch[k][:, :length] for k in MODEL_FIELDS}
     logp, _ = scoring.token_logprobs(reference, cut["tokens"], cut["targets"], positions=cut["positions"],
-                                     segment_ids=cut["segment_ids"], branch_ids=cut["branch_ids"])
+                                     segment_ids=cut["segment_ids"], visible_until=cut["visible_until"])
     return logp
 
   # ----------------------------------------------------------------- the terms
@@ -205,7 +209,7 @@ class Objective:
     diags: losses.Terms = {}
     n_ids = self._num_ids(batch)
     logp, _ = scoring.token_logprobs(model, batch["tokens"], batch["targets"], positions=batch["positions"],
-                                     segment_ids=batch["segment_ids"], branch_ids=batch["branch_ids"])
+                                     segment_ids=batch["segment_ids"], visible_until=batch["visible_until"])
     s, n = branch_sums(logp, batch, n_ids)    # [B, ids]: log π and tokens of each branch
     if self.lm_coef:   # the document: the trunk's predictions and the lm branch's (the last id)
       terms["nll"] = (-jnp.sum(s[:, 0] + s[:, -1]), jnp.sum(n[:, 0] + n[:, -1]))
