@@ -98,8 +98,10 @@ def compare(args, argv) -> None:
     cfg.world.num_train_documents = 2000
     teacher = throwaway_teacher(cfg, os.path.join(workdir, "teacher_run"))
   before = export_tree(args.compare_ref, tempfile.mkdtemp(prefix="sip_step_ref_"))
-  passed = [a for a in argv if not a.startswith(("--compare-ref", "--repeat", "--workdir", "--teacher",
-                                                 "--price", "--no-price"))]
+  # The shape spelt out: a default may differ between the two trees.
+  passed = [f"--windows={args.windows}", f"--k={args.k}", f"--recipe={args.recipe}",
+            f"--scheme={args.scheme}", f"--steps={args.steps}"]
+  passed += [a for a in argv if a.startswith(("--teacher_placement", "--teacher_devices"))]
   lines = {"before": [], "after": []}
   for r in range(args.repeat):
     for label, root in (("before", before), ("after", REPO)):
