@@ -35,7 +35,7 @@ def test_tree_reads_equal_each_prompt_alone(devices):
   rng = np.random.default_rng(0)
   prompts, groups = _prompts(rng)
   cand = [5, 11, 17]
-  tree = TreeScorer(graphdef, mesh=mesh, row_buckets=(32, 64, 128))
+  tree = TreeScorer(graphdef, mesh=mesh, row_buckets=(32, 64, 128), min_row_len=64)
   alone = Scorer(graphdef, mesh=mesh)
   # verdicts at each prompt's end
   np.testing.assert_allclose(tree.verdict_logprobs(params, prompts, groups, cand),
@@ -62,7 +62,7 @@ def test_tries_longer_than_a_row_and_many_rows_split_over_calls():
   graphdef, params = nnx.split(model)
   rng = np.random.default_rng(1)
   prompts, groups = _prompts(rng, n_groups=12, per_group=3)
-  tree = TreeScorer(graphdef, row_buckets=(16,), max_rows=1)   # every trie > 16: rows of its own
+  tree = TreeScorer(graphdef, row_buckets=(16,), max_rows=1, min_row_len=1)   # prompts > 16: own rows
   alone = Scorer(graphdef)
   np.testing.assert_allclose(tree.verdict_logprobs(params, prompts, groups, [4, 8]),
                              alone.verdict_logprobs(params, prompts, [4, 8]), rtol=1e-5, atol=1e-5)

@@ -30,7 +30,7 @@ from earlyrl_jax.models.scoring import agree_max, local_batch_multiple, local_ro
 from earlyrl_jax.parallel import mesh as mesh_lib
 
 ROW_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192)
-MIN_ROWS = 4
+MIN_ROWS = 1
 READ_CHUNK = 64   # reads per vocabulary-projection block
 
 
@@ -49,6 +49,19 @@ class _Trie:
     self.depth: list[int] = []
     self.children: list[dict[int, int]] = [{}]    # node 0 is the root (no token)
     self.parent: list[int] = [-1]
+
+  @property
+  def size(self) -> int:
+    return len(self.children) - 1
+
+  def new_tokens(self, ids: Sequence[int]) -> int:
+    """Tokens `insert(ids)` would add (those after the longest shared beginning)."""
+    node = 0
+    for d, t in enumerate(ids):
+      node = self.children[node].get(int(t))
+      if node is None:
+        return len(ids) - d
+    return 0
 
   def insert(self, ids: Sequence[int]) -> list[int]:
     """The node of each token of `ids` (created where new)."""
@@ -94,9 +107,10 @@ class TreeScorer:
   """`read(params, prompts, groups, reads, ...)`: next-token read-outs of many prompts, packed."""
 
   def __init__(self, graphdef, *, mesh=None, pad_id: int = 0, row_buckets: Sequence[int] = ROW_BUCKETS,
-               max_rows: int = 64):
+               max_rows: int = 64, min_row_len: int = 256):
     self.graphdef, self.mesh, self.pad_id = graphdef, mesh, pad_id
     self.row_buckets = tuple(sorted(int(b) for b in row_buckets))
+    self.min_row_len = int(min_row_len)
     self.max_rows = int(max_rows)
     self.num_compilations = 0
     self.tokens_prompts = 0   # tokens of the prompts as given (what rows of their own would run)
@@ -136,23 +150,30 @@ class TreeScorer:
       raise ValueError(f"read: {n} prompts, {len(groups)} groups, {len(reads)} read lists")
     prompts = [np.asarray(p, np.int32).reshape(-1) for p in prompts]
     cand = np.asarray(candidate_ids, np.int32).reshape(-1)
-    tries: dict = {}
-    where = []   # per prompt: (trie key, node of each token)
     for i, p in enumerate(prompts):
       if len(p) == 0:
         raise ValueError(f"read: prompt {i} is empty")
       for r in reads[i]:
         if not 0 <= r < len(p):
           raise ValueError(f"read: position {r} outside prompt {i} of {len(p)} tokens")
-      key = ("g", groups[i])
-      where.append((key, tries.setdefault(key, _Trie()).insert(p)))
+    # Rows of L slots: the smallest bucket that holds the longest prompt (the attention is a
+    # dense [L, L] per row, so rows stay short); a group's trie grows up to L tokens, then the
+    # group goes on in a new trie.
+    (g_longest,) = agree_max(max([len(p) for p in prompts] + [1]))
+    L = next((b for b in self.row_buckets if b >= max(g_longest, self.min_row_len)), g_longest)
+    tries: dict = {}
+    open_trie: dict = {}
+    where = []   # per prompt: (trie key, node of each token)
+    for i, p in enumerate(prompts):
+      key = open_trie.get(groups[i])
+      if key is None or tries[key].size + tries[key].new_tokens(p) > L:
+        key = (len(tries),)
+        open_trie[groups[i]] = key
+        tries[key] = _Trie()
+      where.append((key, tries[key].insert(p)))
     laid = {k: t.layout() for k, t in tries.items()}
-    # First fit, largest trie first, into rows of L slots (a trie longer than every bucket gets
-    # a row of its own length).
+    # First fit, largest trie first, into the rows.
     sizes = {k: len(v[0]) for k, v in laid.items()}
-    longest = max(sizes.values()) if sizes else 1
-    (g_longest,) = agree_max(longest)
-    L = next((b for b in self.row_buckets if b >= g_longest), g_longest)
     rows: list[list] = []
     fill: list[int] = []
     place = {}

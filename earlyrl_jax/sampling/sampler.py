@@ -23,7 +23,10 @@ Design (after the Tunix / Gemma samplers):
 - Token choice never sorts the vocabulary (`sample_rows`: top-k / top-p cuts by
   bisection, inverse-CDF draw): on XLA:CPU a sort per step cost more than the model.
 - Rows are padded to a multiple of the data-parallel size and sharded over
-  ('data', 'fsdp'); padding rows start done, so they never hold `early_stop` back.
+  ('data', 'fsdp'); padding rows start done, so they never hold `early_stop` back. Greedy
+  calls pad further, to a power of two (at least GREEDY_MIN_ROWS): a rewriter's calls with 1,
+  3 or 5 prompts share one program. Sampled calls keep their row count, because the random
+  draws of a step are one array over the rows.
 - Multi-host: each process passes its own prompts and gets back its own rows; the
   buckets (rows, prompt length, decode length, stop table) are agreed across processes.
   Every process must pass the same key, temperature, top_k, top_p and num_samples.
@@ -50,6 +53,7 @@ from earlyrl_jax.parallel import mesh as mesh_lib
 DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_STOP_SLOTS = 8   # stop table rows per sample row (grows to the next power of two)
 MIN_STOP_WIDTH = 4   # longest stop sequence the table holds (grows to the next power of two)
+GREEDY_MIN_ROWS = 8  # greedy calls pad their prompts to a power of two, at least this many
 
 
 class SampleOutput(NamedTuple):
@@ -321,6 +325,8 @@ class Sampler:
     g_n, g_longest, g_new, g_S, g_W = agree_max(n, longest, int(max_new.max()), *stops.shape[1:])
     mult = local_batch_multiple(self.mesh)
     B = -(-g_n // mult) * mult                              # this process's prompt rows
+    if temperature == 0.0:   # greedy rows draw no random numbers: pad to a few row counts, so a
+      B = -(-max(GREEDY_MIN_ROWS, _pow2_at_least(g_n)) // mult) * mult   # new count reuses a program
     P = min(_bucket(g_longest, self.prompt_buckets), self.max_cache_len - g_new)
     T = min(_pow2_at_least(g_new), self.max_cache_len - P)
     K = num_samples
