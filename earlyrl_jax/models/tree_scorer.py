@@ -41,66 +41,42 @@ class Reads(NamedTuple):
   gaps: list[np.ndarray]       # float32 [n_reads]: log p(top token) - log p(target)
 
 
-class _Trie:
-  """Token trie of one group: node = one token; children keyed by token id."""
+def _rows_bucket(n: int) -> int:
+  """Powers of two up to 8, then multiples of 8: few programs, under 1/3 of the rows padding."""
+  return max(MIN_ROWS, 1 << (n - 1).bit_length()) if n <= 8 else -(-n // 8) * 8
 
-  def __init__(self):
-    self.token: list[int] = []
-    self.depth: list[int] = []
-    self.children: list[dict[int, int]] = [{}]    # node 0 is the root (no token)
-    self.parent: list[int] = [-1]
 
-  @property
-  def size(self) -> int:
-    return len(self.children) - 1
+def _lcp(a: np.ndarray, b: np.ndarray) -> int:
+  n = min(len(a), len(b))
+  diff = np.flatnonzero(a[:n] != b[:n])
+  return int(diff[0]) if diff.size else n
 
-  def new_tokens(self, ids: Sequence[int]) -> int:
-    """Tokens `insert(ids)` would add (those after the longest shared beginning)."""
-    node = 0
-    for d, t in enumerate(ids):
-      node = self.children[node].get(int(t))
-      if node is None:
-        return len(ids) - d
-    return 0
 
-  def insert(self, ids: Sequence[int]) -> list[int]:
-    """The node of each token of `ids` (created where new)."""
-    node, path = 0, []
-    for d, t in enumerate(ids):
-      nxt = self.children[node].get(int(t))
-      if nxt is None:
-        nxt = len(self.children)
-        self.children[node][int(t)] = nxt
-        self.children.append({})
-        self.parent.append(node)
-        self.token.append(int(t))
-        self.depth.append(d)
-      node = nxt
-      path.append(node)
-    return path
-
-  def layout(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Depth-first (tokens, positions, subtree ends, slot of each node); slots count from 0."""
-    n = len(self.children) - 1
-    slot = np.zeros((n + 1,), np.int64)
-    end = np.zeros((n + 1,), np.int64)
-    order, stack, nxt = [], [(0, False)], 0
-    while stack:
-      node, done = stack.pop()
-      if done:
-        end[node] = nxt
-        continue
-      if node:
-        slot[node] = nxt
-        nxt += 1
-        order.append(node)
-      stack.append((node, True))
-      for child in reversed(list(self.children[node].values())):
-        stack.append((child, False))
-    tok = np.array([self.token[i - 1] for i in order], np.int32)
-    pos = np.array([self.depth[i - 1] for i in order], np.int32)
-    until = np.array([end[i] for i in order], np.int32)
-    return tok, pos, until, slot
+def _trie_layout(seqs: list[np.ndarray]):
+  """The token trie of `seqs` laid out depth first: (tokens, positions, visible_until, the slot
+  of every token of every sequence). In lexicographic order each sequence adds the tokens after
+  its longest common beginning with the previous one, and a token's subtree ends where the
+  first later sequence leaves its path."""
+  order = sorted(range(len(seqs)), key=lambda i: seqs[i].tolist())
+  tok, pos, until = [], [], []
+  paths: list[np.ndarray] = [None] * len(seqs)
+  prev, prev_path, size = np.zeros((0,), np.int32), np.zeros((0,), np.int64), 0
+  for i in order:
+    s = seqs[i]
+    k = _lcp(prev, s)
+    for slot in prev_path[k:]:   # nodes the previous path opened below depth k end here
+      until[slot] = size
+    new = np.arange(size, size + len(s) - k)
+    tok.append(s[k:])
+    pos.append(np.arange(k, len(s), dtype=np.int32))
+    until.extend([0] * len(new))
+    path = np.concatenate([prev_path[:k], new])
+    paths[i] = path
+    prev, prev_path, size = s, path, size + len(new)
+  for slot in prev_path:
+    until[slot] = size
+  cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros((0,), dt)
+  return cat(tok, np.int32), cat(pos, np.int32), np.asarray(until, np.int32), paths
 
 
 class TreeScorer:
@@ -161,45 +137,56 @@ class TreeScorer:
     # group goes on in a new trie.
     (g_longest,) = agree_max(max([len(p) for p in prompts] + [1]))
     L = next((b for b in self.row_buckets if b >= max(g_longest, self.min_row_len)), g_longest)
-    tries: dict = {}
-    open_trie: dict = {}
-    where = []   # per prompt: (trie key, node of each token)
-    for i, p in enumerate(prompts):
-      key = open_trie.get(groups[i])
-      if key is None or tries[key].size + tries[key].new_tokens(p) > L:
-        key = (len(tries),)
-        open_trie[groups[i]] = key
-        tries[key] = _Trie()
-      where.append((key, tries[key].insert(p)))
-    laid = {k: t.layout() for k, t in tries.items()}
-    # First fit, largest trie first, into the rows.
-    sizes = {k: len(v[0]) for k, v in laid.items()}
-    rows: list[list] = []
+    # Each group's prompts in tries of at most L tokens (a group too large for one row goes on
+    # in another trie), then first fit, largest trie first, into rows.
+    members: dict = {}
+    for i, g in enumerate(groups):
+      members.setdefault(g, []).append(i)
+    tries: list[list[int]] = []
+    for idx in members.values():
+      idx = sorted(idx, key=lambda i: prompts[i].tolist())
+      cur, size, prev = [], 0, None
+      for i in idx:
+        add = len(prompts[i]) - (_lcp(prev, prompts[i]) if prev is not None else 0)
+        if cur and size + add > L:
+          tries.append(cur)
+          cur, size, add = [], 0, len(prompts[i])
+        cur.append(i)
+        size += add
+        prev = prompts[i]
+      if cur:
+        tries.append(cur)
+    laid = [_trie_layout([prompts[i] for i in t]) for t in tries]
+    sizes = [len(x[0]) for x in laid]
+    rows: list[list[int]] = []
     fill: list[int] = []
-    place = {}
-    for k in sorted(sizes, key=lambda k: -sizes[k]):
+    place = [None] * len(tries)   # trie -> (row, first slot, segment id)
+    for k in sorted(range(len(tries)), key=lambda k: -sizes[k]):
       r = next((j for j, f in enumerate(fill) if f + sizes[k] <= L), None)
       if r is None:
         rows.append([])
         fill.append(0)
         r = len(rows) - 1
-      place[k] = (r, fill[r], len(rows[r]) + 1)   # row, first slot, segment id
+      place[k] = (r, fill[r], len(rows[r]) + 1)
       rows[r].append(k)
       fill[r] += sizes[k]
+    where = [None] * n   # prompt -> (row, slot of each token)
+    for k, t in enumerate(tries):
+      r, start, _ = place[k]
+      for i, path in zip(t, laid[k][3]):
+        where[i] = (r, start + path)
     # Reads: per row, the slot of each read token; targets default to the next prompt token.
     per_row: list[list[tuple[int, int, int, int]]] = [[] for _ in rows]   # (slot, target, prompt, k)
-    for i, (key, path) in enumerate(where):
-      r, start, _ = place[key]
-      slot_of = laid[key][3]
+    for i, (r, slots_i) in enumerate(where):
+      p = prompts[i]
       for j, pidx in enumerate(reads[i]):
-        t = (targets[i][j] if targets is not None
-             else (int(prompts[i][pidx + 1]) if pidx + 1 < len(prompts[i]) else 0))
-        per_row[r].append((start + int(slot_of[path[pidx]]), int(t), i, j))
+        t = targets[i][j] if targets is not None else (int(p[pidx + 1]) if pidx + 1 < len(p) else 0)
+        per_row[r].append((int(slots_i[pidx]), int(t), i, j))
     mult = local_batch_multiple(self.mesh)
     n_rows, n_reads = len(rows), max([len(x) for x in per_row] + [1])
     g_rows, g_reads = agree_max(max(n_rows, 1), n_reads)
     cap = -(-max(1, self.max_rows * 256 // L) // mult) * mult   # rows per call: ~max_rows x 256 slots
-    R = min(-(-max(MIN_ROWS, 1 << (g_rows - 1).bit_length()) // mult) * mult, cap)
+    R = min(-(-_rows_bucket(g_rows) // mult) * mult, cap)
     calls = -(-g_rows // R)
     N = max(8, 1 << (g_reads - 1).bit_length())
     if N > READ_CHUNK:
@@ -211,15 +198,15 @@ class TreeScorer:
     until = np.zeros((R_all, L), np.int32)
     slots = np.zeros((R_all, N), np.int32)
     tgts = np.zeros((R_all, N), np.int32)
-    for key, (r, start, sid) in place.items():
-      t, p, u, _ = laid[key]
+    for k, (r, start, sid) in enumerate(place):
+      t, p, u, _ = laid[k]
       sl = slice(start, start + len(t))
       tok[r, sl], pos[r, sl], seg[r, sl], until[r, sl] = t, p, sid, start + u
     for r, items in enumerate(per_row):
       for j, (s, t, _, _) in enumerate(items):
         slots[r, j], tgts[r, j] = s, t
     self.tokens_prompts += sum(len(p) for p in prompts)
-    self.tokens_tries += sum(sizes.values())
+    self.tokens_tries += sum(sizes)
     self.tokens_packed += R_all * L
     parts = []
     for c in range(calls):
