@@ -287,8 +287,14 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] for l in lines]
   np.testing.assert_allclose(shares, 1.0)
   # As if killed after the step-2 checkpoint: drop the later ones, restart, same final parameters.
+  _assert_resumes_exactly(cfg, full, tmp_path, later=("4", "6"))
+
+
+def _assert_resumes_exactly(cfg, full, tmp_path, later):
+  """A copy of the finished run without its `later` checkpoints, run again, ends with the same
+  parameters, bit for bit."""
   shutil.copytree(tmp_path / "full", tmp_path / "resumed")
-  for step in ("4", "6"):
+  for step in later:
     shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
   resumed = sip.run(cfg, str(tmp_path / "resumed"))
   for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
@@ -354,12 +360,6 @@ def test_sip_at_staleness_1_resumes_exactly(tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == list(range(1, 6))
   # As if killed after the step-2 checkpoint: the batch made ahead comes back from it.
-  shutil.copytree(tmp_path / "full", tmp_path / "resumed")
-  for step in ("4", "5"):
-    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / step)
-  resumed = sip.run(cfg, str(tmp_path / "resumed"))
-  for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
-                  jax.tree.leaves(jax.device_get(resumed["state"].params))):
-    np.testing.assert_array_equal(a, b)
+  _assert_resumes_exactly(cfg, full, tmp_path, later=("4", "5"))
   with pytest.raises(Exception, match="sip.max_staleness"):
     sip.run(_sip_cfg(**{"sip.max_staleness": 2}), str(tmp_path / "bad"))
