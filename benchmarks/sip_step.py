@@ -212,7 +212,7 @@ def main(argv=None):
     lm = document_rows(batch, producer.layout, producer.row_len, run.tokenizer.pad_id)
     nll_step = steps_lib.make_train_step(run.graphdef, run.tx, run.schedule, run.mesh, run.shardings,
                                          steps_lib.spec_of(lm), loss_fn=losses.lm_terms,
-                                         coefs={"nll": 1.0})
+                                         coefs={"nll": 1.0, "z_loss": 0.0})
     lm_dev = mesh_lib.shard_batch(lm, run.mesh)
     holder = [state]
 
