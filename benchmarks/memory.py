@@ -328,13 +328,12 @@ def residuals_per_layer(model_cfg, objective, spec, dp: int) -> int:
   for L in (1, 2):
     graphdef, params = T.split_abstract(dataclasses.replace(model_cfg, n_layers=L))
 
-    def loss(p, batch, ref):
-      frozen = {"reference": nnx.merge(graphdef, jax.lax.stop_gradient(ref))}
-      terms, _ = objective(nnx.merge(graphdef, p), batch, frozen)
+    def loss(p, batch):   # the reference's log-probs are a batch field (train/objectives.py)
+      terms, _ = objective(nnx.merge(graphdef, p), batch)
       return steps_lib.combine(terms, objective.coefs)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-      jax.ad_checkpoint.print_saved_residuals(loss, params, local, params)
+      jax.ad_checkpoint.print_saved_residuals(loss, params, local)
     totals.append(_residual_bytes(buf.getvalue()))
   return totals[1] - totals[0]
 
@@ -346,14 +345,12 @@ def train_step_temp(cfg, model_cfg, mesh, spec, objective, layer_list) -> dict[i
   for L in layer_list:
     mc = dataclasses.replace(model_cfg, n_layers=L)
     graphdef, abs_state, shardings = state_lib.abstract_train_state(mc, tx, mesh)
-    frozen = {"reference": graphdef} if objective.needs_reference else {}
+    # The reference is not an argument of the step: its log-probs come with the batch.
     step = steps_lib.make_train_step(
         graphdef, tx, state_lib.lr_schedule(cfg.opt, cfg.num_steps), mesh, shardings, spec,
-        loss_fn=objective, coefs=objective.coefs, frozen_graphdefs=frozen,
-        frozen_shardings={k: shardings.params for k in frozen},
-        grad_accum_steps=cfg.opt.grad_accum_steps)
+        loss_fn=objective, coefs=objective.coefs, grad_accum_steps=cfg.opt.grad_accum_steps)
     with jax.set_mesh(mesh):
-      m = step.lower(abs_state, spec, {k: abs_state.params for k in frozen}).compile().memory_analysis()
+      m = step.lower(abs_state, spec, {}).compile().memory_analysis()
     out[L] = {"temp": m.temp_size_in_bytes, "args": m.argument_size_in_bytes}
   return out
 
@@ -490,8 +487,7 @@ def plan(args) -> dict:
   K = int(s.num_rollouts)
   with_rewrite = s.rewrite != "none"
   C = 1 + int(with_rewrite) + K
-  cand_len = int(s.get("candidate_len", 0) or d.suffix_len)
-  producer = SimpleNamespace(row_len=int(d.prefix_len) + cand_len, C=C, objective=objective)
+  producer = SimpleNamespace(layout=sip.window_layout(cfg, objective), C=C, objective=objective)
   spec = sip.batch_spec(producer, d.batch_size)
   dp = mesh_lib.data_parallel_size(mesh)
   lines: list[Line] = []
@@ -526,12 +522,12 @@ def plan(args) -> dict:
   lines.append(Line("SIP batch (rows of the step)", batch_dev, pgroup, "update", "batch spec / dp"))
   if measure:
     temps = train_step_temp(cfg, mc, mesh, spec, objective, args.layer_list)
-    for Lp, m in temps.items():  # the compiled step's arguments: state + reference + batch
+    for Lp, m in temps.items():  # the compiled step's arguments: state + batch
       sp = state_bytes(dataclasses.replace(mc, n_layers=Lp), tx, mesh)
-      state_ref = sum(sp.values()) + (sp["params"] if objective.needs_reference else 0)
+      state_ref = sum(sp.values())
       ok = 0 <= m["args"] - state_ref <= batch_dev  # jit drops batch fields the loss never reads
       notes.append(f"check at {Lp} layer(s): the compiled step's arguments are {m['args']} B per "
-                   f"device; state + reference from shapes x shardings {state_ref} B + batch "
+                   f"device; state from shapes x shardings {state_ref} B + batch "
                    f"<= {batch_dev} B: {'agree' if ok else 'MISMATCH'}")
     res = residuals_per_layer(mc, objective, spec, dp)
     grads = (sb["params"] - state_bytes(dataclasses.replace(mc, n_layers=max(L - 1, 1)), tx,

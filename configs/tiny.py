@@ -113,6 +113,9 @@ def get_config() -> ConfigDict:
   c.sip.kl_coef = 0.0           # pg: weight of KL(π || reference) on rollout tokens (0 = no reference)
   c.sip.rf_threshold = 0.0      # rf_nll: the best candidate's reward must reach this ...
   c.sip.rf_fallback = "original"  # ... else train on 'original' or 'skip' the window
+  c.sip.max_staleness = 0       # 0: each batch's rollouts from the current params; 1: the next batch
+                                # (rollouts, rewrite, judging) is made while the update runs, from the
+                                # params one step old (train/prefetch.py; kill-and-resume stays exact)
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()

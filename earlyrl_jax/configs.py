@@ -289,6 +289,7 @@ RANGES: tuple[Range, ...] = (
     Range("sip.top_p", float, "(0, 1]", SIP_MODES),
     Range("sip.candidate_len", int, ">= 0", SIP_MODES),
     Range("sip.judge_budget", int, ">= 0", SIP_MODES),
+    Range("sip.max_staleness", int, "[0, 1]", SIP_MODES),   # 0: rollouts from the current params
     # The DPO temperature: at 0 the DPO loss is log 2 for every pair (no gradient); below 0
     # it trains toward the worse candidate while rewards/accuracy reads 1.
     Range("sip.beta", float, "> 0", SIP_MODES),

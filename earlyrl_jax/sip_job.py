@@ -20,6 +20,7 @@ def run(cfg, workdir: str, *, rewrite_memo: dict[str, str] | None = None) -> dic
   """`mode='sip'`: self-improving pretraining (runs or resumes).
 
   rewrite_memo: greedy rewrites by window, shared by runs over the same windows (the report)."""
+  sip.max_staleness(cfg)  # a bad value fails before anything slow
   r = loop.setup(cfg, workdir)  # the policy's mesh: every device, or those the teacher leaves
   needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
   teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None

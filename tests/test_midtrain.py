@@ -1,6 +1,7 @@
 """configs/midtrain.py (the paper's setting at pod scale) builds: config, shardings and the
-whole online-DPO step with its frozen reference, abstractly on 8 simulated devices. The policy's
-shape comes from the checkpoint's config.json (Llama-3.2-1B's, written here: no weights needed)."""
+whole online-DPO step (the reference's log-probs as batch fields), abstractly on 8 simulated devices.
+The policy's shape comes from the checkpoint's config.json (Llama-3.2-1B's, written here: no weights
+needed)."""
 import json
 import os
 from types import SimpleNamespace
@@ -60,17 +61,17 @@ def test_midtrain_step_builds_abstractly_on_8_devices(cfg):
   graphdef, abs_state, shardings = state_lib.abstract_train_state(mc, tx, mesh)
   objective = sip.objective_from_config(cfg.sip)
   assert objective.needs_reference
-  # The SIP batch of one step: windows x (original + 16 rollouts), rows of prefix + N tokens.
-  producer = SimpleNamespace(row_len=cfg.data.prefix_len + cfg.data.suffix_len,
-                             C=1 + cfg.sip.num_rollouts, objective=objective)
+  # The SIP batch of one step: one row per window, the 1920-token prefix once and chosen and
+  # rejected after it (no lm branch: lm_coef=0), and the reference's log-probs of that row.
+  layout = sip.window_layout(cfg, objective)
+  producer = SimpleNamespace(layout=layout, C=1 + cfg.sip.num_rollouts, objective=objective)
   spec = sip.batch_spec(producer, cfg.data.batch_size)
-  assert spec["chosen_tokens"].shape == (256, 2048) and spec["pair_mask"].shape == (256,)
+  assert spec["tokens"].shape == (256, 1919 + 2 * 129) and spec["pair_mask"].shape == (256,)
+  assert spec["ref_logp"].shape == (256, layout.reference_length) and layout.lm_len == 0
   step = steps_lib.make_train_step(graphdef, tx, state_lib.lr_schedule(cfg.opt, cfg.num_steps), mesh,
-                                   shardings, spec, loss_fn=objective, coefs=objective.coefs,
-                                   frozen_graphdefs={"reference": graphdef},
-                                   frozen_shardings={"reference": shardings.params})
+                                   shardings, spec, loss_fn=objective, coefs=objective.coefs)
   with jax.set_mesh(mesh):
-    new_state, metrics = jax.eval_shape(step, abs_state, spec, {"reference": abs_state.params})
+    new_state, metrics = jax.eval_shape(step, abs_state, spec, {})
   assert jax.tree.map(lambda a: a.shape, new_state.params) == jax.tree.map(lambda a: a.shape,
                                                                             abs_state.params)
   for k in ("loss", "dpo", "rewards/margin", "rewards/accuracy", "kl", "params_finite"):

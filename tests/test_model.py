@@ -162,3 +162,29 @@ def test_bfloat16_training_logprobs_match_decode():
   full = np.asarray(jax.nn.log_softmax(m(toks)))
   dec = np.asarray(jax.nn.log_softmax(_prefill_then_decode(m, toks, prefill=4)))
   assert np.abs(full - dec).max() < 2e-4, np.abs(full - dec).max()
+
+
+def test_a_tree_in_one_row_computes_each_path_alone():
+  """visible_until: a trunk, two continuations of it and a continuation of the first, laid out
+  depth first in one row, give each token the log-probs of its own path as a separate row."""
+  m = T.Transformer(tiny_model_config(), rngs=nnx.Rngs(1))
+  rng = np.random.default_rng(0)
+  trunk, a, a2, b = (rng.integers(3, 128, n).astype(np.int32) for n in (5, 3, 4, 2))
+  # depth first: trunk | a | a2 (a's child) | b (trunk's child); a token stays visible until its
+  # node's subtree ends.
+  nodes = [(trunk, 0, 14), (a, 5, 12), (a2, 8, 12), (b, 5, 14)]
+  toks, pos, until = [], [], []
+  for ids, first_pos, end in nodes:
+    toks += list(ids)
+    pos += list(first_pos + np.arange(len(ids)))
+    until += [end] * len(ids)
+  row = lambda x: jnp.asarray(np.asarray(x, np.int32)[None])
+  tree = m(row(toks), positions=row(pos), visible_until=row(until))[0]
+  alone = lambda *parts: m(row(np.concatenate(parts)))[0]
+  np.testing.assert_allclose(tree[5:8], alone(trunk, a)[5:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tree[8:12], alone(trunk, a, a2)[8:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tree[12:14], alone(trunk, b)[5:], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(tree[:5], alone(trunk), rtol=1e-5, atol=1e-5)
+  # without the spans, b would see a and a2: different
+  flat = m(row(toks), positions=row(pos))[0]
+  assert not np.allclose(flat[12:14], tree[12:14], atol=1e-4)

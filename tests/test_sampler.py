@@ -369,3 +369,31 @@ def test_sort_free_sampling_matches_the_sort_based_filter(top_k, top_p):
     expected = np.take_along_axis(np.asarray(ref), np.asarray(tok)[:, None], -1)[:, 0]
     assert np.isfinite(expected).all()                      # only kept tokens are drawn
     np.testing.assert_allclose(lp, expected, atol=1e-5)     # normalised over the same kept set
+
+
+def test_k_samples_of_a_prompt_are_k_copies_of_it_without_copying_its_cache():
+  """The fan-out reads one prompt cache per group: the tokens equal those of the prompts
+  repeated K times (rows b*K + k), as when the cache was copied K times."""
+  m = tiny_model(seed=4)
+  sampler = Sampler(m, pad_id=0)
+  rng = np.random.default_rng(3)
+  prompts = [rng.integers(1, 128, rng.integers(2, 20)) for _ in range(3)]
+  for kw in (dict(temperature=1.0), dict(temperature=0.7, top_p=0.9, stop_tokens=[5, 6, 7])):
+    fan = sampler(prompts, max_new_tokens=12, key=jax.random.key(1), num_samples=4, **kw)
+    copies = sampler([p for p in prompts for _ in range(4)], max_new_tokens=12, key=jax.random.key(1), **kw)
+    np.testing.assert_array_equal(fan.tokens, copies.tokens)
+    np.testing.assert_array_equal(fan.lengths, copies.lengths)
+    np.testing.assert_allclose(fan.logprobs, copies.logprobs, atol=1e-5)
+
+
+def test_greedy_calls_with_a_few_prompts_share_one_program():
+  m = tiny_model(seed=5)
+  sampler = Sampler(m, pad_id=0)
+  rng = np.random.default_rng(4)
+  prompts = [rng.integers(1, 128, 6) for _ in range(5)]
+  one = sampler(prompts[:1], max_new_tokens=8, key=jax.random.key(0), temperature=0.0)
+  n = sampler.num_compilations
+  three = sampler(prompts[:3], max_new_tokens=8, key=jax.random.key(0), temperature=0.0)
+  sampler(prompts, max_new_tokens=8, key=jax.random.key(0), temperature=0.0)
+  assert sampler.num_compilations == n   # 1, 3 and 5 prompts: the same 8-row programs
+  np.testing.assert_array_equal(three.tokens[:1], one.tokens)

@@ -84,13 +84,15 @@ def gaps_from_hidden(model, h_BxTxD, targets_BxT, chunk_size: int | None = None)
 
 
 def token_logprobs(model, tokens_BxT, targets_BxT, *, positions=None, segment_ids=None,
-                   chunk_size: int | None = None):
+                   chunk_size: int | None = None, visible_until=None):
   """log p(targets[b, t] | tokens[b, :t+1]) and the logsumexp, both float32 [B, T].
 
   Differentiable; equal to `log_softmax(model(tokens))` at the targets, but never holds
-  more than one `[B, chunk_size, V]` logits block.
+  more than one `[B, chunk_size, V]` logits block. visible_until: trees of sequences in one
+  row (models/transformer.py).
   """
-  h, _ = model.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids)
+  h, _ = model.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids,
+                             visible_until=visible_until)
   return logprobs_from_hidden(model, h, targets_BxT, chunk_size)
 
 

@@ -13,6 +13,15 @@ Attention masking is one rule used everywhere: a query at slot t may attend to
 a key at slot s iff s <= t, both carry the same segment id, and the id is not 0
 (0 marks padding / empty cache slots). Training passes packed sequences with
 segment ids; the sampler passes left-padded prompts and a cache.
+
+Trees in a row (optional `visible_until`, training and scoring only): a key at slot s is
+also hidden from queries at slots >= visible_until[s]. Laid out depth first, a tree of
+sequences that share beginnings (a trunk, then several continuations of it, each with RoPE
+positions that continue its parent's) fits in one row: every token stays visible until
+its node's subtree ends, so a continuation sees its ancestors and never a sibling, and
+computes exactly what the row ancestors + continuation computes alone, while the shared
+part runs once (a DPO pair shares its window's prefix: train/objectives.py; prompts that
+share a head: models/scoring.py). Without it every key stays visible to the row's end.
 """
 from __future__ import annotations
 
@@ -155,11 +164,14 @@ def apply_rope(x_BxTxNxH: jax.Array, sin: jax.Array, cos: jax.Array) -> jax.Arra
   return out.astype(x_BxTxNxH.dtype)
 
 
-def attention_bias(q_seg_BxT, q_slot_T, kv_seg_BxS, kv_slot_S) -> jax.Array:
-  """The one masking rule as an additive float32 bias [B, T, S] (0 = attend)."""
+def attention_bias(q_seg_BxT, q_slot_T, kv_seg_BxS, kv_slot_S, kv_until_BxS=None) -> jax.Array:
+  """The one masking rule as an additive float32 bias [B, T, S] (0 = attend); with
+  `kv_until`, a key is also hidden from queries at slots >= its value (trees in a row)."""
   mask = ((kv_slot_S[None, None, :] <= q_slot_T[None, :, None])
           & (q_seg_BxT[:, :, None] == kv_seg_BxS[:, None, :])
           & (kv_seg_BxS[:, None, :] != 0))
+  if kv_until_BxS is not None:
+    mask = mask & (q_slot_T[None, :, None] < kv_until_BxS[:, None, :])
   return jnp.where(mask, 0.0, _NEG_INF).astype(jnp.float32)
 
 
@@ -187,14 +199,26 @@ class KVCache:
   def batch_size(self) -> int:
     return self.segment_ids.shape[0]
 
-  def repeat(self, k: int) -> "KVCache":
-    """Fans each row out to k consecutive rows (shared-prefix sampling)."""
-    rep = lambda a: jnp.repeat(a, k, axis=0)
-    return KVCache(k=tuple(map(rep, self.k)), v=tuple(map(rep, self.v)),
-                   segment_ids=rep(self.segment_ids), index=self.index)
-
 
 CACHE_AXES = ("batch", "cache_length", "kv_heads", "head_dim")
+
+
+@flax.struct.dataclass
+class PrefixCache:
+  """A prompt's keys/values shared by the `group` consecutive rows that continue it.
+
+  k, v: tuples over layers of [G, P, K, H]; segment_ids: [G, P] (0 = padding). Decoding
+  G*group rows against it reads the prompt once per group instead of holding group copies;
+  each row's own tokens go to a per-row KVCache whose slots follow the prompt's.
+  """
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  segment_ids: jax.Array
+  group: int = flax.struct.field(pytree_node=False, default=1)
+
+  @classmethod
+  def of(cls, cache: KVCache, group: int) -> "PrefixCache":
+    return cls(k=cache.k, v=cache.v, segment_ids=cache.segment_ids, group=int(group))
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, cache_size: int, dtype=None) -> KVCache:
@@ -223,6 +247,33 @@ def _dense(x_MxD: jax.Array, w: jax.Array, dt) -> jax.Array:
   3-D dot_general of an einsum over 'BTD' (and no slower on accelerators).
   """
   return x_MxD @ w.astype(dt)
+
+
+def _decode_attention_shared(q_BxKxGxH, pk_GxPxKxH, pv_GxPxKxH, pbias_GxRxP, keys_BxSxKxH,
+                             values_BxSxKxH, bias_BxS):
+  """`_decode_attention` for B = G*R rows whose first P keys are their group's prompt.
+
+  The same logits, in the same slot order (prompt, then the row's own tokens), and one
+  softmax and one weighted sum over both parts: the prompt's keys are broadcast over the
+  group's R rows inside the fused product instead of being copied R times in the cache.
+  """
+  B, K, Gq, H = q_BxKxGxH.shape
+  G, P = pk_GxPxKxH.shape[:2]
+  R = B // G
+  dt = values_BxSxKxH.dtype
+  qf = q_BxKxGxH.astype(jnp.float32)
+  q_g = qf.reshape(G, R, 1, K, Gq, H)
+  lp = jnp.sum(q_g * pk_GxPxKxH.astype(jnp.float32)[:, None, :, :, None, :], axis=-1)   # [G, R, P, K, Gq]
+  ls = jnp.sum(qf[:, None] * keys_BxSxKxH.astype(jnp.float32)[:, :, :, None, :], axis=-1)  # [B, S, K, Gq]
+  logits = jnp.concatenate([lp, ls.reshape(G, R, -1, K, Gq)], axis=2) / math.sqrt(H)
+  bias = jnp.concatenate([pbias_GxRxP, bias_BxS.reshape(G, R, -1)], axis=2)
+  logits = logits + bias[..., None, None]                                               # [G, R, P+S, K, Gq]
+  probs = jax.nn.softmax(logits, axis=2).astype(dt).astype(jnp.float32)
+  vp = jnp.broadcast_to(pv_GxPxKxH.astype(jnp.float32)[:, None, :, :, None, :], (G, R, P, K, Gq, H))
+  vs = jnp.broadcast_to(values_BxSxKxH.astype(jnp.float32)[:, :, :, None, :],
+                        (B,) + values_BxSxKxH.shape[1:3] + (Gq, H)).reshape(G, R, -1, K, Gq, H)
+  out = jnp.sum(probs[..., None] * jnp.concatenate([vp, vs], axis=2), axis=2)           # [G, R, K, Gq, H]
+  return out.reshape(B, K, Gq, H)
 
 
 def _decode_attention(q_BxKxGxH, keys_BxSxKxH, values_BxSxKxH, bias_BxS):
@@ -271,7 +322,8 @@ class Attention(nnx.Module):
       self.k_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
       self.v_bias = _param(rngs, (K, H), ("kv_heads", "head_dim"), 0.0, pd)
 
-  def __call__(self, x_BxTxD, rope, bias_BxTxS, layer_cache=None):
+  def __call__(self, x_BxTxD, rope, bias_BxTxS, layer_cache=None, prefix=None):
+    """prefix: (keys [G, P, K, H], values, bias [G, R, P]) of a shared prompt (decoding only)."""
     cfg = self.cfg
     dt = cfg.compute_dtype
     B, T, D = x_BxTxD.shape
@@ -297,7 +349,12 @@ class Attention(nnx.Module):
       new_cache = (keys, values)
 
     q = q.reshape(B, T, K, N // K, H)
-    if T == 1:
+    if T == 1 and prefix is not None:
+      pk, pv, pbias = prefix
+      out = _decode_attention_shared(q[:, 0], pk.astype(dt), pv.astype(dt), pbias, keys.astype(dt),
+                                     values.astype(dt), bias_BxTxS[:, 0])
+      out = out.astype(dt).reshape(B, N * H)
+    elif T == 1:
       out = _decode_attention(q[:, 0], keys.astype(dt), values.astype(dt), bias_BxTxS[:, 0])
       out = out.astype(dt).reshape(B, N * H)
     else:
@@ -341,8 +398,8 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.param_dtype)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x, rope, bias, layer_cache=None):
-    h, new_cache = self.attn(self.attn_norm(x), rope, bias, layer_cache)
+  def __call__(self, x, rope, bias, layer_cache=None, prefix=None):
+    h, new_cache = self.attn(self.attn_norm(x), rope, bias, layer_cache, prefix)
     x = x + h
     x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("batch", "length", "act_embed")), new_cache
@@ -383,14 +440,25 @@ class Transformer(nnx.Module):
                               cfg.param_dtype)
 
   def __call__(self, tokens_BxT: jax.Array, *, positions: jax.Array | None = None,
-               segment_ids: jax.Array | None = None, cache: KVCache | None = None):
+               segment_ids: jax.Array | None = None, cache: KVCache | None = None,
+               visible_until: jax.Array | None = None, prefix: PrefixCache | None = None):
     logits, new_cache = self.forward(tokens_BxT, positions=positions, segment_ids=segment_ids,
-                                     cache=cache)
+                                     cache=cache, visible_until=visible_until, prefix=prefix)
     return logits if cache is None else (logits, new_cache)
 
-  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
-    """Final-norm hidden states [B, T, D] and the updated cache (or None)."""
+  def hidden_states(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None,
+                    visible_until=None, prefix: PrefixCache | None = None):
+    """Final-norm hidden states [B, T, D] and the updated cache (or None).
+
+    visible_until [B, T]: the slot from which each token is hidden (trees in a row, see the
+    module docstring); without a cache only. prefix: one decode step (T = 1) of B = G*group rows whose keys
+    are their group's prompt in `prefix`, then their own tokens in `cache` (its slot 0
+    follows the prompt's last)."""
     cfg = self.cfg
+    if visible_until is not None and cache is not None:
+      raise ValueError("visible_until is for cache-free passes (training, scoring)")
+    if prefix is not None and (cache is None or jnp.shape(tokens_BxT)[1] != 1):
+      raise ValueError("prefix= is for decoding one token with a per-row cache")
     tokens_BxT = jnp.asarray(tokens_BxT)
     B, T = tokens_BxT.shape
     if segment_ids is None:
@@ -405,17 +473,24 @@ class Transformer(nnx.Module):
     new_k, new_v = [], []
     cache_seg = None
     if cache is None:
-      bias = attention_bias(segment_ids, q_slot, segment_ids, q_slot)
+      bias = attention_bias(segment_ids, q_slot, segment_ids, q_slot, visible_until)
     else:
       cache_seg = jax.lax.dynamic_update_slice_in_dim(
           cache.segment_ids, segment_ids.astype(jnp.int32), cache.index, axis=1)
       bias = attention_bias(segment_ids, q_slot, cache_seg, jnp.arange(cache.size, dtype=jnp.int32))
+    prefix_bias = None
+    if prefix is not None:   # every prompt slot precedes the query: same non-zero segment only
+      G = prefix.segment_ids.shape[0]
+      q_seg = segment_ids[:, 0].reshape(G, B // G)
+      kv_seg = prefix.segment_ids[:, None, :]
+      prefix_bias = jnp.where((kv_seg == q_seg[:, :, None]) & (kv_seg != 0), 0.0, _NEG_INF).astype(jnp.float32)
     for i, block in enumerate(self.blocks):
       if cache is None and cfg.remat:
         x, _ = nnx.remat(lambda blk, *a: blk(*a))(block, x, rope, bias)
       else:
         layer_cache = None if cache is None else (cache.k[i], cache.v[i], cache.index)
-        x, lc = block(x, rope, bias, layer_cache)
+        shared = None if prefix is None else (prefix.k[i], prefix.v[i], prefix_bias)
+        x, lc = block(x, rope, bias, layer_cache, shared)
         if lc is not None:
           new_k.append(lc[0])
           new_v.append(lc[1])
@@ -436,9 +511,10 @@ class Transformer(nnx.Module):
     logits = (h_BxTxD.astype(dt).reshape(B * T, D) @ w).reshape(B, T, -1)
     return constrain(logits.astype(jnp.float32), ("batch", "length", "act_vocab"))
 
-  def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None):
+  def forward(self, tokens_BxT, *, positions=None, segment_ids=None, cache=None, visible_until=None,
+              prefix=None):
     h, new_cache = self.hidden_states(tokens_BxT, positions=positions, segment_ids=segment_ids,
-                                      cache=cache)
+                                      cache=cache, visible_until=visible_until, prefix=prefix)
     return self.logits_from_hidden(h), new_cache
 
 

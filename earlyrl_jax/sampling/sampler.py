@@ -1,7 +1,8 @@
 """Compiled batched sampling with a preallocated KV cache.
 
-    prompts ──left-pad to a bucket──▶ prefill + K-fold fan-out (one jit) ──▶ cache [B*K, S]
-        ──donated──▶ decode: lax.scan (or while_loop) over T steps (one jit)
+    prompts ──left-pad to a bucket──▶ prefill (one jit) ──▶ prompt cache [B, P]
+        ──▶ decode B*K rows: lax.scan (or while_loop) over T steps (one jit), each row's
+            tokens in its own cache [B*K, T], the prompt's read once per group of K
 
 Design (after the Tunix / Gemma samplers):
 - Functional: `sample(params, prompts, ...)` takes the weights per call, so a sampler
@@ -14,11 +15,18 @@ Design (after the Tunix / Gemma samplers):
 - Stops are per row: single stop tokens and multi-token stop sequences are one
   table `[rows, S, W]` (right-aligned, -1 = wildcard) compared inside the compiled
   step with a rolling window of each row's last W generated tokens.
+- Shared-prefix fan-out without copies: the K samples of a prompt attend to its one
+  prompt cache (`PrefixCache`) and to their own decode cache, in the slot order of a
+  single [P + T] cache, so the tokens are those of K copies (`tests/test_sampler.py`),
+  and a prompt of 1920 tokens with K=16 holds one cache, not 16.
 - Only sampled tokens and their log-probs are kept: no [B, T, V] logits buffer.
 - Token choice never sorts the vocabulary (`sample_rows`: top-k / top-p cuts by
   bisection, inverse-CDF draw): on XLA:CPU a sort per step cost more than the model.
 - Rows are padded to a multiple of the data-parallel size and sharded over
-  ('data', 'fsdp'); padding rows start done, so they never hold `early_stop` back.
+  ('data', 'fsdp'); padding rows start done, so they never hold `early_stop` back. Greedy
+  calls pad further, to a power of two (at least GREEDY_MIN_ROWS): a rewriter's calls with 1,
+  3 or 5 prompts share one program. Sampled calls keep their row count, because the random
+  draws of a step are one array over the rows.
 - Multi-host: each process passes its own prompts and gets back its own rows; the
   buckets (rows, prompt length, decode length, stop table) are agreed across processes.
   Every process must pass the same key, temperature, top_k, top_p and num_samples.
@@ -39,12 +47,13 @@ import numpy as np
 from flax import nnx
 
 from earlyrl_jax.models.scoring import agree_max, local_batch_multiple, local_rows, put_rows
-from earlyrl_jax.models.transformer import KVCache, init_cache
+from earlyrl_jax.models.transformer import PrefixCache, init_cache
 from earlyrl_jax.parallel import mesh as mesh_lib
 
 DEFAULT_PROMPT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 MIN_STOP_SLOTS = 8   # stop table rows per sample row (grows to the next power of two)
 MIN_STOP_WIDTH = 4   # longest stop sequence the table holds (grows to the next power of two)
+GREEDY_MIN_ROWS = 8  # greedy calls pad their prompts to a power of two, at least this many
 
 
 class SampleOutput(NamedTuple):
@@ -207,8 +216,8 @@ class Sampler:
     self.max_cache_len = max_cache_len or self.cfg.max_seq_len
     self.num_compilations = 0  # incremented when a prefill/decode program is traced
     self._prefill = jax.jit(self._prefill_impl, static_argnums=(0,))
-    # The cache is donated: the decode loop updates it in place, no copy per call.
-    self._decode = jax.jit(self._decode_impl, static_argnums=(0,), donate_argnums=(2,))
+    # The decode loop's own cache lives inside its program (updated in place).
+    self._decode = jax.jit(self._decode_impl, static_argnums=(0,))
 
   @property
   def params(self):
@@ -219,21 +228,21 @@ class Sampler:
   def _prefill_impl(self, st: _Static, params, tokens_BxP, segs_BxP, pos_BxP):
     self.num_compilations += 1  # runs only while tracing
     model = nnx.merge(self.graphdef, params)
-    cache = init_cache(self.cfg, st.batch, st.cache_len)
+    cache = init_cache(self.cfg, st.batch, st.prompt_len)
     h, cache = model.hidden_states(tokens_BxP, positions=pos_BxP, segment_ids=segs_BxP, cache=cache)
     # Left padding: the last slot is every row's last prompt token, and only it goes through
     # the vocabulary projection (all P positions would be a [B, P, V] float32 buffer).
     logits = model.logits_from_hidden(h[:, -1:])[:, 0]
     if st.num_samples > 1:  # shared-prefix fan-out: one prefill, K decodes (row b*K + k)
-      cache = cache.repeat(st.num_samples)
       logits = jnp.repeat(logits, st.num_samples, axis=0)
-    return logits, cache
+    return logits, PrefixCache.of(cache, st.num_samples)
 
-  def _decode_impl(self, st: _Static, params, cache: KVCache, logits_BxV, key, pos_B, max_new_B,
+  def _decode_impl(self, st: _Static, params, prompt: PrefixCache, logits_BxV, key, pos_B, max_new_B,
                    done_B, stops_BxSxW, temperature, top_p):
     self.num_compilations += 1
     model = nnx.merge(self.graphdef, params)
     B, T = st.batch, st.decode_len
+    cache = init_cache(self.cfg, B, T)   # each row's own tokens; slot 0 follows the prompt's last
     W = stops_BxSxW.shape[-1]
     stop_len_BxS = jnp.sum(stops_BxSxW >= 0, axis=-1)
 
@@ -261,7 +270,7 @@ class Sampler:
       stop_lens = jnp.where(hit, hit_len, stop_lens)
       done = done | hit | (i + 1 >= max_new_B)
       logits, cache = model(tok[:, None], positions=pos[:, None],
-                            segment_ids=jnp.ones((B, 1), jnp.int32), cache=cache)
+                            segment_ids=jnp.ones((B, 1), jnp.int32), cache=cache, prefix=prompt)
       return (i + 1, cache, logits[:, 0], key, pos + 1, done, lengths, window, stop_lens, toks, lps)
 
     init = (jnp.zeros((), jnp.int32), cache, logits_BxV, key, pos_B, done_B,
@@ -271,8 +280,7 @@ class Sampler:
       out = jax.lax.while_loop(lambda c: (c[0] < T) & ~jnp.all(c[5]), step, init)
     else:
       out, _ = jax.lax.scan(lambda c, _: (step(c), None), init, None, length=T)
-    # The final cache is returned (and dropped) so the donated input buffer can hold the loop's cache.
-    return out[9], out[10], out[6], out[8], out[0], out[1]
+    return out[9], out[10], out[6], out[8], out[0]
 
   # ----------------------------------------------------------------- public API
   def __call__(self, prompts, **kw) -> SampleOutput:
@@ -317,6 +325,8 @@ class Sampler:
     g_n, g_longest, g_new, g_S, g_W = agree_max(n, longest, int(max_new.max()), *stops.shape[1:])
     mult = local_batch_multiple(self.mesh)
     B = -(-g_n // mult) * mult                              # this process's prompt rows
+    if temperature == 0.0:   # greedy rows draw no random numbers: pad to a few row counts, so a
+      B = -(-max(GREEDY_MIN_ROWS, _pow2_at_least(g_n)) // mult) * mult   # new count reuses a program
     P = min(_bucket(g_longest, self.prompt_buckets), self.max_cache_len - g_new)
     T = min(_pow2_at_least(g_new), self.max_cache_len - P)
     K = num_samples
@@ -341,7 +351,7 @@ class Sampler:
     with mesh_lib.use_mesh(self.mesh):
       prompt_args = put_rows(self.mesh, toks, segs, pos)
       G = prompt_args[0].shape[0]                           # global rows (all processes)
-      pre = _Static(G, P, P + T, T, K, 0, False, False, False)
+      pre = _Static(G, P, P, 0, K, 0, False, False, False)   # the prompt's cache only
       dec = _Static(G * K, P, P + T, T, K, 0 if greedy else int(top_k), greedy,
                     (not greedy) and top_p < 1.0, early_stop)
       logits, cache = self._prefill(pre, params, *prompt_args)

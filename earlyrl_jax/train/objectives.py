@@ -17,19 +17,138 @@ objective here turns them into terms the one train step combines:
           importance weight, which makes this a reward-weighted regression on them
   kl      optional k3 estimate of KL(π || π_ref) on the rollout tokens, per token
 
-Row batches carry the usual packed fields under a prefix: `lm_`, `chosen_`,
-`rejected_`, `best_`, `cand_` + {tokens, targets, positions, segment_ids, loss_mask}.
+One row per window, its prefix computed once (`Layout`): the prefix is the row's trunk and
+every sequence a term reads is a branch after it (a tree in a row: models/transformer.py,
+visible_until; `branch_ids` say which branch a token is on, for the per-branch sums):
+
+    [ prefix[:-1] | p_last + candidate 1 | p_last + candidate 2 | ... | p_last + original ]
+      trunk, id 0   branch 1              branch 2                      lm branch (last)
+
+Each branch starts with the prefix's last token, so it predicts every candidate token from
+exactly the context a row `prefix + candidate` gives it, and the trunk's predictions plus the
+lm branch's are the NLL of the document. A DPO pair then costs one prefix and two candidates
+instead of two whole windows; the lm branch is laid out only when λ_lm > 0, the recipe's
+branches only when its coefficient is.
+
+The reference policy's log-probs (DPO; PG with KL) need no gradient: they are computed once
+per batch outside the step (`reference_logp`, over the row without its lm branch) and enter
+the step as data, `ref_logp` [rows, Layout.reference_length].
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 
+from earlyrl_jax.models import scoring
 from earlyrl_jax.train import losses
 
 RECIPES = ("dpo", "rf_nll", "pg")
-ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "loss_mask")
+ROW_FIELDS = ("tokens", "targets", "positions", "segment_ids", "visible_until", "branch_ids", "loss_mask")
+MODEL_FIELDS = ROW_FIELDS[:5]    # what a forward pass reads (the reference pass)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Slots of one window row: trunk [P-1], then each named branch [N+1], then the lm branch."""
+  prefix_len: int              # P: the longest prefix
+  cand_len: int                # N: the longest candidate
+  names: tuple[str, ...]       # the recipe's branches in order: branch ids 1, 2, ...
+  lm_len: int = 0              # tokens of the original suffix in the lm branch (0: no lm branch)
+
+  @property
+  def trunk(self) -> int:
+    return self.prefix_len - 1
+
+  @property
+  def width(self) -> int:
+    return self.cand_len + 1
+
+  @property
+  def lm_id(self) -> int:
+    return len(self.names) + 1
+
+  @property
+  def num_ids(self) -> int:
+    """Branch ids in use, the trunk's 0 included."""
+    return 1 + len(self.names) + int(self.lm_len > 0)
+
+  @property
+  def reference_length(self) -> int:
+    """The row up to the lm branch: what a reference pass reads."""
+    return self.trunk + len(self.names) * self.width
+
+  @property
+  def length(self) -> int:
+    return self.reference_length + (self.lm_len + 1 if self.lm_len else 0)
+
+
+def window_rows(layout: Layout, prefixes: Sequence[np.ndarray], branches: Sequence[Sequence[np.ndarray]],
+                originals: Sequence[np.ndarray] | None, pad_id: int) -> dict[str, np.ndarray]:
+  """One row per window in `layout` (see the module docstring): ROW_FIELDS, each [G, L].
+
+  branches[g]: the window's candidates, one per `layout.names`; originals[g]: its original
+  suffix (the lm branch; with the document's end cut where a row `prefix + candidate` of
+  P + N tokens would cut it). loss_mask marks the predictions a term reads: every candidate
+  token, and with an lm branch every token of the document after its first.
+  """
+  G, L = len(prefixes), layout.length
+  out = {"tokens": np.full((G, L), pad_id, np.int32), "targets": np.full((G, L), pad_id, np.int32),
+         "positions": np.zeros((G, L), np.int32), "segment_ids": np.zeros((G, L), np.int32),
+         "visible_until": np.full((G, L), L, np.int32), "branch_ids": np.zeros((G, L), np.int32),
+         "loss_mask": np.zeros((G, L), np.float32)}
+  lm = layout.lm_len > 0
+
+  def put(g, start, branch, ids, first_pos, last_target=None):
+    n = len(ids)
+    sl = slice(start, start + n)
+    out["tokens"][g, sl] = ids
+    out["targets"][g, start:start + n - 1] = ids[1:]
+    if last_target is not None:
+      out["targets"][g, start + n - 1] = last_target
+    out["positions"][g, sl] = first_pos + np.arange(n)
+    out["segment_ids"][g, sl] = 1
+    out["branch_ids"][g, sl] = branch
+    if branch:   # a branch's tokens are hidden from everything after it (its siblings)
+      out["visible_until"][g, sl] = start + n
+
+  for g, p in enumerate(prefixes):
+    p = np.asarray(p, np.int32)
+    m = len(p)
+    if not 1 <= m <= layout.prefix_len:
+      raise ValueError(f"window {g}: prefix of {m} tokens, expected 1..{layout.prefix_len}")
+    if len(branches[g]) != len(layout.names):
+      raise ValueError(f"window {g}: {len(branches[g])} candidates for branches {layout.names}")
+    if m > 1:   # the trunk: prefix[:-1], each token predicting the next prefix token
+      put(g, 0, 0, p[:-1], 0, last_target=p[-1])
+      if lm:
+        out["loss_mask"][g, :m - 1] = 1.0
+    for b, c in enumerate(branches[g]):
+      c = np.asarray(c, np.int32)
+      if len(c) > layout.cand_len:
+        raise ValueError(f"window {g}: candidate of {len(c)} tokens, longer than {layout.cand_len}")
+      start = layout.trunk + b * layout.width
+      put(g, start, b + 1, np.concatenate([p[-1:], c]), m - 1)
+      out["loss_mask"][g, start:start + len(c)] = 1.0
+    if lm:
+      o = np.asarray(originals[g], np.int32)[:max(0, min(layout.lm_len, layout.prefix_len + layout.cand_len - m))]
+      start = layout.reference_length
+      put(g, start, layout.lm_id, np.concatenate([p[-1:], o]), m - 1)
+      out["loss_mask"][g, start:start + len(o)] = 1.0
+  return out
+
+
+def branch_sums(values_BxT, batch, num_ids: int):
+  """Σ over each branch's loss-masked tokens: (sums [B, num_ids], token counts [B, num_ids]).
+  `values_BxT` may cover a leading part of the row (the reference's columns)."""
+  T = values_BxT.shape[1]
+  onehot = jax.nn.one_hot(batch["branch_ids"][:, :T], num_ids, dtype=jnp.float32)   # [B, T, ids]
+  mask = batch["loss_mask"][:, :T].astype(jnp.float32)
+  return (jnp.einsum("bt,btn->bn", values_BxT * mask, onehot),
+          jnp.einsum("bt,btn->bn", mask, onehot))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,37 +175,69 @@ class Objective:
       c["kl"] = self.kl_coef
     return c
 
-  def __call__(self, model, batch, frozen):
+  def branch_names(self, num_candidates: int) -> tuple[str, ...]:
+    """The recipe's branches of a window row (none when its term is off)."""
+    if not self.coef:
+      return ()
+    if self.recipe == "dpo":
+      return ("chosen", "rejected")
+    if self.recipe == "rf_nll":
+      return ("best",)
+    return tuple(f"cand{i}" for i in range(num_candidates))
+
+  def layout(self, *, prefix_len: int, cand_len: int, suffix_len: int, num_candidates: int) -> Layout:
+    return Layout(int(prefix_len), int(cand_len), self.branch_names(num_candidates),
+                  int(suffix_len) if self.lm_coef else 0)
+
+  def _num_ids(self, batch) -> int:
+    names = len(self.branch_names(batch["advantage"].shape[1] if self.recipe == "pg" and self.coef else 0))
+    return 1 + names + int(bool(self.lm_coef))
+
+  # ----------------------------------------------------------------- frozen pass
+  def reference_logp(self, reference, batch, length: int):
+    """Per-token log π_ref [B, length] of the row's first `length` columns (no lm branch);
+    outside the gradient, once per batch: the step reads it as `ref_logp`."""
+    cut = {k: batch[k][:, :length] for k in MODEL_FIELDS}
+    logp, _ = scoring.token_logprobs(reference, cut["tokens"], cut["targets"], positions=cut["positions"],
+                                     segment_ids=cut["segment_ids"], visible_until=cut["visible_until"])
+    return logp
+
+  # ----------------------------------------------------------------- the terms
+  def __call__(self, model, batch, frozen=None):
+    del frozen  # the reference enters as data (ref_logp)
     terms: losses.Terms = {}
     diags: losses.Terms = {}
-    if self.lm_coef:
-      terms.update({"nll": losses.lm_terms(model, batch, prefix="lm_")[0]["nll"]})
-    if not self.coef:  # the recipe's term is off (e.g. a plain-NLL baseline): skip its passes
+    n_ids = self._num_ids(batch)
+    logp, _ = scoring.token_logprobs(model, batch["tokens"], batch["targets"], positions=batch["positions"],
+                                     segment_ids=batch["segment_ids"], visible_until=batch["visible_until"])
+    s, n = branch_sums(logp, batch, n_ids)    # [B, ids]: log π and tokens of each branch
+    if self.lm_coef:   # the document: the trunk's predictions and the lm branch's (the last id)
+      terms["nll"] = (-jnp.sum(s[:, 0] + s[:, -1]), jnp.sum(n[:, 0] + n[:, -1]))
+    if not self.coef:  # the recipe's term is off (e.g. a plain-NLL baseline): nothing laid out
       return terms, diags
     if self.recipe == "dpo":
-      self._dpo(model, batch, frozen["reference"], terms, diags)
+      self._dpo(logp, s, batch, n_ids, terms, diags)
     elif self.recipe == "rf_nll":
-      s, n, _ = losses.sequence_logprobs(model, batch, "best_")
       w = batch["best_weight"].astype(jnp.float32)
-      terms["rf_nll"] = (-jnp.sum(w * s), jnp.sum(w * n))
+      terms["rf_nll"] = (-jnp.sum(w * s[:, 1]), jnp.sum(w * n[:, 1]))
     else:
-      s, n, logp = losses.sequence_logprobs(model, batch, "cand_")
+      C = batch["advantage"].shape[1]
       adv = batch["advantage"].astype(jnp.float32)
-      terms["pg"] = (-jnp.sum(adv * s), jnp.sum(n))
+      terms["pg"] = (-jnp.sum(adv * s[:, 1:1 + C]), jnp.sum(n[:, 1:1 + C]))
       if "kl" in self.coefs:
-        _, _, ref_logp = losses.sequence_logprobs(frozen["reference"], batch, "cand_")
-        mask = batch["cand_loss_mask"] * batch["is_rollout"][:, None].astype(jnp.float32)
-        terms["kl"] = (jnp.sum(losses.kl_k3(logp, ref_logp) * mask), jnp.sum(mask))
+        ref = batch["ref_logp"].astype(jnp.float32)
+        T = ref.shape[1]
+        onehot = jax.nn.one_hot(batch["branch_ids"][:, :T], n_ids, dtype=jnp.float32)[:, :, 1:1 + C]
+        rollout_tok = jnp.einsum("btc,bc->bt", onehot, batch["is_rollout"].astype(jnp.float32))
+        mask = batch["loss_mask"][:, :T].astype(jnp.float32) * rollout_tok
+        terms["kl"] = (jnp.sum(losses.kl_k3(logp[:, :T], ref) * mask), jnp.sum(mask))
     return terms, diags
 
-  def _dpo(self, model, batch, reference, terms, diags):
-    # Chosen and rejected rows go through one forward pass: [2G, L].
-    both = {f"pair_{f}": jnp.concatenate([batch[f"chosen_{f}"], batch[f"rejected_{f}"]])
-            for f in ROW_FIELDS}
-    pi, _, logp = losses.sequence_logprobs(model, both, "pair_")
-    ref, _, ref_logp = losses.sequence_logprobs(reference, both, "pair_")
-    G = batch["pair_mask"].shape[0]
-    loss, r_c, r_r = losses.dpo_pair_losses(pi[:G], pi[G:], ref[:G], ref[G:], self.beta)
+  def _dpo(self, logp, s, batch, n_ids, terms, diags):
+    ref_logp = batch["ref_logp"].astype(jnp.float32)
+    ref, _ = branch_sums(ref_logp, batch, n_ids)
+    pi_c, pi_r = s[:, 1], s[:, 2]
+    loss, r_c, r_r = losses.dpo_pair_losses(pi_c, pi_r, ref[:, 1], ref[:, 2], self.beta)
     m = batch["pair_mask"].astype(jnp.float32)
     pairs = jnp.sum(m)
     terms["dpo"] = (jnp.sum(loss * m), pairs)
@@ -94,7 +245,10 @@ class Objective:
     diags["rewards/rejected"] = (jnp.sum(r_r * m), pairs)
     diags["rewards/margin"] = (jnp.sum((r_c - r_r) * m), pairs)
     diags["rewards/accuracy"] = (jnp.sum((r_c > r_r).astype(jnp.float32) * m), pairs)
-    diags["logps/chosen"] = (jnp.sum(pi[:G] * m), pairs)
-    diags["logps/rejected"] = (jnp.sum(pi[G:] * m), pairs)
-    tok_mask = both["pair_loss_mask"] * jnp.concatenate([m, m])[:, None]
-    diags["kl"] = (jnp.sum(losses.kl_k3(logp, ref_logp) * tok_mask), jnp.sum(tok_mask))
+    diags["logps/chosen"] = (jnp.sum(pi_c * m), pairs)
+    diags["logps/rejected"] = (jnp.sum(pi_r * m), pairs)
+    T = ref_logp.shape[1]
+    branch = batch["branch_ids"][:, :T]
+    tok_mask = (batch["loss_mask"][:, :T].astype(jnp.float32) * m[:, None]
+                * ((branch == 1) | (branch == 2)).astype(jnp.float32))
+    diags["kl"] = (jnp.sum(losses.kl_k3(logp[:, :T], ref_logp) * tok_mask), jnp.sum(tok_mask))

@@ -10,8 +10,13 @@ For each window (prefix, original suffix) of the stream:
      (`teacher/tournament.py`: all pairs, pivot or adaptive, both orders) into one
      reward per candidate; `sip.judge='none'` skips judging and always picks the
      rewrite (the offline-rewriting baseline: NLL on rewritten suffixes, no judge);
-  4. the producer lays out the rows the recipe needs (`train/objectives.py`) and the
+  4. the producer lays out one row per window with the branches the recipe reads
+     (`train/objectives.py`: the prefix once, then the candidates), computes the
+     reference's log-probs on it when the recipe has one (outside the step), and the
      shared loop (`train/loop.py`) runs the one jitted step.
+
+`sip.max_staleness=1` produces the batch of step N+1 while the update of step N runs,
+from the params before that update (`train/prefetch.py`); 0 waits for the update.
 
 Candidates cross between policy and teacher as text: the teacher sees the
 window's exact text, the policy's own candidates (original suffix, rollouts) keep
@@ -20,8 +25,9 @@ tokenizer (as a continuation, so no spurious leading piece).
 
 The producer is deterministic given (config, seed, step, params): rollouts use
 `fold_in(seed, step)`, so a run killed mid-way and restarted ends with the same
-parameters as an uninterrupted one. The reference policy (DPO, KL) is the
-starting point of the run, rebuilt from its source on resume.
+parameters as an uninterrupted one (at staleness 1 the checkpoint also holds the batch
+produced ahead). The reference policy (DPO, KL) is the starting point of the run,
+rebuilt from its source on resume.
 """
 from __future__ import annotations
 
@@ -35,7 +41,8 @@ from earlyrl_jax.models.transformer import abstract_model
 from earlyrl_jax.sampling.sampler import Sampler
 from earlyrl_jax.teacher.rewriter import group_advantages  # GRPO's, shared with the rewriter
 from earlyrl_jax.train import loop
-from earlyrl_jax.train.objectives import ROW_FIELDS, Objective
+from earlyrl_jax.train import steps as steps_lib
+from earlyrl_jax.train.objectives import MODEL_FIELDS, ROW_FIELDS, Layout, Objective, window_rows
 
 SOURCES = ("original", "rewrite", "rollout")
 
@@ -63,14 +70,11 @@ def candidate_rows(prefixes: list[np.ndarray], candidates: list[np.ndarray], len
   return out
 
 
-def _prefixed(rows: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-  return {prefix + k: v for k, v in rows.items()}
-
-
 class SIPProducer:
   """Builds one SIP batch per call from the window stream, the policy's params and the teacher."""
 
-  def __init__(self, run: loop.Run, objective: Objective, judge, rewriter, window_iter):
+  def __init__(self, run: loop.Run, objective: Objective, judge, rewriter, window_iter,
+               reference=None):
     self.run, self.cfg, self.s = run, run.cfg, run.cfg.sip
     self.objective, self.judge, self.rewriter = objective, judge, rewriter
     self.window_iter = window_iter
@@ -82,6 +86,17 @@ class SIPProducer:
     self.C = 1 + int(self.with_rewrite) + self.K
     self.cand_len = int(self.s.candidate_len or self.cfg.data.suffix_len)
     self.row_len = int(self.cfg.data.prefix_len) + self.cand_len
+    self.layout = objective.layout(prefix_len=self.cfg.data.prefix_len, cand_len=self.cand_len,
+                                   suffix_len=self.cfg.data.suffix_len, num_candidates=self.C)
+    self.reference = None
+    if objective.needs_reference:   # (graphdef, params, shardings): its pass runs once per batch
+      if reference is None:
+        raise ValueError(f"sip.recipe={objective.recipe!r} needs the reference policy")
+      graphdef, self.ref_params, ref_shardings = reference
+      L = self.layout.reference_length
+      spec = {k: v for k, v in batch_spec(self, self.cfg.data.batch_size).items() if k in MODEL_FIELDS}
+      self.reference = steps_lib.make_frozen_pass(
+          graphdef, ref_shardings, run.mesh, spec, lambda m, b: objective.reference_logp(m, b, L))
     self._t_last = None
     if self.with_rewrite and rewriter is None:
       raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
@@ -148,8 +163,15 @@ class SIPProducer:
     t3 = time.monotonic()
 
     batch = self._rows(prefixes, originals, cand_ids, j)
+    t4 = time.monotonic()
+    if self.reference is not None:   # log π_ref of the row's candidates, outside the gradient
+      from earlyrl_jax.models.scoring import local_rows
+      from earlyrl_jax.parallel import mesh as mesh_lib
+      rows = mesh_lib.shard_batch({k: batch[k] for k in MODEL_FIELDS}, self.run.mesh)
+      batch["ref_logp"] = local_rows(self.reference(self.ref_params, rows))
     stats.update(self._stats(j, G))
     stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
+                  "time/reference": time.monotonic() - t4,
                   "time/rollout": t1 - t0, "time/rewrite": rewrite_time, "time/judge": t3 - t1,
                   "time/update": update_time, "time/update_wait": update_wait,
                   "time/produce": time.monotonic() - t_start})
@@ -178,17 +200,17 @@ class SIPProducer:
                         budget=int(self.s.judge_budget) or None)
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
-    G, pad = len(prefixes), self.tok.pad_id
-    docs = [np.concatenate([p, o]) for p, o in zip(prefixes, originals)]
-    lm = candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], self.row_len, pad)
-    batch = _prefixed(lm, "lm_")
-    recipe = self.objective.recipe
-    if recipe == "dpo":
-      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][j.chosen[g]] for g in range(G)],
-                                            self.row_len, pad), "chosen_"))
-      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][j.rejected[g]] for g in range(G)],
-                                            self.row_len, pad), "rejected_"))
-      batch["pair_mask"] = (~j.all_tied & (j.chosen != j.rejected)).astype(np.float32)
+    """One row per window (objectives.window_rows) with the branches the recipe reads, and the
+    recipe's per-window fields; nothing a term does not read (no lm branch at lm_coef=0, no
+    candidates when the recipe's coefficient is 0)."""
+    G = len(prefixes)
+    recipe, names = self.objective.recipe, self.layout.names
+    extra: dict[str, np.ndarray] = {}
+    if not names:
+      branches = [[] for _ in range(G)]
+    elif recipe == "dpo":
+      branches = [[cand_ids[g][j.chosen[g]], cand_ids[g][j.rejected[g]]] for g in range(G)]
+      extra["pair_mask"] = (~j.all_tied & (j.chosen != j.rejected)).astype(np.float32)
     elif recipe == "rf_nll":
       best = j.chosen.copy()
       weight = np.ones((G,), np.float32)
@@ -197,15 +219,14 @@ class SIPProducer:
         best = np.where(below, 0, best)
       else:  # 'skip'
         weight = np.where(below, 0.0, 1.0).astype(np.float32)
-      batch.update(_prefixed(candidate_rows(prefixes, [cand_ids[g][best[g]] for g in range(G)],
-                                            self.row_len, pad), "best_"))
-      batch["best_weight"] = weight
+      branches = [[cand_ids[g][best[g]]] for g in range(G)]
+      extra["best_weight"] = weight
     else:
-      flat_p = [prefixes[g] for g in range(G) for _ in range(self.C)]
-      flat_c = [c for g in range(G) for c in cand_ids[g]]
-      batch.update(_prefixed(candidate_rows(flat_p, flat_c, self.row_len, pad), "cand_"))
-      batch["advantage"] = group_advantages(j.rewards).reshape(-1).astype(np.float32)
-      batch["is_rollout"] = np.tile(np.array([s == "rollout" for s in self.sources()], np.float32), G)
+      branches = [list(cand_ids[g]) for g in range(G)]
+      extra["advantage"] = group_advantages(j.rewards).astype(np.float32)          # [G, C]
+      extra["is_rollout"] = np.tile(np.array([s == "rollout" for s in self.sources()], np.float32), (G, 1))
+    batch = window_rows(self.layout, prefixes, branches, originals, self.tok.pad_id)
+    batch.update(extra)
     return batch
 
   def _stats(self, j, G: int) -> dict[str, float]:
@@ -226,29 +247,33 @@ class SIPProducer:
     return out
 
 
-def batch_spec(producer: SIPProducer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Global shapes of one SIP batch (host-local rows x process count)."""
-  G, L, C = global_windows, producer.row_len, producer.C
-  spec = {}
+def batch_spec(producer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Global shapes of one SIP batch (host-local rows x process count).
 
-  def rows(prefix, n):
-    for f in ROW_FIELDS:
-      spec[prefix + f] = jax.ShapeDtypeStruct((n, L), np.float32 if f == "loss_mask" else np.int32)
-
-  rows("lm_", G)
-  recipe = producer.objective.recipe
-  if recipe == "dpo":
-    rows("chosen_", G)
-    rows("rejected_", G)
-    spec["pair_mask"] = jax.ShapeDtypeStruct((G,), np.float32)
-  elif recipe == "rf_nll":
-    rows("best_", G)
-    spec["best_weight"] = jax.ShapeDtypeStruct((G,), np.float32)
-  else:
-    rows("cand_", G * C)
-    spec["advantage"] = jax.ShapeDtypeStruct((G * C,), np.float32)
-    spec["is_rollout"] = jax.ShapeDtypeStruct((G * C,), np.float32)
+  producer: anything with `layout` (objectives.Layout), `objective` and `C` (candidates per
+  window): the SIPProducer, or a namespace when planning without one (benchmarks/memory.py)."""
+  G, lay, C, objective = global_windows, producer.layout, producer.C, producer.objective
+  spec = {f: jax.ShapeDtypeStruct((G, lay.length), np.float32 if f == "loss_mask" else np.int32)
+          for f in ROW_FIELDS}
+  if lay.names:
+    if objective.recipe == "dpo":
+      spec["pair_mask"] = jax.ShapeDtypeStruct((G,), np.float32)
+    elif objective.recipe == "rf_nll":
+      spec["best_weight"] = jax.ShapeDtypeStruct((G,), np.float32)
+    else:
+      spec["advantage"] = jax.ShapeDtypeStruct((G, C), np.float32)
+      spec["is_rollout"] = jax.ShapeDtypeStruct((G, C), np.float32)
+  if objective.needs_reference:
+    spec["ref_logp"] = jax.ShapeDtypeStruct((G, lay.reference_length), np.float32)
   return spec
+
+
+def window_layout(cfg, objective: Objective) -> Layout:
+  """The row layout a SIP run of `cfg` trains on (what the producer builds)."""
+  s, d = cfg.sip, cfg.data
+  C = 1 + int(s.rewrite != "none") + int(s.num_rollouts)
+  return objective.layout(prefix_len=d.prefix_len, cand_len=int(s.get("candidate_len", 0) or d.suffix_len),
+                          suffix_len=d.suffix_len, num_candidates=C)
 
 
 def objective_from_config(s) -> Objective:
@@ -302,14 +327,29 @@ def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
       d, run.tokenizer, host_batch_size=host_windows, seed=cfg.seed,
       process_index=jax.process_index(), process_count=jax.process_count(), files=run.train_files))
   judge = build_judge(cfg, run, teacher)
-  producer = SIPProducer(run, objective, judge, rewriter, windows)
-  frozen = {}
+  reference = None
   if objective.needs_reference:
     start = loop.initial_state(run, seed=cfg.seed, params_from=loop.params_from(cfg))
-    frozen["reference"] = reference_tree(run, start)
+    reference = reference_tree(run, start)
+  producer = SIPProducer(run, objective, judge, rewriter, windows, reference=reference)
+  # Staleness 1: step N+1's batch is made while step N's update runs. Either way the Prefetcher
+  # is the checkpointed data iterator (at 0 its state is the window iterator's own).
+  from earlyrl_jax.train.prefetch import Prefetcher
+  ahead = Prefetcher(producer, windows, mesh=run.mesh, num_steps=cfg.num_steps, ahead=max_staleness(cfg))
   keys = ("loss", "nll", objective.recipe, "rewards/accuracy", "sip/win_share_rollout",
           "sip/win_share_original", "sip/win_share_rewrite")
   return loop.Job(name=f"sip ({objective.recipe})", batch_spec=batch_spec(producer, d.batch_size),
-                  next_batch=producer, data_iter=windows, loss_fn=objective, coefs=objective.coefs,
-                  frozen=frozen, evaluate=loop.world_eval_during(run), at_end=loop.world_eval_at_end(run),
+                  next_batch=ahead, data_iter=ahead, loss_fn=objective, coefs=objective.coefs,
+                  evaluate=loop.world_eval_during(run), at_end=loop.world_eval_at_end(run),
                   console_keys=keys)
+
+
+def max_staleness(cfg) -> int:
+  """`sip.max_staleness` (0 when the config has no such field): 0 or 1."""
+  from earlyrl_jax import configs
+  value = cfg.sip.get("max_staleness", 0)
+  if isinstance(value, bool) or value not in (0, 1):
+    raise configs.ConfigError(f"sip.max_staleness: {value!r} is not 0 (rollouts from the current "
+                              "params) or 1 (the next batch produced during the update)")
+  return int(value)
+

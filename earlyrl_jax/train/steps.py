@@ -15,7 +15,10 @@ accumulation is exact for any mix of terms and ragged masks.
 
 Frozen parameter trees (a reference policy for DPO or KL) are a separate,
 non-differentiated argument `frozen_params` with their own shardings; a loss
-function that does not need one never runs its forward pass.
+function that does not need one never runs its forward pass. A frozen model's
+per-row outputs that do not change during the step (the SIP reference's log-probs)
+are better computed once per batch outside it (`make_frozen_pass`) and passed in
+as batch fields: inside the step they would be recomputed per micro-batch.
 """
 from __future__ import annotations
 
@@ -159,3 +162,18 @@ def make_eval_step(graphdef, mesh, param_shardings, batch_spec, *, loss_fn: Loss
   rep = mesh_lib.replicated(mesh)
   return jax.jit(step, in_shardings=(param_shardings, batch_shardings(mesh, batch_spec)),
                  out_shardings=(rep, rep))
+
+
+def make_frozen_pass(graphdef, param_shardings, mesh, batch_spec: Mapping[str, jax.ShapeDtypeStruct],
+                     fn: Callable[..., jax.Array]):
+  """Jitted `pass(frozen_params, batch) -> [rows, ...]` of `fn(model, batch)`, no gradient.
+
+  The frozen params keep their own shardings; the batch fields `batch_spec` names are
+  sharded over the batch axis, and so is the result (row-aligned with the batch).
+  """
+  def run(params, batch):
+    return fn(nnx.merge(graphdef, jax.lax.stop_gradient(params)), batch)
+
+  rows = mesh_lib.named_sharding(mesh, ("batch", None))
+  return jax.jit(run, in_shardings=(param_shardings, batch_shardings(mesh, batch_spec)),
+                 out_shardings=rows)
