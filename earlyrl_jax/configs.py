@@ -83,6 +83,8 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "sip.judge_scheme": ("all_pairs", "pivot", "adaptive"),
     "sip.aggregate": ("win_rate", "bradley_terry"),
     "sip.rf_fallback": ("original", "skip"),
+    "sip.factuality_reference": ("original", "next_span"),
+    "report.split": ("validation", "test"),
     "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),
     "teacher.placement": mesh_lib.PLACEMENTS,

@@ -72,17 +72,22 @@ def test_dpo_term_is_the_published_formula():
   beta = 0.3
   obj = objectives.Objective("dpo", beta=beta, lm_coef=0.0)
   terms, diags = obj(policy, batch, {"reference": reference})
-  expected = []
+  expected, right = [], 0
   for i in range(2):
     pc, pr = _manual_logprob(policy, prefixes[i], chosen[i]), _manual_logprob(policy, r_prefixes[i], rejected[i])
     rc, rr = _manual_logprob(reference, prefixes[i], chosen[i]), _manual_logprob(reference, r_prefixes[i], rejected[i])
     z = beta * ((pc - rc) - (pr - rr))
     expected.append(math.log1p(math.exp(-z)))  # -log sigmoid(z)
+    right += z > 0                              # the implicit reward prefers the chosen one
   s, d = terms["dpo"]
   assert float(d) == 2.0  # the masked pair does not count
   np.testing.assert_allclose(float(s), sum(expected), rtol=1e-4)
   acc = diags["rewards/accuracy"]
-  assert 0.0 <= float(acc[0]) <= 2.0 and float(acc[1]) == 2.0
+  assert float(acc[0]) == right and float(acc[1]) == 2.0
+  # Swapping chosen and rejected flips every unmasked pair's verdict.
+  swapped = {**{f"chosen_{k}": v for k, v in r_rows.items()}, **{f"rejected_{k}": v for k, v in c_rows.items()},
+             "pair_mask": batch["pair_mask"]}
+  assert float(obj(policy, swapped, {"reference": reference})[1]["rewards/accuracy"][0]) == 2 - right
 
 
 def test_rf_nll_and_pg_terms_by_hand():
@@ -177,8 +182,11 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   for key in ("sip/win_share_original", "sip/win_share_rollout", "rewards/margin", "sip/judge_calls",
               "time/rollout", "time/judge", "time/update", "sip/all_tied_frac", "kl"):
     assert key in lines[-1], key
-  shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] for l in lines]
+  shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] + l["sip/all_tied_frac"] for l in lines]
   np.testing.assert_allclose(shares, 1.0)
+  # The curriculum's first half: the from-scratch policy's rollouts are noise, so the ground-truth
+  # judge prefers the original suffix in most groups it can rank at the start.
+  assert lines[0]["sip/win_share_original"] > 0.5 > lines[0]["sip/win_share_rollout"]
   # As if killed after the step-2 checkpoint: drop the later ones, restart, same final parameters.
   shutil.copytree(tmp_path / "full", tmp_path / "resumed")
   for step in ("4", "6"):
@@ -187,3 +195,50 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   for a, b in zip(jax.tree.leaves(jax.device_get(full["state"].params)),
                   jax.tree.leaves(jax.device_get(resumed["state"].params))):
     np.testing.assert_array_equal(a, b)
+
+
+def _judgement(chosen, all_tied, safety=None):
+  from earlyrl_jax.teacher.tournament import Judgement
+  G = len(chosen)
+  per_axis = {} if safety is None else {"safety": np.asarray(safety, np.float64)}
+  return Judgement(rewards=np.zeros((G, 4)), per_axis=per_axis, prefs={}, calls=0, position_consistency=1.0,
+                   chosen=np.asarray(chosen), rejected=np.zeros(G, np.int64), all_tied=np.asarray(all_tied))
+
+
+def test_an_all_tied_group_is_no_ones_win():
+  """Sources [original, rewrite, rollout, rollout]: of 5 groups, one the original wins, one the
+  rewrite, one a rollout, and two the judge cannot rank (their chosen index 0 says nothing)."""
+  j = _judgement([0, 1, 3, 0, 0], [False, False, False, True, True])
+  w = sip.win_shares(["original", "rewrite", "rollout", "rollout"], j)
+  assert w == {"sip/win_share_original": 0.2, "sip/win_share_rewrite": 0.2, "sip/win_share_rollout": 0.2,
+               "sip/all_tied_frac": 0.4}
+
+
+def test_rf_nll_bars_the_best_candidates_absolute_safety_and_ties():
+  safety = [[0.9, 0.2, 0.8, 0.1], [0.3, 0.4, 0.9, 0.7], [0.9, 0.9, 0.9, 0.9]]
+  j = _judgement([2, 1, 0], [False, False, True], safety)
+  np.testing.assert_array_equal(sip.rf_filtered(j, 0.5), [False, True, True])   # unsafe best; all tied
+  np.testing.assert_array_equal(sip.rf_filtered(j, 0.0), [False, False, True])  # no bar: ties still
+  with pytest.raises(ValueError, match="sip.rf_threshold=0.5: .* judges no safety"):
+    sip.rf_filtered(_judgement([0], [False]), 0.5)
+
+
+def test_ties_are_drawn_from_the_seed_and_step_only():
+  """Resume-exact: the same (seed, step) draws the same; another step or seed draws otherwise."""
+  draw = lambda seed, step: sip.tie_rng(seed, step).random(8)
+  np.testing.assert_array_equal(draw(0, 5), draw(0, 5))
+  assert not np.array_equal(draw(0, 5), draw(0, 6)) and not np.array_equal(draw(0, 5), draw(1, 5))
+
+
+def test_factuality_reference_is_the_original_or_the_text_after_it():
+  """'original' (the paper's) hands the judge the original suffix, itself a candidate;
+  'next_span' the document after it, which no candidate contains; a window at the end of its
+  document has none, and the share of those is logged."""
+  w = {"suffix_text": [" Tal lies in Vexmoor.", " It is old."], "next_text": [" Vexmoor is far.", ""]}
+  producer = sip.SIPProducer.__new__(sip.SIPProducer)
+  producer.s = ConfigDict({"factuality_reference": "original"})
+  assert producer._references(w) == (w["suffix_text"], None)
+  producer.s.factuality_reference = "next_span"
+  assert producer._references(w) == ([" Vexmoor is far.", ""], 0.5)
+  with pytest.raises(ValueError, match="next_span' needs windows"):
+    producer._references({"suffix_text": ["x"]})
