@@ -38,7 +38,12 @@ def test_audit_reports_both_pairs_oracle_scores():
                                     "factuality": oracle["factuality"].copy()},
                           chosen=np.array([2, 1]), rejected=np.array([0, 0]))
   perfect = SimpleNamespace(chosen=np.array([0, 0]), rejected=np.array([1, 2]))
-  a = JA.audit(judge, perfect, oracle)
+  trained = {"tokens": np.array([[32, 5, 12], [32, 30, 2]], float), "eos": np.array([[0, 1, 0], [0, 0, 1]], float)}
+  a = JA.audit(judge, perfect, oracle, trained)
+  assert a["judge_pair"]["chosen_trained"] == {"tokens": 21.0, "eos": 0.0}       # candidates 2, 1
+  assert a["judge_pair"]["rejected_trained"] == {"tokens": 32.0, "eos": 0.0}     # the originals
+  assert a["oracle_pair"]["rejected_trained"] == {"tokens": 3.5, "eos": 1.0}
+  assert a["original_reward"] == {"quality": pytest.approx(-0.85), "factuality": 1.0}
   assert (a["groups"], a["candidates"]) == (2, 3)
   assert a["axes"]["quality"]["agreement"] == 0.0       # reversed scores: every pair wrong
   assert a["axes"]["factuality"]["agreement"] == 1.0
@@ -117,5 +122,29 @@ def test_a_run_without_rollouts_or_world_is_a_clear_error(world_run, tmp_path):
     JA.run_audit(run, judge="oracle", num_prefixes=2)
   cfg["world_dir"] = str(tmp_path / "nowhere")
   json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
-  with pytest.raises(FileNotFoundError, match="eval_prefixes.jsonl"):
+  with pytest.raises(FileNotFoundError, match="validation_prefixes.jsonl"):
     JA.run_audit(run, judge="oracle", num_prefixes=2, num_rollouts=2)
+
+
+def test_the_audit_reads_validation_and_refuses_test(world_run):
+  """It informs choices: the test prefixes (the final table's) are refused, whatever the run."""
+  with pytest.raises(ValueError, match="the test split scores the final table only"):
+    JA.run_audit(world_run, judge="oracle", num_prefixes=2, split="test")
+  g = JA.build_groups(world_run, num_prefixes=4, num_rollouts=2)
+  val = [json.loads(l) for l in open(os.path.join(world_run, "world", "validation_prefixes.jsonl"))][:4]
+  assert g.prefixes == [r["prefix"] for r in val]
+
+
+def test_next_span_reference_is_the_documents_text_after_the_original(world_run):
+  """'original': the judge's factuality reference is candidate 0 itself (untrimmed); 'next_span':
+  the document's next tokens after it, in no candidate."""
+  own = JA.build_groups(world_run, num_prefixes=5, num_rollouts=2)
+  nxt = JA.build_groups(world_run, num_prefixes=5, num_rollouts=2, reference="next_span")
+  val = [json.loads(l) for l in open(os.path.join(world_run, "world", "validation_prefixes.jsonl"))][:5]
+  for g, row in enumerate(val):
+    assert own.references[g].startswith(own.judged[g][0]) and row["rest"].startswith(own.references[g])
+    ref = nxt.references[g]
+    assert row["rest"].startswith(own.references[g] + ref)   # byte tokens: exact pieces
+    assert (ref != "") == (len(row["rest"]) > len(own.references[g]))   # '' only where the document ends
+    assert not ref or all(ref not in c for c in nxt.judged[g])
+  assert any(nxt.references) and nxt.judged == own.judged   # same seed: same candidates, another reference
