@@ -148,3 +148,40 @@ def test_next_span_reference_is_the_documents_text_after_the_original(world_run)
     assert (ref != "") == (len(row["rest"]) > len(own.references[g]))   # '' only where the document ends
     assert not ref or all(ref not in c for c in nxt.judged[g])
   assert any(nxt.references) and nxt.judged == own.judged   # same seed: same candidates, another reference
+
+
+def test_pair_gap_weighs_the_dpo_pairs_oracle_gap_by_axis():
+  from earlyrl_jax.eval import select_inference as SI
+  a = {"judge_pair": {"chosen": {"quality": 0.9, "factuality": 0.8, "safety": 1.0},
+                      "rejected": {"quality": 0.5, "factuality": 0.6, "safety": 0.0}}}
+  assert SI.pair_gap(a, {"quality": 1.0, "factuality": 1.0, "safety": 2.0}) == pytest.approx((0.4 + 0.2 + 2.0) / 4)
+
+
+def test_select_inference_judges_validation_with_every_setting(world_run, tmp_path):
+  """Each setting reaches the judge (the teacher's info is swapped, then restored), every row is
+  scored by its DPO pair's gap, rows come sorted; the oracles agree with their own pair labels."""
+  from earlyrl_jax.eval import select_inference as SI
+  from earlyrl_jax.eval.evaluate import _read
+  from earlyrl_jax.teacher import teacher as Tch
+  from earlyrl_jax.teacher.judge import OracleJudge
+  from earlyrl_jax.world import KnowledgeBase, Oracles
+  from tests.test_placement import write_tiny_teacher
+  teacher = write_tiny_teacher(str(tmp_path))
+  seen = []
+  real = Tch.Teacher.judge
+  def judge(self, *a, **k):
+    seen.append(self.inference["quality_mix"])
+    return real(self, *a, **k)
+  grid = {"recorded": {}, "quality surprise": {"quality_mix": [1.0, 1.0]}}
+  import unittest.mock
+  with unittest.mock.patch.object(Tch.Teacher, "judge", judge):
+    res = SI.select([world_run], teacher_dir=teacher, num_prefixes=4, num_pairs=6, grid=grid, log=lambda m: None)
+  assert seen == [[1.0, 0.0], [1.0, 1.0]]
+  assert res["split"] == "validation" and {r["setting"] for r in res["rows"]} == set(grid)
+  assert [r["score"] for r in res["rows"]] == sorted((r["score"] for r in res["rows"]), reverse=True)
+  for r in res["rows"]:
+    assert r["score"] == pytest.approx(r["runs"][0]["pair_gap"]) and set(r["pairs_agreement"]) == set(SI.AXES)
+  world = os.path.join(world_run, "world")
+  pairs = _read(os.path.join(world, "validation_pairs.jsonl"), 6)
+  agree = SI.pair_labels_agreement(OracleJudge(Oracles(KnowledgeBase.load(world))), pairs)
+  assert all(v in (None, 1.0) for v in agree.values()) and any(v == 1.0 for v in agree.values())
