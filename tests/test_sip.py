@@ -242,3 +242,22 @@ def test_factuality_reference_is_the_original_or_the_text_after_it():
   assert producer._references(w) == ([" Vexmoor is far.", ""], 0.5)
   with pytest.raises(ValueError, match="next_span' needs windows"):
     producer._references({"suffix_text": ["x"]})
+
+
+def test_the_lm_term_can_read_the_rewrite_instead_of_the_window():
+  """sip.lm_target='rewrite': the LM rows are prefix + rewrite (the unsafe passage the teacher
+  dropped is not trained on); 'original': prefix + the window's own suffix."""
+  from types import SimpleNamespace
+  prefixes = [np.array([5, 6, 7]), np.array([8, 9])]
+  originals = [np.array([20, 21, 22]), np.array([30, 31])]
+  cand_ids = [[originals[0], np.array([40, 41]), np.array([50])], [originals[1], np.array([60]), np.array([70])]]
+  j = _judgement([1, 2], [False, False])
+  producer = sip.SIPProducer.__new__(sip.SIPProducer)
+  producer.tok = SimpleNamespace(pad_id=0)
+  producer.row_len = 8
+  producer.objective = objectives.Objective("dpo")
+  lm_suffix = lambda b, g: b["lm_targets"][g][b["lm_loss_mask"][g] > 0].tolist()
+  for on_rewrite, want in ((False, [[6, 7, 20, 21, 22], [9, 30, 31]]), (True, [[6, 7, 40, 41], [9, 60]])):
+    producer.lm_on_rewrite = on_rewrite
+    batch = producer._rows(prefixes, originals, cand_ids, j)
+    assert [lm_suffix(batch, g) for g in range(2)] == want

@@ -84,6 +84,9 @@ class SIPProducer:
     self.cand_len = int(self.s.candidate_len or self.cfg.data.suffix_len)
     self.row_len = int(self.cfg.data.prefix_len) + self.cand_len
     self._t_last = None
+    self.lm_on_rewrite = self.s.get("lm_target", "original") == "rewrite"
+    if self.lm_on_rewrite and not self.with_rewrite:
+      raise ValueError("sip.lm_target='rewrite' needs a rewrite (sip.rewrite='online' or 'precomputed')")
     if self.with_rewrite and rewriter is None:
       raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
                        "precomputed shards of mode='rewrite')")
@@ -197,7 +200,9 @@ class SIPProducer:
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
     G, pad = len(prefixes), self.tok.pad_id
-    docs = [np.concatenate([p, o]) for p, o in zip(prefixes, originals)]
+    # The LM term's suffix: the window's own (sip.lm_target='original') or the teacher's rewrite.
+    lm_suffixes = [c[1] for c in cand_ids] if self.lm_on_rewrite else originals
+    docs = [np.concatenate([p, o]) for p, o in zip(prefixes, lm_suffixes)]
     lm = candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], self.row_len, pad)
     batch = _prefixed(lm, "lm_")
     recipe = self.objective.recipe
