@@ -182,6 +182,7 @@ class Groups:
   described: str                # the policy (run and step)
   prefixes: list[str]
   judged: list[list[str]]       # [G][1 + K] as the judge sees them (sip.judge_trim)
+  full: list[list[str]]         # [G][1 + K] as DPO trains on them (untrimmed)
   references: list[str]         # factuality's reference per group
   reference: str                # 'original' | 'next_span'
   oracle: dict[str, np.ndarray]     # axis -> [G, 1 + K] oracle scores of the judged texts
@@ -231,7 +232,7 @@ def build_groups(run_dir: str, *, split: str = "validation", num_prefixes: int =
   trained = {"tokens": built["tokens"], "eos": built["eos"],
              "quality_untrimmed": np.array([[oj.axis_score(p, c, "quality") for c in cands]
                                             for p, cands in zip(prefixes, full)], np.float64)}
-  return Groups(cfg, described, prefixes, judged, built["references"], reference,
+  return Groups(cfg, described, prefixes, judged, full, built["references"], reference,
                 oracle_scores(oracles, prefixes, judged, axes), trained, oracles)
 
 
