@@ -105,6 +105,8 @@ def get_config() -> ConfigDict:
   c.sip.both_orders = True      # ask every pair in both orders (cancels position bias)
   c.sip.judge_trim = True       # judge each candidate up to its last sentence end: the window's cut
                                 # is no defect of the text (train/sip.py: judged_texts)
+  c.sip.empty_loses = True      # a candidate without a word (a rollout that ended at once) gets the lowest
+                                # reward: the teacher finds no defect in it and rated it above the original
   c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
   c.sip.beta = 0.1              # DPO temperature
   c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows

@@ -370,3 +370,21 @@ def test_axis_judges_route_each_axis_and_the_tournament_follows():
   assert fact_only.chosen[0] == 0 and T.judge_groups(teacher, prefixes, cands, axes={"factuality": 1.0}).chosen[0] == 1
   with pytest.raises(ValueError, match="axis"):
     AxisJudges(teacher, {"fluency": oracle})
+
+
+def test_an_empty_candidate_loses_whatever_the_judge_says():
+  """The judge rates the empty text best (no defect to find); with empty_loses it is the worst,
+  its per-axis rewards stay as judged, and a group of empties only is all tied."""
+  strengths = [1.0, 0.0, 3.0, -1.0]
+  judge = ScoreJudge({"p0": {"quality": np.array(strengths)}, "p1": {"quality": np.zeros(4)}}, {})
+  cands = [["c0", "c1", " \n ", "c3"], ["", " ", ".", "\n"]]
+  judge.scores = {p: {"quality": v["quality"]} for p, v in judge.scores.items()}
+  real = judge.score_axes
+  judge.score_axes = lambda prefixes, candidates, **k: real(
+      prefixes, [c if c.startswith("c") else "c2" for c in candidates], **k)
+  plain = T.judge_groups(judge, ["p0", "p1"], cands, axes=Q)
+  assert plain.chosen[0] == 2
+  j = T.judge_groups(judge, ["p0", "p1"], cands, axes=Q, empty_loses=True)
+  assert j.chosen[0] == 0 and j.rejected[0] == 2 and j.rewards[0, 2] == 0.0
+  np.testing.assert_allclose(j.per_axis["quality"][0], plain.per_axis["quality"][0])
+  assert j.all_tied[1] and not j.all_tied[0]

@@ -243,7 +243,8 @@ def tournament(groups: Groups, judge, *, axes: dict[str, float] | None = None):
   weights = axes or {a: float(w) for a, w in dict(s.judge_axes).items() if w > 0}
   return judge_groups(judge, groups.prefixes, groups.judged, scheme=s.judge_scheme, axes=weights,
                       both_orders=bool(s.both_orders), aggregate=s.aggregate,
-                      references=groups.references, budget=int(s.judge_budget) or None)
+                      references=groups.references, budget=int(s.judge_budget) or None,
+                      empty_loses=bool(s.get("empty_loses", False)))
 
 
 def audit_groups(groups: Groups, judge) -> dict[str, Any]:

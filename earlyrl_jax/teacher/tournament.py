@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -63,6 +64,7 @@ AGGREGATES = ("win_rate", "bradley_terry")
 POINTWISE_AXES = frozenset({"safety"})
 DEFAULT_AXES = {"quality": 1.0, "safety": 1.0, "factuality": 1.0}
 TIE_EPS = 1e-6
+WORD = re.compile(r"\w")  # a candidate without one is empty (`empty_loses`)
 BT_PRIOR = 0.01          # L2 prior on BT strengths: keeps the fit finite on any comparison graph
 ADAPTIVE_THREATS = 3     # contenders per side refined each round
 ADAPTIVE_Z = 0.75        # a contender is within this many standard deviations of the leader
@@ -289,13 +291,19 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                  scheme: str = "all_pairs", axes: dict[str, float] | None = None,
                  both_orders: bool = True, aggregate: str = "win_rate",
                  references: list[str] | None = None, pivot_index: int = 0,
-                 budget: int | None = None, tie_rng: np.random.Generator | None = None) -> Judgement:
+                 budget: int | None = None, tie_rng: np.random.Generator | None = None,
+                 empty_loses: bool = False) -> Judgement:
   """Judges G groups of candidates; see the module docstring for schemes and aggregation.
 
   budget (adaptive only): unordered pairs per prefix on average over the batch (each asked on every
   pairwise axis and, with both_orders, in both orders); one prefix may use up to ADAPTIVE_CAP
   times its share, never more than all its pairs. Default `default_budget` (a third).
   tie_rng: draws among tied candidates (module docstring); None: a generator seeded 0.
+  empty_loses: a candidate without a word (e.g. a rollout that ended its document at once) gets
+  the lowest combined reward, 0, whatever the judge said of it (its per-axis rewards stay as
+  judged). Why: a judge that scores text by its defects finds none in an empty text; the
+  embedded teacher rates it above the original suffix, and online DPO then teaches the policy
+  to stop (benchmarks/RESULTS.md, the quality cost).
   """
   axes = dict(DEFAULT_AXES if axes is None else axes)
   if scheme not in SCHEMES:
@@ -360,6 +368,9 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                                           impute=(scheme == "adaptive" and not scored))
 
   rewards = _combine(per_axis, axes)
+  if empty_loses:
+    empty = np.array([[i < len(c) and not WORD.search(c[i]) for i in range(C)] for c in candidates])
+    rewards = np.where(empty, 0.0, rewards)
   masked = np.where(valid, rewards, np.nan)
   chosen = draw_among_ties(masked, np.nanmax(masked, axis=1), rng)
   rejected = draw_among_ties(masked, np.nanmin(masked, axis=1), rng)

@@ -196,7 +196,8 @@ class SIPProducer:
                         # A reference is clipped from its start; '' (no next span) is none.
                         references=references,
                         budget=int(self.s.judge_budget) or None,
-                        tie_rng=tie_rng(self.cfg.seed, step))
+                        tie_rng=tie_rng(self.cfg.seed, step),
+                        empty_loses=bool(self.s.get("empty_loses", False)))
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
     G, pad = len(prefixes), self.tok.pad_id
