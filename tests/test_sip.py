@@ -261,3 +261,14 @@ def test_the_lm_term_can_read_the_rewrite_instead_of_the_window():
     producer.lm_on_rewrite = on_rewrite
     batch = producer._rows(prefixes, originals, cand_ids, j)
     assert [lm_suffix(batch, g) for g in range(2)] == want
+
+
+def test_a_rewrite_that_copies_the_original_trains_on_the_originals_ids():
+  """The editor returns a kept suffix stripped; re-encoded, its first word would be another piece.
+  A copy is the original (one player in the tournament), so its ids are the window's own."""
+  originals = [np.array([7, 8, 9]), np.array([4, 5])]
+  reencoded = [np.array([70, 8, 9]), np.array([40, 41, 42])]
+  got = sip.copies_as_originals(["The capital.", "Something new."], [" The capital.\n", " Old text."],
+                                reencoded, originals, cand_len=2)
+  np.testing.assert_array_equal(got[0], [7, 8])          # a copy: the original's ids (capped)
+  np.testing.assert_array_equal(got[1], [40, 41, 42])    # a real rewrite keeps its encoding

@@ -123,6 +123,7 @@ class SIPProducer:
                                            key=jax.random.fold_in(key, 1), temperature=0.0)
       rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
                      for t in rewrite_text]
+      rewrite_ids = copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, self.cand_len)
     t_wait = time.monotonic()
     rewrite_time = t_wait - t_rw
     params_ready = ready_at.result()  # the rollouts need the new params
@@ -248,6 +249,15 @@ class SIPProducer:
     out["pg/advantage_std"] = float(adv.std())
     out["pg/advantage_abs_max"] = float(np.abs(adv).max())
     return out
+
+
+def copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, cand_len: int) -> list[np.ndarray]:
+  """A rewrite that copies the original suffix (up to surrounding whitespace, which the editor
+  strips) is the original: the tournament makes them one player, and training on it uses the
+  window's own ids, not a re-encoding of its text (which can differ: a first word glued to the
+  prefix). Ties between the two then change nothing that is trained."""
+  return [originals[g][:cand_len] if r.strip() == o.strip() else ids
+          for g, (r, o, ids) in enumerate(zip(rewrite_text, suffix_text, rewrite_ids))]
 
 
 def tie_rng(seed: int, step: int) -> np.random.Generator:
