@@ -77,8 +77,10 @@ def pair_gap(audit: dict[str, Any], weights: dict[str, float]) -> float:
 
 
 def select(run_dirs: Sequence[str], *, teacher_dir: str = "", num_prefixes: int = 128, num_pairs: int = 300,
-           grid: dict[str, dict] | None = None, seed: int = 7, log=print) -> dict[str, Any]:
-  """Judges the validation groups of every run and the validation pairs with every setting."""
+           grid: dict[str, dict] | None = None, seed: int = 7, empty_loses: bool = True,
+           log=print) -> dict[str, Any]:
+  """Judges the validation groups of every run and the validation pairs with every setting.
+  empty_loses: the tournament's rule (sip.empty_loses, on by default) whatever the runs used."""
   from earlyrl_jax import world as W
   from earlyrl_jax.eval import judge_audit as JA
   from earlyrl_jax.eval.evaluate import _read
@@ -87,6 +89,8 @@ def select(run_dirs: Sequence[str], *, teacher_dir: str = "", num_prefixes: int 
   from earlyrl_jax.train import loop
   grid = GRID if grid is None else grid
   groups = [JA.build_groups(r, num_prefixes=num_prefixes, seed=seed) for r in run_dirs]
+  for g in groups:
+    g.cfg.sip.empty_loses = bool(empty_loses)
   cfg = groups[0].cfg
   teacher = load_teacher(teacher_dir or JA._teacher_dir(cfg, run_dirs[0]), mesh=mesh_lib.single_device_mesh())
   pairs = _read(W.split_file(loop.world_dir_of(cfg, run_dirs[0]), W.VALIDATION, "pairs"), num_pairs)
@@ -133,10 +137,12 @@ def main(argv: Sequence[str] | None = None) -> None:
   ap.add_argument("--prefixes", type=int, default=128, help="validation prefixes per run")
   ap.add_argument("--pairs", type=int, default=300, help="validation pairs")
   ap.add_argument("--seed", type=int, default=7, help="rollout sampling key")
+  ap.add_argument("--empty_loses", type=int, default=1, help="the tournament's sip.empty_loses (1 = on)")
   ap.add_argument("--out", default="", help="JSON output ('' = select_inference.json beside the first run)")
   a = ap.parse_args(argv)
   runs = [r for r in a.runs.split(",") if r]
-  res = select(runs, teacher_dir=a.teacher, num_prefixes=a.prefixes, num_pairs=a.pairs, seed=a.seed)
+  res = select(runs, teacher_dir=a.teacher, num_prefixes=a.prefixes, num_pairs=a.pairs, seed=a.seed,
+               empty_loses=bool(a.empty_loses))
   out = a.out or os.path.join(os.path.dirname(os.path.normpath(runs[0])), "select_inference.json")
   with open(out, "w") as f:
     json.dump(res, f, indent=1)
