@@ -110,8 +110,9 @@ def get_config() -> ConfigDict:
   c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
   c.sip.beta = 0.1              # DPO temperature
   c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows
-  c.sip.lm_target = "original"  # that NLL's suffix: the window's 'original' text, or the teacher's 'rewrite'
-                                # (the window's prefix + its rewrite: no NLL on the unsafe passages it drops)
+  c.sip.lm_target = "window"    # what that NLL trains: the whole 'window' (prefix + original suffix), the
+                                # original 'suffix' given the prefix, or the teacher's 'rewrite' given the prefix
+                                # (what rewrite_nll trains on: no NLL on the unsafe text the teacher drops)
   c.sip.coef = 1.0              # weight of the recipe's term (dpo / rf_nll / pg)
   c.sip.kl_coef = 0.0           # pg: weight of KL(π || reference) on rollout tokens (0 = no reference)
   c.sip.rf_threshold = 0.5      # rf_nll: the best candidate's safety score (1 - P(unsafe), the judge's

@@ -84,7 +84,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "sip.aggregate": ("win_rate", "bradley_terry"),
     "sip.rf_fallback": ("original", "skip"),
     "sip.factuality_reference": ("original", "next_span"),
-    "sip.lm_target": ("original", "rewrite"),
+    "sip.lm_target": ("window", "suffix", "rewrite"),
     "report.split": ("validation", "test"),
     "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),

@@ -244,9 +244,10 @@ def test_factuality_reference_is_the_original_or_the_text_after_it():
     producer._references({"suffix_text": ["x"]})
 
 
-def test_the_lm_term_can_read_the_rewrite_instead_of_the_window():
-  """sip.lm_target='rewrite': the LM rows are prefix + rewrite (the unsafe passage the teacher
-  dropped is not trained on); 'original': prefix + the window's own suffix."""
+def test_the_lm_term_reads_the_window_the_suffix_or_the_rewrite():
+  """sip.lm_target: 'window' trains every token of prefix + original suffix; 'suffix' the original
+  suffix given its prefix; 'rewrite' the teacher's rewrite given the prefix (what rewrite_nll
+  trains: neither an unsafe passage in the prefix nor one the teacher dropped)."""
   from types import SimpleNamespace
   prefixes = [np.array([5, 6, 7]), np.array([8, 9])]
   originals = [np.array([20, 21, 22]), np.array([30, 31])]
@@ -257,8 +258,9 @@ def test_the_lm_term_can_read_the_rewrite_instead_of_the_window():
   producer.row_len = 8
   producer.objective = objectives.Objective("dpo")
   lm_suffix = lambda b, g: b["lm_targets"][g][b["lm_loss_mask"][g] > 0].tolist()
-  for on_rewrite, want in ((False, [[6, 7, 20, 21, 22], [9, 30, 31]]), (True, [[6, 7, 40, 41], [9, 60]])):
-    producer.lm_on_rewrite = on_rewrite
+  for target, want in (("window", [[6, 7, 20, 21, 22], [9, 30, 31]]), ("suffix", [[20, 21, 22], [30, 31]]),
+                       ("rewrite", [[40, 41], [60]])):
+    producer.lm_target = target
     batch = producer._rows(prefixes, originals, cand_ids, j)
     assert [lm_suffix(batch, g) for g in range(2)] == want
 

@@ -84,8 +84,8 @@ class SIPProducer:
     self.cand_len = int(self.s.candidate_len or self.cfg.data.suffix_len)
     self.row_len = int(self.cfg.data.prefix_len) + self.cand_len
     self._t_last = None
-    self.lm_on_rewrite = self.s.get("lm_target", "original") == "rewrite"
-    if self.lm_on_rewrite and not self.with_rewrite:
+    self.lm_target = self.s.get("lm_target", "window")
+    if self.lm_target == "rewrite" and not self.with_rewrite:
       raise ValueError("sip.lm_target='rewrite' needs a rewrite (sip.rewrite='online' or 'precomputed')")
     if self.with_rewrite and rewriter is None:
       raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
@@ -202,10 +202,14 @@ class SIPProducer:
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
     G, pad = len(prefixes), self.tok.pad_id
-    # The LM term's suffix: the window's own (sip.lm_target='original') or the teacher's rewrite.
-    lm_suffixes = [c[1] for c in cand_ids] if self.lm_on_rewrite else originals
-    docs = [np.concatenate([p, o]) for p, o in zip(prefixes, lm_suffixes)]
-    lm = candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], self.row_len, pad)
+    # The LM term (sip.lm_target): the whole window, its original suffix given the prefix, or the
+    # teacher's rewrite given the prefix (what rewrite_nll trains on).
+    if self.lm_target == "window":
+      docs = [np.concatenate([p, o]) for p, o in zip(prefixes, originals)]
+      lm = candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], self.row_len, pad)
+    else:
+      lm = candidate_rows(prefixes, [c[1] if self.lm_target == "rewrite" else o
+                                     for c, o in zip(cand_ids, originals)], self.row_len, pad)
     batch = _prefixed(lm, "lm_")
     recipe = self.objective.recipe
     if recipe == "dpo":
