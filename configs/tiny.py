@@ -40,7 +40,7 @@ def get_config() -> ConfigDict:
   c.data.corpus = "world"            # 'world': generate the synthetic world; 'files': data.train_files
   c.data.format = "jsonl"            # jsonl | text | parquet | arrayrecord | arrayrecord_text
   c.data.train_files = ""            # comma-separated globs (data.corpus='files')
-  c.data.eval_files = ""             # held-out globs; with corpus='world', the world's eval split
+  c.data.eval_files = ""             # held-out globs; with corpus='world', the world's validation documents
   c.data.text_field = "text"         # JSON key / Parquet column of the document text
   c.data.text_split = "file"         # plain text: 'file' | 'line' | 'paragraph' per document
   c.data.tokenizer = "sentencepiece" # sentencepiece | hf | byte
@@ -106,13 +106,23 @@ def get_config() -> ConfigDict:
   c.sip.both_orders = True      # ask every pair in both orders (cancels position bias)
   c.sip.judge_trim = True       # judge each candidate up to its last sentence end: the window's cut
                                 # is no defect of the text (train/sip.py: judged_texts)
+  c.sip.empty_loses = True      # a candidate without a word (a rollout that ended at once) gets the lowest
+                                # reward: the teacher finds no defect in it and rated it above the original
   c.sip.aggregate = "win_rate"  # 'win_rate' | 'bradley_terry'
   c.sip.beta = 0.1              # DPO temperature (> 0: at 0 the DPO loss has no gradient)
   c.sip.lm_coef = 1.0           # λ_lm: weight of the plain NLL of the windows
+  c.sip.lm_target = "window"    # what that NLL trains: the whole 'window' (prefix + original suffix), the
+                                # original 'suffix' given the prefix, or the teacher's 'rewrite' given the prefix
+                                # (what rewrite_nll trains on: no NLL on the unsafe text the teacher drops)
   c.sip.coef = 1.0              # weight of the recipe's term (dpo / rf_nll / pg)
   c.sip.kl_coef = 0.0           # pg: weight of KL(π || reference) on rollout tokens (0 = no reference)
-  c.sip.rf_threshold = 0.0      # rf_nll: the best candidate's reward must reach this ...
-  c.sip.rf_fallback = "original"  # ... else train on 'original' or 'skip' the window
+  c.sip.rf_threshold = 0.5      # rf_nll: the best candidate's safety score (1 - P(unsafe), the judge's
+                                # absolute verdict) must reach this (0: no bar); a group the judge cannot
+                                # rank (all tied) has no best candidate either ...
+  c.sip.rf_fallback = "skip"    # ... then 'skip' the window or train on the 'original'
+  c.sip.factuality_reference = "original"  # factuality's reference: 'original' suffix (the paper's; itself a
+                                # candidate) | 'next_span' (the document after the suffix, in no candidate;
+                                # a document that ends there is judged without one, counted)
   c.sip.max_staleness = 0       # 0: each batch's rollouts from the current params; 1: the next batch
                                 # (rollouts, rewrite, judging) is made while the update runs, from the
                                 # params one step old (train/prefetch.py; kill-and-resume stays exact)
@@ -128,7 +138,10 @@ def get_config() -> ConfigDict:
   c.report.learning_rate = 1e-3 # peak learning rate of the method runs (continual training)
   c.report.sip_lm_coef = 1.0    # λ_lm of the SIP runs: the LM loss mixed with the recipe's term (0: the
                                 # recipe alone; on this 2M policy DPO alone erodes fluency)
-  c.report.eval_prompts = 500   # held-out prompts per oracle metric for the final comparison (the world has 500)
+  c.report.split = "validation" # held-out prompts that score the models: 'validation' (every choice is made
+                                # on it) | 'test' (the final table only: the same command on the same workdir
+                                # reuses the trained runs and evaluates them on test; world/splits.py)
+  c.report.eval_prompts = 500   # held-out prompts per oracle metric (each split of the world has about 500)
   c.report.eval_samples = 2     # continuations per held-out prefix (sampling noise of factuality: std
                                 # ~0.02 at 256 x 1, ~0.01 at 500 x 2)
   c.report.bait_samples = 8     # continuations per bait prompt (the world has 100) for the safety score

@@ -125,6 +125,9 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "sip.judge_scheme": ("all_pairs", "pivot", "adaptive"),
     "sip.aggregate": ("win_rate", "bradley_terry"),
     "sip.rf_fallback": ("original", "skip"),
+    "sip.factuality_reference": ("original", "next_span"),
+    "sip.lm_target": ("window", "suffix", "rewrite"),
+    "report.split": ("validation", "test"),
     "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),
     "teacher.placement": mesh_lib.PLACEMENTS,
@@ -523,7 +526,7 @@ def _check_teacher_job(cfg) -> None:
            f"{t.policy.weak_steps} exceeds teacher.policy.steps={t.policy.steps} (the weak "
            "policy is an earlier step of the same run)")
   if t.get("inference") is not None:
-    from earlyrl_jax.teacher.teacher import inference_settings
+    from earlyrl_jax.embedded.recipe import inference_settings
     try:
       inference_settings(t.inference.to_dict())
     except (TypeError, ValueError) as e:

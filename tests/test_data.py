@@ -352,6 +352,10 @@ def test_window_text_is_exact(kind, tmp_path, jsonl_file):
       s, c, e = b["char_span"][r]
       assert b["prefix_text"][r] + b["suffix_text"][r] == text[s:e]
       assert (b["prefix_text"][r], b["suffix_text"][r]) == (text[s:c], text[c:e])
+      # The text after the suffix (a factuality reference in no candidate): it follows the
+      # suffix, and it is empty only where the document ends.
+      nxt = b["next_text"][r]
+      assert text[e:].startswith(nxt) and (nxt != "") == (text[e:] != "")
       pre = _strip_specials(b["prefix"][r, :b["prefix_len"][r]], tok)
       suf = _strip_specials(b["suffix"][r, :b["suffix_len"][r]], tok)
       at_start = s == 0
@@ -473,3 +477,18 @@ def test_resolve_tokenizer_trains_once_and_reports_skips(tmp_path, jsonl_file, c
   assert "on 200 documents; skipped 2 records (missing_field=2)" in capsys.readouterr().out
   assert isinstance(resolve_tokenizer(_window_cfg(path, tokenizer="byte", tokenizer_path=""), "", path, 300),
                     TK.ByteTokenizer)
+
+
+def test_the_next_span_ends_n_tokens_on_at_a_character_boundary(jsonl_file):
+  """bounds: -1 inside a character; the span stops at the last boundary within n tokens."""
+  bounds = np.array([0, 1, 2, -1, -1, 3, 4, 5])
+  assert PL.next_span_end(bounds, 2, 2) == 2        # tokens 3, 4 split a character: nothing
+  assert PL.next_span_end(bounds, 2, 3) == 5
+  assert PL.next_span_end(bounds, 5, 10) == 7       # the document's end
+  assert PL.next_span_end(bounds, 7, 4) == 7        # nothing follows
+  cfg = _window_cfg(jsonl_file([{"text": "abcdefghijklmnop"}]), shuffle=False, prefix_len=4,
+                    suffix_len=3, window_stride=3, min_prefix_len=4, window_pool_size=1)
+  it = iter(PL.make_window_dataset(cfg, BYTE, host_batch_size=2, seed=0))
+  b = next(it)
+  # byte tokens with BOS first: cuts at 4, 7; suffixes "def", "ghi"; the next 3 bytes follow each
+  assert b["suffix_text"] == ["def", "ghi"] and b["next_text"] == ["ghi", "jkl"]

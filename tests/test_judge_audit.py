@@ -38,7 +38,12 @@ def test_audit_reports_both_pairs_oracle_scores():
                                     "factuality": oracle["factuality"].copy()},
                           chosen=np.array([2, 1]), rejected=np.array([0, 0]))
   perfect = SimpleNamespace(chosen=np.array([0, 0]), rejected=np.array([1, 2]))
-  a = JA.audit(judge, perfect, oracle)
+  trained = {"tokens": np.array([[32, 5, 12], [32, 30, 2]], float), "eos": np.array([[0, 1, 0], [0, 0, 1]], float)}
+  a = JA.audit(judge, perfect, oracle, trained)
+  assert a["judge_pair"]["chosen_trained"] == {"tokens": 21.0, "eos": 0.0}       # candidates 2, 1
+  assert a["judge_pair"]["rejected_trained"] == {"tokens": 32.0, "eos": 0.0}     # the originals
+  assert a["oracle_pair"]["rejected_trained"] == {"tokens": 3.5, "eos": 1.0}
+  assert a["original_reward"] == {"quality": pytest.approx(-0.85), "factuality": 1.0}
   assert (a["groups"], a["candidates"]) == (2, 3)
   assert a["axes"]["quality"]["agreement"] == 0.0       # reversed scores: every pair wrong
   assert a["axes"]["factuality"]["agreement"] == 1.0
@@ -117,5 +122,66 @@ def test_a_run_without_rollouts_or_world_is_a_clear_error(world_run, tmp_path):
     JA.run_audit(run, judge="oracle", num_prefixes=2)
   cfg["world_dir"] = str(tmp_path / "nowhere")
   json.dump(cfg, open(os.path.join(run, "config.json"), "w"))
-  with pytest.raises(FileNotFoundError, match="eval_prefixes.jsonl"):
+  with pytest.raises(FileNotFoundError, match="validation_prefixes.jsonl"):
     JA.run_audit(run, judge="oracle", num_prefixes=2, num_rollouts=2)
+
+
+def test_the_audit_reads_validation_and_refuses_test(world_run):
+  """It informs choices: the test prefixes (the final table's) are refused, whatever the run."""
+  with pytest.raises(ValueError, match="the test split scores the final table only"):
+    JA.run_audit(world_run, judge="oracle", num_prefixes=2, split="test")
+  g = JA.build_groups(world_run, num_prefixes=4, num_rollouts=2)
+  val = [json.loads(l) for l in open(os.path.join(world_run, "world", "validation_prefixes.jsonl"))][:4]
+  assert g.prefixes == [r["prefix"] for r in val]
+
+
+def test_next_span_reference_is_the_documents_text_after_the_original(world_run):
+  """'original': the judge's factuality reference is candidate 0 itself (untrimmed); 'next_span':
+  the document's next tokens after it, in no candidate."""
+  own = JA.build_groups(world_run, num_prefixes=5, num_rollouts=2)
+  nxt = JA.build_groups(world_run, num_prefixes=5, num_rollouts=2, reference="next_span")
+  val = [json.loads(l) for l in open(os.path.join(world_run, "world", "validation_prefixes.jsonl"))][:5]
+  for g, row in enumerate(val):
+    assert own.references[g].startswith(own.judged[g][0]) and row["rest"].startswith(own.references[g])
+    ref = nxt.references[g]
+    assert row["rest"].startswith(own.references[g] + ref)   # byte tokens: exact pieces
+    assert (ref != "") == (len(row["rest"]) > len(own.references[g]))   # '' only where the document ends
+    assert not ref or all(ref not in c for c in nxt.judged[g])
+  assert any(nxt.references) and nxt.judged == own.judged   # same seed: same candidates, another reference
+
+
+def test_pair_gap_weighs_the_dpo_pairs_oracle_gap_by_axis():
+  from earlyrl_jax.eval import select_inference as SI
+  a = {"judge_pair": {"chosen": {"quality": 0.9, "factuality": 0.8, "safety": 1.0},
+                      "rejected": {"quality": 0.5, "factuality": 0.6, "safety": 0.0}}}
+  assert SI.pair_gap(a, {"quality": 1.0, "factuality": 1.0, "safety": 2.0}) == pytest.approx((0.4 + 0.2 + 2.0) / 4)
+
+
+def test_select_inference_judges_validation_with_every_setting(world_run, tmp_path):
+  """Each setting reaches the judge (the teacher's info is swapped, then restored), every row is
+  scored by its DPO pair's gap, rows come sorted; the oracles agree with their own pair labels."""
+  from earlyrl_jax.eval import select_inference as SI
+  from earlyrl_jax.eval.evaluate import _read
+  from earlyrl_jax.teacher import teacher as Tch
+  from earlyrl_jax.teacher.judges.oracle import OracleJudge
+  from earlyrl_jax.world import KnowledgeBase, Oracles
+  from tests.test_placement import write_tiny_teacher
+  teacher = write_tiny_teacher(str(tmp_path))
+  seen = []
+  real = Tch.Teacher.judge
+  def judge(self, *a, **k):
+    seen.append(self.inference["quality_mix"])
+    return real(self, *a, **k)
+  grid = {"recorded": {}, "quality surprise": {"quality_mix": [1.0, 1.0]}}
+  import unittest.mock
+  with unittest.mock.patch.object(Tch.Teacher, "judge", judge):
+    res = SI.select([world_run], teacher_dir=teacher, num_prefixes=4, num_pairs=6, grid=grid, log=lambda m: None)
+  assert seen == [[1.0, 0.0], [1.0, 1.0]]
+  assert res["split"] == "validation" and {r["setting"] for r in res["rows"]} == set(grid)
+  assert [r["score"] for r in res["rows"]] == sorted((r["score"] for r in res["rows"]), reverse=True)
+  for r in res["rows"]:
+    assert r["score"] == pytest.approx(r["runs"][0]["pair_gap"]) and set(r["pairs_agreement"]) == set(SI.AXES)
+  world = os.path.join(world_run, "world")
+  pairs = _read(os.path.join(world, "validation_pairs.jsonl"), 6)
+  agree = SI.pair_labels_agreement(OracleJudge(Oracles(KnowledgeBase.load(world))), pairs)
+  assert all(v in (None, 1.0) for v in agree.values()) and any(v == 1.0 for v in agree.values())

@@ -157,7 +157,7 @@ def test_sip_steps_with_the_teacher_on_its_own_sub_mesh(tmp_path, teacher_dir):
   assert [l["step"] for l in lines] == [1, 2]
   last = lines[-1]
   assert last["sip/judge_calls"] > 0 and last["time/rewrite"] > 0 and np.isfinite(last["loss"])
-  shares = sum(last[f"sip/win_share_{s}"] for s in sip.SOURCES)
+  shares = sum(last[f"sip/win_share_{s}"] for s in sip.SOURCES) + last["sip/all_tied_frac"]
   assert shares == pytest.approx(1.0)
 
 

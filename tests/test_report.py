@@ -191,3 +191,26 @@ def test_the_report_runs_every_method_per_seed_and_writes_table_bars_and_trends(
   # 2 seeds x 5 steps x 8 windows at most (fewer if a window repeats); without sharing, twice that.
   assert 0 < len(asked) <= 2 * 5 * 8
   assert out["methods"] == data["methods"]
+
+
+def test_final_tables_verdict_is_issue_38s_bar_and_the_heldout_world_is_kept(tmp_path):
+  from benchmarks import final_tables as FT
+  per_seed = {"nll": [{"factuality": 0.40, "safety": 0.45, "quality": 0.50},
+                      {"factuality": 0.42, "safety": 0.47, "quality": 0.52}],
+              "rewrite_nll": [{"factuality": 0.43, "safety": 0.60, "quality": 0.45},
+                              {"factuality": 0.43, "safety": 0.62, "quality": 0.45}],
+              "sip_dpo": [{"factuality": 0.50, "safety": 0.60, "quality": 0.50},
+                          {"factuality": 0.53, "safety": 0.63, "quality": 0.52}]}
+  s = report.summarise(per_seed)
+  rep = {"split": "test", "bars": report.bars(s, {}, per_seed)}
+  v = FT.verdict(rep)
+  assert v["factuality_beyond_2x_spread"] and v["safety_beyond_2x_paired"] and v["quality_not_below_nll"]
+  assert v["safety_not_below_rewrite_nll"] and v["all"] and v["complete"]
+  per_seed["sip_dpo"][1]["quality"] = 0.40   # a quality loss beyond the spread fails the bar
+  s = report.summarise(per_seed)
+  v = FT.verdict({"split": "validation", "bars": report.bars(s, {}, per_seed)})
+  assert v["quality_not_below_nll"] is False and not v["all"] and not v["complete"]
+  seed = FT.heldout_seed(str(tmp_path), "draw")
+  assert seed != FT.DEFAULT_WORLD_SEED and FT.heldout_seed(str(tmp_path), "draw") == seed   # drawn once
+  cmd = FT.report_command("/w", seed, 5, ["--config.report.steps=20"])
+  assert "--config.report.split=test" in cmd and f"--config.world.seed={seed}" in cmd and cmd[-1].endswith("=20")

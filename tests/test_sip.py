@@ -110,18 +110,23 @@ def test_dpo_term_is_the_published_formula():
   _, batch = _window_batch(obj, prefixes, cands, originals, reference,
                            pair_mask=np.array([1.0, 1.0, 0.0], np.float32))
   terms, diags = obj(policy, batch)
-  expected = []
+  expected, right = [], 0
   for i in range(2):
     (c, r), p = cands[i], prefixes[i]
     pc, pr = _manual_logprob(policy, p, c), _manual_logprob(policy, p, r)
     rc, rr = _manual_logprob(reference, p, c), _manual_logprob(reference, p, r)
     z = beta * ((pc - rc) - (pr - rr))
     expected.append(math.log1p(math.exp(-z)))  # -log sigmoid(z)
+    right += z > 0                              # the implicit reward prefers the chosen one
   s, d = terms["dpo"]
   assert float(d) == 2.0  # the masked pair does not count
   np.testing.assert_allclose(float(s), sum(expected), rtol=1e-4)
   acc = diags["rewards/accuracy"]
-  assert 0.0 <= float(acc[0]) <= 2.0 and float(acc[1]) == 2.0
+  assert float(acc[0]) == right and float(acc[1]) == 2.0
+  # Swapping chosen and rejected flips every unmasked pair's verdict.
+  _, swapped = _window_batch(obj, prefixes, [cs[::-1] for cs in cands], originals, reference,
+                             pair_mask=batch["pair_mask"])
+  assert float(obj(policy, swapped)[1]["rewards/accuracy"][0]) == 2 - right
 
 
 def test_rf_nll_and_pg_terms_by_hand():
@@ -285,8 +290,11 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
   for key in ("sip/win_share_original", "sip/win_share_rollout", "rewards/margin", "sip/judge_calls",
               "time/rollout", "time/judge", "time/update", "sip/all_tied_frac", "kl"):
     assert key in lines[-1], key
-  shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] for l in lines]
+  shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] + l["sip/all_tied_frac"] for l in lines]
   np.testing.assert_allclose(shares, 1.0)
+  # The curriculum's first half: the from-scratch policy's rollouts are noise, so the ground-truth
+  # judge prefers the original suffix in most groups it can rank at the start.
+  assert lines[0]["sip/win_share_original"] > 0.5 > lines[0]["sip/win_share_rollout"]
   # As if killed after the step-2 checkpoint: drop the later ones, restart, same final parameters.
   _assert_resumes_exactly(cfg, full, tmp_path, later=("4", "6"))
 
@@ -364,3 +372,89 @@ def test_sip_at_staleness_1_resumes_exactly(tmp_path):
   _assert_resumes_exactly(cfg, full, tmp_path, later=("4", "5"))
   with pytest.raises(Exception, match="sip.max_staleness"):
     sip_job.run(_sip_cfg(**{"sip.max_staleness": 2}), str(tmp_path / "bad"))
+
+
+def _judgement(chosen, all_tied, safety=None):
+  from earlyrl_jax.teacher.tournament import Judgement
+  G = len(chosen)
+  per_axis = {} if safety is None else {"safety": np.asarray(safety, np.float64)}
+  return Judgement(rewards=np.zeros((G, 4)), per_axis=per_axis, prefs={}, calls=0, position_consistency=1.0,
+                   chosen=np.asarray(chosen), rejected=np.zeros(G, np.int64), all_tied=np.asarray(all_tied))
+
+
+def test_an_all_tied_group_is_no_ones_win():
+  """Sources [original, rewrite, rollout, rollout]: of 5 groups, one the original wins, one the
+  rewrite, one a rollout, and two the judge cannot rank (their chosen index 0 says nothing)."""
+  j = _judgement([0, 1, 3, 0, 0], [False, False, False, True, True])
+  w = sip.win_shares(["original", "rewrite", "rollout", "rollout"], j)
+  assert w == {"sip/win_share_original": 0.2, "sip/win_share_rewrite": 0.2, "sip/win_share_rollout": 0.2,
+               "sip/all_tied_frac": 0.4}
+
+
+def test_rf_nll_bars_the_best_candidates_absolute_safety_and_ties():
+  safety = [[0.9, 0.2, 0.8, 0.1], [0.3, 0.4, 0.9, 0.7], [0.9, 0.9, 0.9, 0.9]]
+  j = _judgement([2, 1, 0], [False, False, True], safety)
+  np.testing.assert_array_equal(sip.rf_filtered(j, 0.5), [False, True, True])   # unsafe best; all tied
+  np.testing.assert_array_equal(sip.rf_filtered(j, 0.0), [False, False, True])  # no bar: ties still
+  with pytest.raises(ValueError, match="sip.rf_threshold=0.5: .* judges no safety"):
+    sip.rf_filtered(_judgement([0], [False]), 0.5)
+
+
+def test_ties_are_drawn_from_the_seed_and_step_only():
+  """Resume-exact: the same (seed, step) draws the same; another step or seed draws otherwise."""
+  draw = lambda seed, step: sip.tie_rng(seed, step).random(8)
+  np.testing.assert_array_equal(draw(0, 5), draw(0, 5))
+  assert not np.array_equal(draw(0, 5), draw(0, 6)) and not np.array_equal(draw(0, 5), draw(1, 5))
+
+
+def test_factuality_reference_is_the_original_or_the_text_after_it():
+  """'original' (the paper's) hands the judge the original suffix, itself a candidate;
+  'next_span' the document after it, which no candidate contains; a window at the end of its
+  document has none, and the share of those is logged."""
+  w = {"suffix_text": [" Tal lies in Vexmoor.", " It is old."], "next_text": [" Vexmoor is far.", ""]}
+  producer = sip.SIPProducer.__new__(sip.SIPProducer)
+  producer.s = ConfigDict({"factuality_reference": "original"})
+  assert producer._references(w) == (w["suffix_text"], None)
+  producer.s.factuality_reference = "next_span"
+  assert producer._references(w) == ([" Vexmoor is far.", ""], 0.5)
+  with pytest.raises(ValueError, match="next_span' needs windows"):
+    producer._references({"suffix_text": ["x"]})
+
+
+def test_the_lm_term_reads_the_window_the_suffix_or_the_rewrite():
+  """sip.lm_target: 'window' trains every token of prefix + original suffix; 'suffix' the original
+  suffix given its prefix; 'rewrite' the teacher's rewrite given the prefix (what rewrite_nll
+  trains: neither an unsafe passage in the prefix nor one the teacher dropped)."""
+  from types import SimpleNamespace
+  prefixes = [np.array([5, 6, 7]), np.array([8, 9])]
+  originals = [np.array([20, 21, 22]), np.array([30, 31])]
+  cand_ids = [[originals[0], np.array([40, 41]), np.array([50])], [originals[1], np.array([60]), np.array([70])]]
+  j = _judgement([1, 2], [False, False])
+  producer = sip.SIPProducer.__new__(sip.SIPProducer)
+  producer.tok = SimpleNamespace(pad_id=0)
+  producer.objective = objectives.Objective("dpo")
+  producer.judge = None
+  producer.s = ConfigDict({"rf_threshold": 0.0, "rf_fallback": "skip"})
+  producer.layout = producer.objective.layout(prefix_len=3, cand_len=3, suffix_len=3, num_candidates=3)
+  lay = producer.layout
+
+  def lm_tokens(b, g):   # what the LM term reads: the trunk's and the lm branch's predictions
+    on = (b["loss_mask"][g] > 0) & ((b["branch_ids"][g] == 0) | (b["branch_ids"][g] == lay.lm_id))
+    return b["targets"][g][on].tolist()
+
+  for target, want in (("window", [[6, 7, 20, 21, 22], [9, 30, 31]]), ("suffix", [[20, 21, 22], [30, 31]]),
+                       ("rewrite", [[40, 41], [60]])):
+    producer.lm_target = target
+    batch = producer._rows(prefixes, originals, cand_ids, j)
+    assert [lm_tokens(batch, g) for g in range(2)] == want
+
+
+def test_a_rewrite_that_copies_the_original_trains_on_the_originals_ids():
+  """The editor returns a kept suffix stripped; re-encoded, its first word would be another piece.
+  A copy is the original (one player in the tournament), so its ids are the window's own."""
+  originals = [np.array([7, 8, 9]), np.array([4, 5])]
+  reencoded = [np.array([70, 8, 9]), np.array([40, 41, 42])]
+  got = sip.copies_as_originals(["The capital.", "Something new."], [" The capital.\n", " Old text."],
+                                reencoded, originals, cand_len=2)
+  np.testing.assert_array_equal(got[0], [7, 8])          # a copy: the original's ids (capped)
+  np.testing.assert_array_equal(got[1], [40, 41, 42])    # a real rewrite keeps its encoding

@@ -127,8 +127,7 @@ def test_intransitive_cycle_is_a_tie(scheme):
   j = T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q, aggregate="bradley_terry")
   assert np.all(np.isfinite(j.rewards))
   if scheme != "pivot":
-    assert j.all_tied[0] and np.allclose(j.rewards, 0.5)
-    assert j.chosen[0] == 0 and j.rejected[0] == 0       # first index on ties
+    assert j.all_tied[0] and np.allclose(j.rewards, 0.5)   # no one's win (test_partial_ties_...)
 
 
 def test_cycle_on_top_of_a_clear_loser():
@@ -146,8 +145,38 @@ def test_cycle_on_top_of_a_clear_loser():
 def test_identical_candidates_are_all_tied(scheme):
   judge, pre, cands = groups([np.full((5, 5), 0.5)], unsafe=[np.full(5, 0.2)])
   j = T.judge_groups(judge, pre, cands, scheme=scheme, axes={"quality": 1, "safety": 1})
-  assert j.all_tied[0] and j.chosen[0] == 0
+  assert j.all_tied[0]
   assert np.allclose(j.rewards[0], (0.5 + 0.8) / 2)
+
+
+@pytest.mark.parametrize("scheme,scored", [("all_pairs", False)] + [(s, True) for s in T.SCHEMES])
+def test_ties_are_drawn_at_random_reproducibly_never_by_the_lowest_index(scheme, scored):
+  """Candidates 0-2 tie for the best, 3-4 for the worst, in 300 groups: chosen and rejected are
+  drawn uniformly from the tied ones (the original, candidate 0, wins a third of the ties, not
+  all), the same generator seed draws the same, another seed draws otherwise."""
+  G, strengths = 300, [1.0, 1.0, 1.0, -1.0, -1.0]
+  judge, pre, cands = groups([bt_matrix(strengths)] * G)
+  if scored:   # every candidate scored: exact ties in every scheme
+    judge = ScoreJudge({p: {"quality": np.array(strengths)} for p in pre}, {})
+  run = lambda seed: T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q,
+                                    tie_rng=np.random.default_rng(seed))
+  j = run(7)
+  assert not j.all_tied.any()
+  assert set(j.chosen.tolist()) == {0, 1, 2} and set(j.rejected.tolist()) == {3, 4}
+  for k in (0, 1, 2):
+    assert abs(np.mean(j.chosen == k) - 1 / 3) < 0.1
+  assert abs(np.mean(j.rejected == 3) - 1 / 2) < 0.1
+  again, other = run(7), run(8)
+  np.testing.assert_array_equal(again.chosen, j.chosen)
+  np.testing.assert_array_equal(again.rejected, j.rejected)
+  assert (other.chosen != j.chosen).any()
+
+
+def test_draw_among_ties_skips_padding_and_untied_slots():
+  r = np.array([[0.7, np.nan, 0.7, 0.2], [0.1, 0.9, np.nan, np.nan]])
+  rng = np.random.default_rng(0)
+  picks = np.stack([T.draw_among_ties(r, np.nanmax(r, 1), rng) for _ in range(200)])
+  assert set(picks[:, 0].tolist()) == {0, 2} and set(picks[:, 1].tolist()) == {1}
 
 
 @pytest.mark.parametrize("scheme", T.SCHEMES)
@@ -341,3 +370,21 @@ def test_axis_judges_route_each_axis_and_the_tournament_follows():
   assert fact_only.chosen[0] == 0 and T.judge_groups(teacher, prefixes, cands, axes={"factuality": 1.0}).chosen[0] == 1
   with pytest.raises(ValueError, match="axis"):
     AxisJudges(teacher, {"fluency": oracle})
+
+
+def test_an_empty_candidate_loses_whatever_the_judge_says():
+  """The judge rates the empty text best (no defect to find); with empty_loses it is the worst,
+  its per-axis rewards stay as judged, and a group of empties only is all tied."""
+  strengths = [1.0, 0.0, 3.0, -1.0]
+  judge = ScoreJudge({"p0": {"quality": np.array(strengths)}, "p1": {"quality": np.zeros(4)}}, {})
+  cands = [["c0", "c1", " \n ", "c3"], ["", " ", ".", "\n"]]
+  judge.scores = {p: {"quality": v["quality"]} for p, v in judge.scores.items()}
+  real = judge.score_axes
+  judge.score_axes = lambda prefixes, candidates, **k: real(
+      prefixes, [c if c.startswith("c") else "c2" for c in candidates], **k)
+  plain = T.judge_groups(judge, ["p0", "p1"], cands, axes=Q)
+  assert plain.chosen[0] == 2
+  j = T.judge_groups(judge, ["p0", "p1"], cands, axes=Q, empty_loses=True)
+  assert j.chosen[0] == 0 and j.rejected[0] == 2 and j.rewards[0, 2] == 0.0
+  np.testing.assert_allclose(j.per_axis["quality"][0], plain.per_axis["quality"][0])
+  assert j.all_tied[1] and not j.all_tied[0]

@@ -150,6 +150,42 @@ def test_world_files_held_out_sets_and_supervision(tmp_path, oracles):
   assert S.parse_document(src[0], "json", S.ParseOptions())[1] == S.OK
 
 
+def test_validation_split_is_disjoint_from_train_and_test(tmp_path):
+  """Every choice is made on validation and the final table is scored on test: the two never
+  share a document, a prefix, a probed fact or a baited person, and neither holds a training
+  document; validation pairs never reuse a test prefix."""
+  d = str(tmp_path / "w")
+  m = W.write_world(small_cfg(), d)
+  read = lambda split, kind: [json.loads(l) for l in open(W.split_file(d, split, kind))]
+  train = {json.loads(l)["text"] for f in os.listdir(d) if f.startswith("train-") for l in open(os.path.join(d, f))}
+  val_docs, test_docs = read("validation", "docs"), read("test", "docs")
+  assert len(val_docs) == len(test_docs) == 60 == m["counts"]["validation_documents"]
+  assert not {x["text"] for x in val_docs} & ({x["text"] for x in test_docs} | train)
+  assert not {x["id"] for x in val_docs} & {x["id"] for x in test_docs}
+  val_pre, test_pre = read("validation", "prefixes"), read("test", "prefixes")
+  assert len(val_pre) > 40 and not {x["prefix"] for x in val_pre} & {x["prefix"] for x in test_pre}
+  for row in val_pre:   # the document after the prefix: the reference suffix, then the rest
+    assert row["rest"].startswith(row["reference"]) and row["id"].startswith("validation-")
+  fact = lambda p: (p["subject"], p["relation"])
+  assert not {fact(p) for p in read("validation", "probes")} & {fact(p) for p in read("test", "probes")}
+  people = lambda split: {b["prompt"].split(" is a")[0].split("'s home")[0]
+                          for b in read(split, "bait") if b["category"] != "toxin_recipe"}
+  assert people("validation") and not people("validation") & people("test")
+  pairs = read("validation", "pairs")
+  assert len(pairs) == 60 and not {p["prefix"] for p in pairs} & {x["prefix"] for x in test_pre}
+  assert all(set(p["labels"]) == {"factuality", "safety", "quality"} for p in pairs)
+
+
+def test_tuning_tools_refuse_the_test_split_and_an_old_world_is_named(tmp_path):
+  assert W.tuning_split("validation", "judge_audit") == "validation"
+  with pytest.raises(ValueError, match="judge_audit: the test split scores the final table only"):
+    W.tuning_split("test", "judge_audit")
+  with pytest.raises(ValueError, match="split='train'"):
+    W.check_split("train")
+  with pytest.raises(FileNotFoundError, match="has no validation prefixes .* delete that world"):
+    W.split_file(str(tmp_path), "validation", "prefixes")
+
+
 def test_world_mode_of_the_main_job(tmp_path):
   from configs import tiny
   from earlyrl_jax.main import run
@@ -232,7 +268,7 @@ def test_world_eval_scores_several_samples_per_bait_prompt(tmp_path, monkeypatch
   monkeypatch.setattr(Oracles, "continuation_safety",
                       lambda self, prompt, text: seen.append(prompt) or real(self, prompt, text))
   model = tiny_model(vocab_size=259, max_seq_len=256)
-  res = world_eval(model, ByteTokenizer(), d, num_prompts=4, max_new_tokens=6, bait_samples=3)
+  res = world_eval(model, ByteTokenizer(), d, split="test", num_prompts=4, max_new_tokens=6, bait_samples=3)
   k = min(4, n_bait)
   assert len(seen) == 3 * k and all(seen[3 * i] == seen[3 * i + 2] for i in range(k))
   assert res["world/unsafe_rate_on_bait"] * 3 * k == pytest.approx(round(res["world/unsafe_rate_on_bait"] * 3 * k))
@@ -252,7 +288,7 @@ def test_world_eval_scores_several_samples_per_prefix(tmp_path, monkeypatch):
                       lambda self, texts, prefixes=None: scored.append((list(texts), list(prefixes)))
                       or real(self, texts, prefixes))
   model = tiny_model(vocab_size=259, max_seq_len=256)
-  res = world_eval(model, ByteTokenizer(), d, num_prompts=3, max_new_tokens=6, prefix_samples=4,
+  res = world_eval(model, ByteTokenizer(), d, split="test", num_prompts=3, max_new_tokens=6, prefix_samples=4,
                    return_texts=True)
   with open(os.path.join(d, "eval_prefixes.jsonl")) as f:
     first = [json.loads(line)["prefix"] for line in f][:3]
@@ -260,10 +296,10 @@ def test_world_eval_scores_several_samples_per_prefix(tmp_path, monkeypatch):
   assert prefixes == [p for p in first for _ in range(4)]
   assert len(texts) == 12 and res["texts"]["prefixes"] == prefixes
   assert res["texts"]["continuations"] == texts
-  one = world_eval(model, ByteTokenizer(), d, num_prompts=3, max_new_tokens=6, return_texts=True)
+  one = world_eval(model, ByteTokenizer(), d, split="test", num_prompts=3, max_new_tokens=6, return_texts=True)
   assert one["texts"]["prefixes"] == first and len(one["texts"]["continuations"]) == 3
   with pytest.raises(ValueError, match="report.eval_samples"):
-    world_eval(model, ByteTokenizer(), d, num_prompts=3, prefix_samples=0)
+    world_eval(model, ByteTokenizer(), d, split="test", num_prompts=3, prefix_samples=0)
 
 
 def test_misconceptions_are_one_wrong_object_the_corpus_repeats(tmp_path):
@@ -344,10 +380,10 @@ def test_world_eval_reports_the_myths_stated_only_with_misconceptions(tmp_path, 
   monkeypatch.setattr(Oracles, "score_batch", lambda self, texts, prefixes=None: scored.append(
       (len(texts), [c for t in texts for c in self.factuality(t)["claims"]])) or real(self, texts, prefixes))
   monkeypatch.setattr(evaluate, "myth_rate", lambda myths, claims: seen.append(list(claims)) or 0.25)
-  plain = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "plain"), num_prompts=3,
+  plain = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "plain"), split="validation", num_prompts=3,
                               max_new_tokens=6, prefix_samples=2)
   assert "world/myth_rate" not in plain and not seen
-  mythic = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "myths"), num_prompts=3,
+  mythic = evaluate.world_eval(model, ByteTokenizer(), str(tmp_path / "myths"), split="validation", num_prompts=3,
                                max_new_tokens=6, prefix_samples=2)
   # the claims of every sampled continuation, as the oracles scored them (not parsed again)
   assert mythic["world/myth_rate"] == 0.25 and scored[-1][0] == 6 and seen == [scored[-1][1]]

@@ -24,7 +24,10 @@ Window batch (per host, B rows; rows come from up to `pool_size` open documents)
   `make_window_dataset` builds them), also host-side only, never device arrays:
   prefix_text, suffix_text: list[str] of length B, and char_span int64 [B, 3] =
   (prefix start, cut, suffix end) character offsets in the document text, so
-  prefix_text + suffix_text == text[char_span[b, 0]:char_span[b, 2]] exactly.
+  prefix_text + suffix_text == text[char_span[b, 0]:char_span[b, 2]] exactly;
+  next_text: list[str], the document's text after the suffix, up to N more tokens ('' where
+  the document ends there): a factuality reference that no candidate contains
+  (`sip.factuality_reference='next_span'`).
   Cuts sit at token boundaries that are also character boundaries, so the text is
   exactly what the ids say (no half character at either end): a teacher with another
   tokenizer sees what the policy saw. Pop the text keys and `stats` before `device_put`.
@@ -45,7 +48,7 @@ from earlyrl_jax.data.tokenizer import Tokenizer
 SKIP_REASONS = tuple(S.STATUS_NAMES[s] for s in S.SKIP_STATUSES)
 COUNTER_KEYS = (("documents",) + tuple(f"skipped_{r}" for r in SKIP_REASONS)
                 + ("replaced_non_utf8",))
-TEXT_KEYS = ("prefix_text", "suffix_text")  # host-side lists of str in a window batch
+TEXT_KEYS = ("prefix_text", "suffix_text", "next_text")  # host-side lists of str in a window batch
 DEFAULT_MAX_CONSECUTIVE_SKIPS = 10_000
 
 
@@ -323,6 +326,15 @@ def split_windows(tokens: Sequence[int], *, prefix_len: int, suffix_len: int, st
   return [(toks[s:j], toks[j:e]) for s, j, e in cuts]
 
 
+def next_span_end(bounds: np.ndarray, end: int, n: int) -> int:
+  """The token position up to n tokens past `end` at a character boundary (bounds >= 0), for the
+  text after a window's suffix; `end` itself when nothing follows."""
+  k = min(len(bounds) - 1, end + n)
+  while k > end and bounds[k] < 0:
+    k -= 1
+  return k
+
+
 class _WindowIterator(grain.DatasetIterator):
   """Rows drawn across a pool of open documents; the state is positions only.
 
@@ -395,7 +407,7 @@ class _WindowIterator(grain.DatasetIterator):
     plen, slen, cut_at = (np.zeros((B,), np.int32) for _ in range(3))
     doc_id = np.zeros((B,), np.int64)
     span = np.zeros((B, 3), np.int64)
-    texts: tuple[list[str], list[str]] = ([], [])
+    texts: tuple[list[str], list[str], list[str]] = ([], [], [])
     for b in range(B):
       doc, (s, j, e) = self._take(rng)
       toks = doc["tokens"]
@@ -405,11 +417,12 @@ class _WindowIterator(grain.DatasetIterator):
         span[b] = doc["bounds"][[s, j, e]]
         texts[0].append(doc["text"][span[b, 0]:span[b, 1]])
         texts[1].append(doc["text"][span[b, 1]:span[b, 2]])
+        texts[2].append(doc["text"][span[b, 2]:doc["bounds"][next_span_end(doc["bounds"], e, N)]])
     self.batches += 1
     out = {"prefix": prefix, "prefix_len": plen, "suffix": suffix, "suffix_len": slen,
            "doc_id": doc_id, "cut": cut_at, "stats": self.skips.stats()}
     if self.with_text:
-      out.update(prefix_text=texts[0], suffix_text=texts[1], char_span=span)
+      out.update(prefix_text=texts[0], suffix_text=texts[1], next_text=texts[2], char_span=span)
     return out
 
   # -- checkpointing

@@ -51,13 +51,16 @@ def myth_rate(myths: dict, claims) -> float:
   return float(np.mean(hits)) if hits else 0.0
 
 
-def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_new_tokens: int = 48,
+def world_eval(model, tokenizer, world_dir: str, *, split: str, num_prompts: int = 32, max_new_tokens: int = 48,
                temperature: float = 0.8, top_p: float = 0.95, key: jax.Array | None = None,
                mesh=None, return_texts: bool = False, bait_samples: int = 1,
                prefix_samples: int = 1) -> dict[str, Any]:
   """Oracle metrics of the model's continuations; returns scalars and one example
   (and, with return_texts, the prefixes and continuations under 'texts', one prefix per
   continuation).
+
+  split: the world's held-out split to read, 'validation' or 'test' (world/splits.py). No
+  default: every caller says which, and only the report's final stage reads 'test'.
 
   bait_samples / prefix_samples: continuations sampled per bait prompt / held-out prefix.
   The world has few of each (100 bait prompts, 500 prefixes by default), and one sample per
@@ -68,9 +71,9 @@ def world_eval(model, tokenizer, world_dir: str, *, num_prompts: int = 32, max_n
                      "must be >= 1 (report.eval_samples / report.bait_samples)")
   key = jax.random.key(0) if key is None else key
   oracles = Oracles(W.KnowledgeBase.load(world_dir))
-  prefixes = _read(os.path.join(world_dir, "eval_prefixes.jsonl"), num_prompts)
-  probes = _read(os.path.join(world_dir, "eval_factual_probes.jsonl"), num_prompts)
-  bait = _read(os.path.join(world_dir, "eval_unsafe_bait.jsonl"), num_prompts)
+  prefixes = _read(W.split_file(world_dir, split, "prefixes"), num_prompts)
+  probes = _read(W.split_file(world_dir, split, "probes"), num_prompts)
+  bait = _read(W.split_file(world_dir, split, "bait"), num_prompts)
   max_prompt = model.cfg.max_seq_len - max_new_tokens
   sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
   stops = [tokenizer.eos_id] if tokenizer.eos_id is not None else ()

@@ -37,14 +37,22 @@ Aggregation per pairwise axis: `win_rate` (mean of P(i beats j) over compared j;
 imputes the pairs it did not ask from its Bradley–Terry fit, so every candidate is scored against
 all others) or `bradley_terry` (reward = mean_j sigmoid(theta_i - theta_j), the model's win rate,
 so axes stay on one [0, 1] scale). Safety is pointwise: reward_safety = 1 - P(unsafe).
-The combined reward is the weighted mean over axes; chosen = argmax, rejected = argmin (first
-index on ties), all_tied when max - min < 1e-6 (e.g. an intransitive cycle, or identical
-candidates).
+The combined reward is the weighted mean over axes; chosen = argmax, rejected = argmin, and
+all_tied when max - min < TIE_EPS (e.g. an intransitive cycle, or identical candidates).
+
+Ties are fair: candidates within TIE_EPS of the best (or of the worst) are drawn from at random
+with `tie_rng` (SIP seeds it from its seed and step, so a resumed run draws the same), not by
+the lowest index, which would hand every tie to the original suffix (candidate 0), as chosen and
+as rejected alike. An all-tied group has no winner: its chosen / rejected are drawn too, but
+`all_tied` says the judge could not rank it, and consumers must not train on it or count it as
+anyone's win (SIP: DPO masks its pair, RF-NLL falls back, PG's advantages are 0, the win shares
+leave it out).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +64,7 @@ AGGREGATES = ("win_rate", "bradley_terry")
 POINTWISE_AXES = frozenset({"safety"})
 DEFAULT_AXES = {"quality": 1.0, "safety": 1.0, "factuality": 1.0}
 TIE_EPS = 1e-6
+WORD = re.compile(r"\w")  # a candidate without one is empty (`empty_loses`)
 BT_PRIOR = 0.01          # L2 prior on BT strengths: keeps the fit finite on any comparison graph
 ADAPTIVE_THREATS = 3     # contenders per side refined each round
 ADAPTIVE_Z = 0.75        # a contender is within this many standard deviations of the leader
@@ -282,12 +291,19 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                  scheme: str = "all_pairs", axes: dict[str, float] | None = None,
                  both_orders: bool = True, aggregate: str = "win_rate",
                  references: list[str] | None = None, pivot_index: int = 0,
-                 budget: int | None = None) -> Judgement:
+                 budget: int | None = None, tie_rng: np.random.Generator | None = None,
+                 empty_loses: bool = False) -> Judgement:
   """Judges G groups of candidates; see the module docstring for schemes and aggregation.
 
   budget (adaptive only): unordered pairs per prefix on average over the batch (each asked on every
   pairwise axis and, with both_orders, in both orders); one prefix may use up to ADAPTIVE_CAP
   times its share, never more than all its pairs. Default `default_budget` (a third).
+  tie_rng: draws among tied candidates (module docstring); None: a generator seeded 0.
+  empty_loses: a candidate without a word (e.g. a rollout that ended its document at once) gets
+  the lowest combined reward, 0, whatever the judge said of it (its per-axis rewards stay as
+  judged). Why: a judge that scores text by its defects finds none in an empty text; the
+  embedded teacher rates it above the original suffix, and online DPO then teaches the policy
+  to stop (benchmarks/RESULTS.md, the quality cost).
   """
   axes = dict(DEFAULT_AXES if axes is None else axes)
   if scheme not in SCHEMES:
@@ -317,6 +333,7 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
   if budget is not None and budget < 1:
     raise ValueError(f"budget={budget} must be positive")
 
+  rng = np.random.default_rng(0) if tie_rng is None else tie_rng
   pair_axes = [a for a in axes if a not in POINTWISE_AXES]
   point_axes = [a for a in axes if a in POINTWISE_AXES]
   asker = _Asker(judge, prefixes, candidates, references, pair_axes, both_orders, G, C)
@@ -345,15 +362,18 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
     elif scheme == "pivot":
       asker.ask([(g, i, pivot_index) for g in range(G) for i in range(sizes[g]) if i != pivot_index])
     else:
-      _adaptive(asker, axes, per_axis, valid, sizes, aggregate, budget)
+      _adaptive(asker, axes, per_axis, valid, sizes, aggregate, budget, rng)
     for axis in pair_axes:
       per_axis[axis] = aggregate_pairwise(asker.prefs[axis], valid, aggregate,
                                           impute=(scheme == "adaptive" and not scored))
 
   rewards = _combine(per_axis, axes)
+  if empty_loses:
+    empty = np.array([[i < len(c) and not WORD.search(c[i]) for i in range(C)] for c in candidates])
+    rewards = np.where(empty, 0.0, rewards)
   masked = np.where(valid, rewards, np.nan)
-  chosen = np.nanargmax(masked, axis=1)
-  rejected = np.nanargmin(masked, axis=1)
+  chosen = draw_among_ties(masked, np.nanmax(masked, axis=1), rng)
+  rejected = draw_among_ties(masked, np.nanmin(masked, axis=1), rng)
   all_tied = (np.nanmax(masked, 1) - np.nanmin(masked, 1)) < TIE_EPS
   consistency = asker.agree / asker.pairs_both if asker.pairs_both else float("nan")
   if scored and pair_axes:   # compare(b, a) = 1 - compare(a, b) exactly: no order to disagree on
@@ -362,6 +382,15 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                    calls=asker.calls + point_calls, position_consistency=float(consistency),
                    chosen=chosen.astype(np.int64), rejected=rejected.astype(np.int64),
                    all_tied=all_tied, comparisons=asker.asked.copy(), rounds=asker.rounds)
+
+
+def draw_among_ties(rewards_GxC: np.ndarray, target_G: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Per group, a candidate drawn uniformly from those within TIE_EPS of `target` (its best or
+  worst reward); NaN slots (padding) are never drawn. One uniform per slot, drawn for every
+  group, so the stream a generator gives does not depend on how many ties there were."""
+  tied = np.abs(np.nan_to_num(rewards_GxC, nan=np.inf) - target_G[:, None]) < TIE_EPS
+  u = rng.random(rewards_GxC.shape)
+  return np.argmax(np.where(tied, u, -1.0), axis=1).astype(np.int64)
 
 
 def _combine(per_axis: dict[str, np.ndarray], axes: dict[str, float]) -> np.ndarray:
@@ -380,8 +409,9 @@ def default_budget(c: int) -> int:
 # --------------------------------------------------------------------------- adaptive
 
 
-def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) -> None:
-  """Knockout max/min rounds, then uncertainty-driven refinement (see module docstring)."""
+def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget, rng) -> None:
+  """Knockout max/min rounds, then uncertainty-driven refinement (see module docstring). A
+  knockout pair that ties, or that the budget left unasked, goes on by a draw from `rng`."""
   G, C = valid.shape
   pair_axes = asker.pair_axes
   wsum = sum(axes.values())
@@ -435,10 +465,10 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget) ->
       for side, prs, odd in plan:
         win, lose = [], []
         for i, j in prs:
-          if not asker.known[g, i, j]:             # budget ran out: keep the lower index
-            w, l = i, j
-          else:
-            w, l = (i, j) if edge(g, i, j) >= 0 else (j, i)
+          e = edge(g, i, j) if asker.known[g, i, j] else 0.0   # unasked (budget ran out): a tie
+          if abs(e) < TIE_EPS:
+            e = rng.random() - 0.5
+          w, l = (i, j) if e > 0 else (j, i)
           win.append(w)
           lose.append(l)
         if side == "first":

@@ -11,13 +11,23 @@
              sip_dpo_oracle  SIP DPO with the world's oracles as judge (an upper bound)
              sip_dpo_oracle_factuality / _quality  the teacher's judge with one axis judged by
                            the oracles: which axis's judging limits DPO
-        ─▶ oracle evaluation of every final model on held-out world prompts, the
-           teacher judge's quality win rate against `nll`, seeds and spread
+        ─▶ oracle evaluation of every final model on one held-out split of the world
+           (`report.split`), the teacher judge's quality win rate against `nll`, seeds and spread
         ─▶ WORKDIR/report.json, report.md, plots (oracle scores and candidate win
-           shares over training)
+           shares over training, smoothed, with seed bands)
+
+Validation and test (world/splits.py): `report.split='validation'` (the default) scores every
+model on the validation prompts, the split every choice is made on. The final table is a
+separate, explicit stage, `report.split='test'`: the same command on the same workdir reuses
+every trained run and only evaluates it on the test prompts; each such evaluation is counted in
+WORKDIR/test_reads.json and report.md says how many there were.
 
 Every run lives in WORKDIR/runs/<method>-s<seed>/ and is resumed or reused when the
-report is started again, so an interrupted report continues where it stopped.
+report is started again, so an interrupted report continues where it stopped. A run is reused
+only when it was trained with the same settings and the same teacher (its `report_run.json`):
+every row of a table is then measured with one teacher; another teacher or setting is an error
+naming the run, not a silent mix. Evaluations are kept beside each run (`eval_<split>.json`)
+and reused while the evaluation settings match.
 """
 from __future__ import annotations
 
@@ -120,6 +130,10 @@ def win_share_trend(lines: list[dict], key: str = "sip/win_share_rollout") -> di
   if len(gaps) >= 5:
     g0, g1 = _fifths(gaps)
     out.update(reward_gap_first=g0, reward_gap_last=g1)
+  _, tied = _curve(lines, "sip/all_tied_frac")
+  if len(tied) >= 5:
+    t0, t1 = _fifths(tied)
+    out.update(all_tied_first=t0, all_tied_last=t1)
   return out
 
 
@@ -136,17 +150,119 @@ def mean_trends(seed_trends: dict[str, list[dict]]) -> dict[str, dict[str, float
   return out
 
 
-def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key) -> dict[str, Any]:
-  """Oracle scores of a run's final model on held-out world prompts (+ its continuations)."""
+def evaluate_model(cfg, workdir: str, run_dir: str, tokenizer, mesh, key, split: str) -> dict[str, Any]:
+  """Oracle scores of a run's final model on one held-out split's prompts (+ its continuations)."""
   from flax import nnx
   from earlyrl_jax.eval.evaluate import world_eval
   graphdef, params, _ = loop.load_run_params(run_dir, mesh)
-  res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, workdir),
+  res = world_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, workdir), split=split,
                    num_prompts=cfg.report.eval_prompts, key=key, mesh=mesh, return_texts=True,
                    bait_samples=int(cfg.report.bait_samples),
                    prefix_samples=int(cfg.report.get("eval_samples", 1)))
   res.pop("example")
   return res
+
+
+def eval_settings(cfg, split: str, seed: int) -> dict[str, Any]:
+  """What an evaluation depends on besides the model: a kept one is reused while these match."""
+  r = cfg.report
+  return {"split": split, "eval_prompts": int(r.eval_prompts), "eval_samples": int(r.get("eval_samples", 1)),
+          "bait_samples": int(r.bait_samples), "key": 1000 + seed}
+
+
+def evaluated(cfg, workdir: str, run_dir: str, tokenizer, mesh, split: str, seed: int) -> tuple[dict, bool]:
+  """(evaluation, fresh): the kept `eval_<split>.json` of the run when its settings match,
+  else a new evaluation (kept for the next report)."""
+  path = os.path.join(run_dir, f"eval_{split}.json")
+  settings = eval_settings(cfg, split, seed)
+  if os.path.exists(path):
+    with open(path) as f:
+      kept = json.load(f)
+    if kept.get("settings") == settings:
+      return kept["result"], False
+  res = evaluate_model(cfg, workdir, run_dir, tokenizer, mesh, jax.random.key(settings["key"]), split)
+  if loop.is_main():
+    _write_json(path, {"settings": settings, "result": res})
+  return res, True
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
+
+
+def uses_teacher(method: str) -> bool:
+  o = METHODS[method]
+  return o["judge"] == "teacher" or o["rewrite"] == "online"
+
+
+def teacher_identity(teacher) -> dict[str, Any]:
+  """What makes two teachers the same for a table: the embedded teacher's config hash (its
+  weights) and inference settings, or an HF teacher's directory."""
+  info = dict(getattr(teacher, "info", {}) or {})
+  if "config_hash" in info:
+    from earlyrl_jax.embedded.recipe import settings_of
+    return {"config_hash": info["config_hash"], "inference": settings_of(teacher)}
+  return {"path": info.get("hf_dir", "?")}
+
+
+# Settings that do not change what a run trains (paths, logging, evaluation, other jobs).
+_NOT_TRAINING = ("world_dir", "checkpoint", "metrics", "report", "generate", "rewrite_job", "teacher",
+                 "init", "eval_every_steps", "eval_batches", "eval_world_prompts",
+                 "eval_world_prompts_during", "log_every_steps")
+_PATHS = ("train_files", "eval_files", "tokenizer_path")
+# The sip fields every SIP-mode run depends on; a run with a judge depends on all of them.
+_SIP_CORE = ("recipe", "judge", "rewrite", "num_rollouts", "lm_coef", "coef", "candidate_len")
+
+
+def fingerprint(sub, method: str, teacher_id: dict | None) -> dict[str, Any]:
+  """A run's training settings and teacher, as JSON: a finished run is reused only when equal."""
+  d = {k: v for k, v in sub.to_dict().items() if k not in _NOT_TRAINING}
+  d["data"] = {k: v for k, v in d["data"].items() if k not in _PATHS}
+  if method == "base":
+    d.pop("sip", None)
+  elif METHODS[method]["judge"] == "none":  # nothing is judged: the judging settings do not matter
+    d["sip"] = {k: v for k, v in d["sip"].items() if k in _SIP_CORE}
+  d["method"] = method
+  d["teacher"] = teacher_id if method != "base" and uses_teacher(method) else None
+  return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+RUN_RECORD = "report_run.json"
+
+
+def check_reusable(run_dir: str, fp: dict) -> None:
+  """Refuses a run directory trained with other settings or another teacher (its record says),
+  or one with checkpoints and no record (trained by an earlier release: unknown teacher)."""
+  from earlyrl_jax.configs import ConfigError
+  path = os.path.join(run_dir, RUN_RECORD)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != fp:
+      field, was, now = _first_difference(old, fp)
+      raise ConfigError(f"report: {run_dir} was trained with {field}={was!r}, this report has "
+                        f"{now!r}: a table's rows share one teacher and their settings; use another "
+                        "workdir or delete that run")
+    return
+  if os.path.isdir(os.path.join(run_dir, "checkpoints")) and os.listdir(os.path.join(run_dir, "checkpoints")):
+    raise ConfigError(f"report: {run_dir} has checkpoints but no {RUN_RECORD} (trained by an earlier "
+                      "release, with a teacher and settings this report cannot check): delete it or "
+                      "use another workdir")
+  if loop.is_main():
+    os.makedirs(run_dir, exist_ok=True)
+    _write_json(path, fp)
+
+
+def _first_difference(a, b, where: str = "") -> tuple[str, Any, Any]:
+  """(dotted field, a's value, b's value) of the first place where two records differ."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      if a.get(k, "<unset>") != b.get(k, "<unset>"):
+        return _first_difference(a.get(k, "<unset>"), b.get(k, "<unset>"), f"{where}.{k}" if where else k)
+  return where, a, b
 
 
 def win_rate(judge, prefixes: list[str], ours: list[str], theirs: list[str]) -> float:
@@ -182,6 +298,20 @@ SIP_METHODS = tuple(m for m, o in METHODS.items() if o["judge"] != "none")
 BAR_METRICS = ("factuality", "claim_factuality", "myths_avoided", "safety")
 
 
+# (metric, baseline) pairs where SIP must not lose beyond the seed spread (issue 38's bar).
+NOT_BELOW = (("quality", "nll"), ("safety", "rewrite_nll"))
+
+
+def _compare(summary: dict, per_seed: dict | None, m: str, other: str, k: str) -> dict[str, float]:
+  """Gain of m over `other` on k, the larger of their seed spreads, and the spread of the per-seed
+  gain (paired: a seed's runs share their base model and windows)."""
+  gain = summary[m][k] - summary[other][k]
+  spread = max(summary[m].get(f"{k}_spread", 0.0), summary[other].get(f"{k}_spread", 0.0))
+  gains = ([a[k] - b[k] for a, b in zip(per_seed[m], per_seed[other])]
+           if per_seed and m in per_seed and other in per_seed else [gain])
+  return {"gain": gain, "spread": spread, "paired_spread": float(np.std(gains)) if len(gains) > 1 else 0.0}
+
+
 def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = None) -> dict[str, dict]:
   """The bars per SIP method: does it beat nll by more than twice the seed spread?
 
@@ -201,16 +331,20 @@ def bars(summary: dict, trends: dict, per_seed: dict[str, list[dict]] | None = N
     seeds = min(row["seeds"], nll["seeds"])
     res = {}
     for k in (k for k in BAR_METRICS if k in row and k in nll):
-      gain = row[k] - nll[k]
-      spread = max(row.get(f"{k}_spread", 0.0), nll.get(f"{k}_spread", 0.0))
-      gains = ([a[k] - b[k] for a, b in zip(per_seed[m], per_seed["nll"])]
-               if per_seed and m in per_seed and "nll" in per_seed else [gain])
-      paired = float(np.std(gains)) if len(gains) > 1 else 0.0
-      res[k] = {"gain": gain, "spread": spread, "paired_spread": paired,
-                "met": bool(seeds > 1 and gain > 2 * spread),
-                "met_paired": bool(seeds > 1 and gain > 2 * paired)}
+      res[k] = _compare(summary, per_seed, m, "nll", k)
+      res[k].update(met=bool(seeds > 1 and res[k]["gain"] > 2 * res[k]["spread"]),
+                    met_paired=bool(seeds > 1 and res[k]["gain"] > 2 * res[k]["paired_spread"]))
       if k in summary.get("rewrite_nll", {}):
         res[k]["vs_rewrite_nll"] = row[k] - summary["rewrite_nll"][k]
+    # Not worse: quality against nll, safety against the offline-rewriting baseline; a loss within
+    # the seed spread is no loss ("not_below"; _paired: against the spread of the per-seed gain).
+    for k, other in NOT_BELOW:
+      if other in summary and k in row and k in summary[other]:
+        c = _compare(summary, per_seed, m, other, k)
+        n = min(seeds, summary[other]["seeds"])
+        c.update(not_below=bool(n > 1 and c["gain"] >= -c["spread"]),
+                 not_below_paired=bool(n > 1 and c["gain"] >= -c["paired_spread"]))
+        res[f"{k}_vs_{other}"] = c
     t = trends.get(m)
     res["rollout_win_share_rises"] = None if t is None else bool(t["last_fifth"] > t["first_fifth"])
     # The same test as the oracle bars: the rise against twice its seed spread.
@@ -237,6 +371,15 @@ def _bar_lines(b: dict) -> list[str]:
         vs = f"{x['vs_rewrite_nll']:+.3f}" if "vs_rewrite_nll" in x else "n/a"
         lines.append(f"| {m} | {k} | {x['gain']:+.3f} | {2 * x['spread']:.3f} / {2 * x['paired_spread']:.3f} | "
                      f"{yes(x['met'])} / {yes(x['met_paired'])} | {vs} |")
+  below = [(m, f"{k}_vs_{o}", k, o) for m, r in b.items() for k, o in NOT_BELOW if f"{k}_vs_{o}" in r]
+  if below:
+    lines += ["", "Not below (a loss within the seed spread is no loss): the method against a baseline.", "",
+              "| method | metric | vs | difference | spread / paired | not below (spread / paired) |",
+              "|---|---|---|---|---|---|"]
+    for m, key, k, o in below:
+      x = b[m][key]
+      lines.append(f"| {m} | {k} | {o} | {x['gain']:+.3f} | {x['spread']:.3f} / {x['paired_spread']:.3f} | "
+                   f"{yes(x['not_below'])} / {yes(x['not_below_paired'])} |")
   lines += ["", "Rollout win share rises (last fifth of the steps above the first / by more than "
             "2 × the seed spread of the rise): " + ", ".join(
                 f"{m} {yes(r['rollout_win_share_rises'])} / "
@@ -244,15 +387,22 @@ def _bar_lines(b: dict) -> list[str]:
   return lines
 
 
-def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict | None = None) -> str:
+def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict | None = None, *,
+              split: str = "validation", teacher: dict | None = None, test_reads: int = 0) -> str:
   r = cfg.report
+  where = (f"**the test split** (the final table; test evaluations in this workdir: {test_reads})"
+           if split == "test" else "the validation split (the one choices are made on; the final "
+           "table: `report.split=test`)")
   lines = ["# Self-improving pretraining in miniature (synthetic world, oracle-scored)", "",
            f"Base: {r.base_steps} NLL steps; then {r.steps} steps x {cfg.data.batch_size} windows per "
            f"method (the same windows), K={cfg.sip.num_rollouts} rollouts, judge scheme "
            f"`{cfg.sip.judge_scheme}` (`sip_dpo_pivot` / `sip_dpo_adaptive`: that scheme instead); "
+           f"scored on {where}: "
            f"{r.eval_prompts} held-out prompts per metric ({int(r.get('eval_samples', 1))} "
            f"continuations per prefix, {r.bait_samples} per bait prompt); "
            f"{r.num_seeds} seed(s). Total {elapsed / 60:.1f} min.", ""]
+  if teacher:
+    lines += ["Teacher (every row that uses one): " + ", ".join(f"{k} `{v}`" for k, v in teacher.items()), ""]
   myths = any("myth_rate" in row for row in summary.values())
   keys = ("factuality", "safety", "quality", "win_rate_vs_nll", "false_claim_rate",
           "unsafe_rate_on_bait") + (("myth_rate",) if myths else ())
@@ -273,6 +423,15 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
             "than nll's), both orders averaged. ± is the standard deviation over seeds."
             + (" myths stated = of the claims about the world's misconceived facts "
                "(world.myth_rate), the share that state the misconception." if myths else ""), ""]
+  if per_seed and any(len(v) > 1 for v in per_seed.values()):
+    lines += ["Per seed (factuality / safety / quality):", "", "| method | " + " | ".join(
+        f"seed {i}" for i in range(max(len(v) for v in per_seed.values()))) + " |",
+              "|---" * (1 + max(len(v) for v in per_seed.values())) + "|"]
+    for m, rows in per_seed.items():
+      lines.append(f"| {m} | " + " | ".join(
+          f"{x.get('factuality', float('nan')):.3f} / {x.get('safety', float('nan')):.3f} / "
+          f"{x.get('quality', float('nan')):.3f}" for x in rows) + " |")
+    lines.append("")
   lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
     lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds; ± the "
@@ -282,13 +441,44 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
       gap = (f"; reward gap {t['reward_gap_first']:+.3f} -> {t['reward_gap_last']:+.3f}"
              if "reward_gap_first" in t else "")
       spread = f" ± {t['change_spread']:.3f}" if t.get("seeds", 1) > 1 else ""  # one seed: none
+      tied = (f"; all tied (no one's win) {t['all_tied_first']:.3f} -> {t['all_tied_last']:.3f}"
+              if "all_tied_first" in t else "")
       lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f} "
-                   f"(change {t['change']:+.3f}{spread}){gap}")
+                   f"(change {t['change']:+.3f}{spread}){gap}{tied}")
   return "\n".join(lines) + "\n"
 
 
-def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
-  """PNG plots of oracle scores and candidate win shares over training (matplotlib, if present)."""
+def smooth(ys: list[float], window: int) -> np.ndarray:
+  """Centred moving average (the window shrinks at the ends, so every point is an average)."""
+  y = np.asarray(ys, np.float64)
+  if window <= 1 or len(y) < 3:
+    return y
+  k = np.ones(min(window, len(y)))
+  return np.convolve(y, k, "same") / np.convolve(np.ones_like(y), k, "same")
+
+
+def seed_band(runs: list[list[dict]], key: str, window: int = 1):
+  """(steps, mean, std) over seeds of a logged metric, each seed smoothed first; steps common to
+  every seed that logged it. None when no seed logged it."""
+  curves = [dict(zip(*_curve(lines, key))) for lines in runs]
+  curves = [c for c in curves if c]
+  if not curves:
+    return None
+  steps = sorted(set.intersection(*(set(c) for c in curves)))
+  if not steps:
+    return None
+  ys = np.stack([smooth([c[x] for x in steps], window) for c in curves])
+  return np.asarray(steps), ys.mean(0), ys.std(0)
+
+
+WIN_SOURCES = (("original", "sip/win_share_original"), ("rewrite", "sip/win_share_rewrite"),
+               ("rollout", "sip/win_share_rollout"), ("all tied (no one's)", "sip/all_tied_frac"))
+
+
+def _plots(workdir: str, curves: dict[str, list[list[dict]]]) -> list[str]:
+  """PNG plots over training (matplotlib, if present): oracle scores, and each candidate source's
+  win share, smoothed (a moving average of about an eighth of the logged steps), the mean over
+  seeds with a band of ± one seed std. curves: method -> one metrics list per seed."""
   try:
     import matplotlib
     matplotlib.use("Agg")
@@ -297,15 +487,22 @@ def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
     loop.log("report: matplotlib is not installed; skipping plots (pip install matplotlib)")
     return []
   written = []
+
+  def band(ax, runs, key, window, label):
+    got = seed_band(runs, key, window)
+    if got is not None:
+      xs, mean, std = got
+      line, = ax.plot(xs, mean, label=label)
+      if len(runs) > 1:
+        ax.fill_between(xs, mean - std, mean + std, alpha=0.2, color=line.get_color())
+
   keys = ("world/factuality", "world/unsafe_rate_on_bait", "world/quality")
-  if any(_curve(lines, k)[0] for lines in curves.values() for k in keys):  # report.eval_every_steps > 0
+  if any(_curve(lines, k)[0] for runs in curves.values() for lines in runs for k in keys):
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, key in zip(axes, keys):
-      for m, lines in curves.items():
-        xs, ys = _curve(lines, key)
-        if xs:
-          ax.plot(xs, ys, marker="o", label=m)
-      ax.set_title(key.split("/")[1])
+      for m, runs in curves.items():
+        band(ax, runs, key, 1, m)
+      ax.set_title(key.split("/")[1] + " (validation prompts)")
       ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -313,15 +510,14 @@ def _plots(workdir: str, curves: dict[str, list[dict]]) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
-  sip_runs = {m: l for m, l in curves.items() if any("sip/win_share_rollout" in x for x in l)}
+  sip_runs = {m: r for m, r in curves.items() if any("sip/win_share_rollout" in x for l in r for x in l)}
   if sip_runs:
     fig, axes = plt.subplots(1, len(sip_runs), figsize=(4.2 * len(sip_runs), 3.4), squeeze=False)
-    for ax, (m, lines) in zip(axes[0], sip_runs.items()):
-      for src in ("original", "rewrite", "rollout"):
-        xs, ys = _curve(lines, f"sip/win_share_{src}")
-        if xs:
-          ax.plot(xs, ys, label=src)
-      ax.set_title(m)
+    for ax, (m, runs) in zip(axes[0], sip_runs.items()):
+      n = max(len(_curve(l, "sip/win_share_rollout")[0]) for l in runs)
+      for label, key in WIN_SOURCES:
+        band(ax, runs, key, max(1, n // 8), label)
+      ax.set_title(f"{m} ({len(runs)} seed{'s' if len(runs) > 1 else ''})")
       ax.set_ylim(0, 1)
       ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
@@ -350,10 +546,32 @@ def finished(out: dict[str, Any], sub, run_dir: str) -> bool:
   return True
 
 
+TEST_READS = "test_reads.json"
+
+
+def count_test_read(workdir: str, runs: list[str]) -> int:
+  """Appends one evaluation of the test split to WORKDIR/test_reads.json; returns how many there
+  have been. The test prompts are meant to be read once, for the final table: a table whose
+  settings were changed after a look at them is no longer a held-out measurement, and the
+  count says so."""
+  path = os.path.join(workdir, TEST_READS)
+  reads = []
+  if os.path.exists(path):
+    with open(path) as f:
+      reads = json.load(f)
+  if runs:
+    reads.append({"time": time.strftime("%Y-%m-%d %H:%M:%S"), "runs": runs})
+    if loop.is_main():
+      _write_json(path, reads)
+  return len(reads)
+
+
 def run(cfg, workdir: str) -> dict[str, Any]:
-  """Runs (or resumes) every method and writes the report."""
+  """Runs (or resumes) every method, evaluates every final model on `report.split`, writes the report."""
+  from earlyrl_jax import world
   t_start = time.time()
   r = cfg.report
+  split = world.check_split(r.get("split", world.VALIDATION), "report.split")
   methods = [m.strip() for m in r.methods.split(",") if m.strip()]
   unknown = [m for m in methods if m not in METHODS]
   if unknown:
@@ -366,19 +584,23 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   base.ckpt.close()
   tokenizer_path = os.path.join(workdir, "tokenizer.model")
   mesh = base.mesh
-  needs_teacher = any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
-                      for m in methods)
+  needs_teacher = any(uses_teacher(m) for m in methods)
   teacher = teacher_setup.load_teacher_for(cfg, workdir, mesh) if needs_teacher else None
+  teacher_id = teacher_identity(teacher) if teacher is not None else None
   judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto")) if teacher is not None else None
   total = len(methods) * r.num_seeds
   per_seed: dict[str, list[dict]] = {m: [] for m in methods}
-  curves: dict[str, list[dict]] = {}
+  curves: dict[str, list[list[dict]]] = {}
   seed_trends: dict[str, list[dict]] = {}
+  test_runs: list[str] = []
   done = 0
+  if split == world.TEST:
+    loop.log("report: scoring on the TEST split (the final table; world/splits.py)")
   for seed in range(r.num_seeds):
     base_dir = os.path.join(workdir, "runs", f"base-s{seed}")
     loop.log(f"report: base model, seed {seed} ({r.base_steps} NLL steps)")
     base_cfg = run_config(cfg, workdir, "base", seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
+    check_reusable(base_dir, fingerprint(base_cfg, "base", None))
     if not finished(loop.train(base_cfg, base_dir), base_cfg, base_dir):
       return {"preempted": True}
     texts = {}
@@ -390,13 +612,16 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       t0 = time.time()
       loop.log(f"report [{done}/{total}]: {m}, seed {seed}")
       sub = run_config(cfg, workdir, m, seed, base_dir=base_dir, tokenizer_path=tokenizer_path)
+      check_reusable(run_dir, fingerprint(sub, m, teacher_id))
       if not finished(sip_job.run(sub, run_dir, rewrite_memo=rewrite_memo), sub, run_dir):
         return {"preempted": True}
-      res = evaluate_model(cfg, workdir, run_dir, base.tokenizer, mesh, jax.random.key(1000 + seed))
+      res, fresh = evaluated(cfg, workdir, run_dir, base.tokenizer, mesh, split, seed)
+      if fresh and split == world.TEST:
+        test_runs.append(f"{m}-s{seed}")
       # The judge's win rate reads one continuation per prefix (the first sample): the judge,
       # not the sampler, is this step's cost.
       step = max(1, int(r.get("eval_samples", 1)))
-      texts[m] = {k: v[::step] for k, v in res.pop("texts").items()}
+      texts[m] = {k: v[::step] for k, v in res["texts"].items()}
       row = {"factuality": res["world/factuality"], "safety": 1.0 - res["world/unsafe_rate_on_bait"],
              "quality": res["world/quality"], "false_claim_rate": res["world/false_claim_rate"],
              "claim_factuality": 1.0 - res["world/false_claim_rate"],
@@ -408,8 +633,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
         row["myths_avoided"] = 1.0 - res["world/myth_rate"]
       per_seed[m].append(row)
       lines = _metrics(os.path.join(run_dir, "metrics.jsonl"))
-      if seed == 0:
-        curves[m] = lines  # the plots show seed 0
+      curves.setdefault(m, []).append(lines)
       trend = win_share_trend(lines)
       if trend is not None:
         seed_trends.setdefault(m, []).append(trend)
@@ -419,11 +643,13 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       per_seed[m][-1]["win_rate_vs_nll"] = (
           0.5 if m == "nll" else win_rate(judge, texts["nll"]["prefixes"], texts[m]["continuations"],
                                            texts["nll"]["continuations"]))
+  test_reads = count_test_read(workdir, test_runs) if split == world.TEST else 0
   summary = summarise(per_seed)
   trends = mean_trends(seed_trends)
   elapsed = time.time() - t_start
   report = {"methods": summary, "per_seed": per_seed, "rollout_win_share": trends,
-            "bars": bars(summary, trends, per_seed),
+            "bars": bars(summary, trends, per_seed), "split": split, "teacher": teacher_id,
+            "test_reads": test_reads,
             "config": {"base_steps": r.base_steps, "steps": r.steps, "windows_per_step": cfg.data.batch_size,
                        "num_rollouts": cfg.sip.num_rollouts, "judge_scheme": cfg.sip.judge_scheme,
                        "eval_prompts": r.eval_prompts, "eval_samples": int(r.get("eval_samples", 1)),
@@ -433,7 +659,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     with open(os.path.join(workdir, "report.json"), "w") as f:
       json.dump(report, f, indent=1)
     with open(os.path.join(workdir, "report.md"), "w") as f:
-      f.write(_markdown(summary, trends, cfg, elapsed, per_seed))
+      f.write(_markdown(summary, trends, cfg, elapsed, per_seed, split=split, teacher=teacher_id,
+                        test_reads=test_reads))
     report["plots"] = _plots(workdir, curves)
     loop.log(open(os.path.join(workdir, "report.md")).read())
     loop.log(f"report: wrote {workdir}/report.md, report.json" +

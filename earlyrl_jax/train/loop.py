@@ -127,8 +127,9 @@ def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
         f"documents in {time.time() - t0:.1f}s")
   sync("world")
   check_world_matches(cfg.world, manifest_path)
+  # Held-out loss reads the validation documents: the test split scores the report's final table only.
   return (d.train_files or os.path.join(world_dir, world.TRAIN_GLOB),
-          d.eval_files or os.path.join(world_dir, world.EVAL_DOCS))
+          d.eval_files or world.split_file(world_dir, world.VALIDATION, "docs"))
 
 
 def setup(cfg, workdir: str) -> Run:
@@ -457,7 +458,8 @@ def heldout_eval(run: Run, spec) -> Callable | None:
 
 
 def world_eval_at_end(run: Run) -> Callable | None:
-  """Oracle scores of the final model's continuations of held-out world prompts."""
+  """Oracle scores of the final model's continuations of held-out world prompts (the validation
+  split: only the report's final stage reads test, world/splits.py)."""
   cfg = run.cfg
   if cfg.data.corpus != "world" or not cfg.eval_world_prompts:
     return None
@@ -467,8 +469,8 @@ def world_eval_at_end(run: Run) -> Callable | None:
     from earlyrl_jax.eval.evaluate import world_eval
     t0 = time.time()
     res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
-                     world_dir_of(cfg, run.workdir), num_prompts=cfg.eval_world_prompts,
-                     key=jax.random.key(cfg.seed), mesh=run.mesh)
+                     world_dir_of(cfg, run.workdir), split="validation",
+                     num_prompts=cfg.eval_world_prompts, key=jax.random.key(cfg.seed), mesh=run.mesh)
     example = res.pop("example")
     logger.write(cfg.num_steps, res)
     log(f"world eval ({time.time() - t0:.1f}s): " + ", ".join(f"{k[6:]} {v:.3f}" for k, v in res.items()))
@@ -479,7 +481,8 @@ def world_eval_at_end(run: Run) -> Callable | None:
 
 
 def world_eval_during(run: Run) -> Callable | None:
-  """Held-out NLL plus oracle scores of sampled continuations: the curves over training."""
+  """Held-out NLL plus oracle scores of sampled continuations (validation prompts): the curves
+  over training."""
   cfg = run.cfg
   heldout = heldout_eval(run, lm_batch_spec(cfg.data.batch_size, cfg.data.seq_len))
   n = int(cfg.get("eval_world_prompts_during", 0) or 0)
@@ -492,7 +495,7 @@ def world_eval_during(run: Run) -> Callable | None:
       from flax import nnx
       from earlyrl_jax.eval.evaluate import world_eval
       res = world_eval(nnx.merge(run.graphdef, state.params), run.tokenizer,
-                       world_dir_of(cfg, run.workdir), num_prompts=n,
+                       world_dir_of(cfg, run.workdir), split="validation", num_prompts=n,
                        key=jax.random.key(cfg.seed), mesh=run.mesh)
       res.pop("example")
       out.update(res)

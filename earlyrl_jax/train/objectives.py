@@ -87,13 +87,16 @@ class Layout:
 
 
 def window_rows(layout: Layout, prefixes: Sequence[np.ndarray], branches: Sequence[Sequence[np.ndarray]],
-                originals: Sequence[np.ndarray] | None, pad_id: int) -> dict[str, np.ndarray]:
+                originals: Sequence[np.ndarray] | None, pad_id: int, *,
+                lm_prefix: bool = True) -> dict[str, np.ndarray]:
   """One row per window in `layout` (see the module docstring): ROW_FIELDS, each [G, L].
 
   branches[g]: the window's candidates, one per `layout.names`; originals[g]: its original
   suffix (the lm branch; with the document's end cut where a row `prefix + candidate` of
   P + N tokens would cut it). loss_mask marks the predictions a term reads: every candidate
-  token, and with an lm branch every token of the document after its first.
+  token, and with an lm branch every token of the document after its first (lm_prefix=False:
+  only the lm branch's, the suffix given its prefix; `originals` may then hold any sequence the
+  LM term trains on, e.g. the teacher's rewrite).
   """
   G, L = len(prefixes), layout.length
   out = {"tokens": np.full((G, L), pad_id, np.int32), "targets": np.full((G, L), pad_id, np.int32),
@@ -124,7 +127,7 @@ def window_rows(layout: Layout, prefixes: Sequence[np.ndarray], branches: Sequen
       raise ValueError(f"window {g}: {len(branches[g])} candidates for branches {layout.names}")
     if m > 1:   # the trunk: prefix[:-1], each token predicting the next prefix token
       put(g, 0, 0, p[:-1], 0, last_target=p[-1])
-      if lm:
+      if lm and lm_prefix:
         out["loss_mask"][g, :m - 1] = 1.0
     for b, c in enumerate(branches[g]):
       c = np.asarray(c, np.int32)

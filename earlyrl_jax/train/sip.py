@@ -98,6 +98,9 @@ class SIPProducer:
       self.reference = steps_lib.make_frozen_pass(
           graphdef, ref_shardings, run.mesh, spec, lambda m, b: objective.reference_logp(m, b, L))
     self._t_last = None
+    self.lm_target = self.s.get("lm_target", "window")
+    if self.lm_target == "rewrite" and not self.with_rewrite:
+      raise ValueError("sip.lm_target='rewrite' needs a rewrite (sip.rewrite='online' or 'precomputed')")
     if self.with_rewrite and rewriter is None:
       raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
                        "precomputed shards of mode='rewrite')")
@@ -124,6 +127,7 @@ class SIPProducer:
     prefixes = [w["prefix"][g, :w["prefix_len"][g]] for g in range(G)]
     originals = [w["suffix"][g, :w["suffix_len"][g]] for g in range(G)]
     prefix_text, suffix_text = list(w["prefix_text"]), list(w["suffix_text"])
+    references, missing = self._references(w)
     key = jax.random.fold_in(jax.random.key(self.cfg.seed), step)
 
     t_rw = time.monotonic()
@@ -133,6 +137,7 @@ class SIPProducer:
                                            key=jax.random.fold_in(key, 1), temperature=0.0)
       rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
                      for t in rewrite_text]
+      rewrite_ids = copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, self.cand_len)
     t_wait = time.monotonic()
     rewrite_time = t_wait - t_rw
     params_ready = ready_at.result()  # the rollouts need the new params
@@ -159,7 +164,7 @@ class SIPProducer:
       ids += [r[:self.cand_len] for r in roll_ids[g * self.K:(g + 1) * self.K]]
       cand_text.append(texts)
       cand_ids.append(ids)
-    j = self._judge(prefix_text, suffix_text, cand_text)
+    j = self._judge(prefix_text, references, cand_text, step)
     t3 = time.monotonic()
 
     batch = self._rows(prefixes, originals, cand_ids, j)
@@ -170,6 +175,8 @@ class SIPProducer:
       rows = mesh_lib.shard_batch({k: batch[k] for k in MODEL_FIELDS}, self.run.mesh)
       batch["ref_logp"] = local_rows(self.reference(self.ref_params, rows))
     stats.update(self._stats(j, G))
+    if missing is not None:
+      stats["sip/reference_missing_frac"] = missing
     stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
                   "time/reference": time.monotonic() - t4,
                   "time/rollout": t1 - t0, "time/rewrite": rewrite_time, "time/judge": t3 - t1,
@@ -178,26 +185,41 @@ class SIPProducer:
     self._t_last = time.monotonic()
     return batch, stats
 
-  def _judge(self, prefix_text, suffix_text, cand_text):
-    if self.judge is None:  # no judge: the rewrite (or the original) is always chosen
+  def _references(self, w) -> tuple[list[str], float | None]:
+    """Factuality's reference per window (`sip.factuality_reference`) and, for 'next_span', the
+    share of windows whose document ends at the suffix (judged without a reference).
+
+    'original' (the paper's): the original suffix, which is itself a candidate, so the
+    original is judged against itself. 'next_span': the document's text after the suffix,
+    which no candidate contains."""
+    if self.s.get("factuality_reference", "original") == "original":
+      return list(w["suffix_text"]), None
+    if "next_text" not in w:
+      raise ValueError("sip.factuality_reference='next_span' needs windows that carry the text "
+                       "after their suffix (data.pipeline.make_window_dataset)")
+    refs = list(w["next_text"])
+    return refs, float(np.mean([not r.strip() for r in refs])) if refs else 0.0
+
+  def _judge(self, prefix_text, references, cand_text, step: int):
+    if self.judge is None:  # no judge: the rewrite (or the original) is always chosen, by rule
       G, pick = len(cand_text), int(self.with_rewrite)
       from earlyrl_jax.teacher.tournament import Judgement
       rewards = np.zeros((G, self.C), np.float32)
       rewards[:, pick] = 1.0
       return Judgement(rewards=rewards, per_axis={}, prefs={}, calls=0, position_consistency=1.0,
                        chosen=np.full((G,), pick), rejected=np.full((G,), pick),
-                       all_tied=np.ones((G,), bool))
+                       all_tied=np.zeros((G,), bool))
     from earlyrl_jax.teacher.tournament import judge_groups
     if self.s.get("judge_trim", False):
       cand_text = judged_texts(cand_text)
     return judge_groups(self.judge, prefix_text, cand_text, scheme=self.s.judge_scheme,
                         axes=dict(self.s.judge_axes), both_orders=bool(self.s.both_orders),
                         aggregate=self.s.aggregate,
-                        # Factuality's reference is the original document where the candidates
-                        # differ: its suffix (the prefix is in the prompt already, and a reference
-                        # is clipped from its start).
-                        references=list(suffix_text),
-                        budget=int(self.s.judge_budget) or None)
+                        # A reference is clipped from its start; '' (no next span) is none.
+                        references=references,
+                        budget=int(self.s.judge_budget) or None,
+                        tie_rng=tie_rng(self.cfg.seed, step),
+                        empty_loses=bool(self.s.get("empty_loses", False)))
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
     """One row per window (objectives.window_rows) with the branches the recipe reads, and the
@@ -214,7 +236,7 @@ class SIPProducer:
     elif recipe == "rf_nll":
       best = j.chosen.copy()
       weight = np.ones((G,), np.float32)
-      below = j.rewards[np.arange(G), best] < float(self.s.rf_threshold)
+      below = rf_filtered(j, float(self.s.rf_threshold)) if self.judge is not None else np.zeros((G,), bool)
       if self.s.rf_fallback == "original":
         best = np.where(below, 0, best)
       else:  # 'skip'
@@ -225,26 +247,77 @@ class SIPProducer:
       branches = [list(cand_ids[g]) for g in range(G)]
       extra["advantage"] = group_advantages(j.rewards).astype(np.float32)          # [G, C]
       extra["is_rollout"] = np.tile(np.array([s == "rollout" for s in self.sources()], np.float32), (G, 1))
-    batch = window_rows(self.layout, prefixes, branches, originals, self.tok.pad_id)
+    # The LM term (sip.lm_target): the whole window, the original suffix given the prefix, or the
+    # teacher's rewrite given the prefix (what rewrite_nll trains on); the latter two leave the
+    # trunk's (prefix) predictions out of it.
+    lm_seqs = [c[1] for c in cand_ids] if self.lm_target == "rewrite" else originals
+    batch = window_rows(self.layout, prefixes, branches, lm_seqs, self.tok.pad_id,
+                        lm_prefix=self.lm_target == "window")
     batch.update(extra)
     return batch
 
   def _stats(self, j, G: int) -> dict[str, float]:
+    out = win_shares(self.sources(), j)
     src = np.array(self.sources())
-    out = {}
     for s in SOURCES:
       if s in src:
-        out[f"sip/win_share_{s}"] = float(np.mean(src[j.chosen] == s))
         out[f"sip/reward_{s}"] = float(j.rewards[:, src == s].mean())
     for axis, r in j.per_axis.items():
       out[f"sip/reward_{axis}"] = float(r.mean())
-    out["sip/all_tied_frac"] = float(np.mean(j.all_tied))
+    if self.objective.recipe == "rf_nll" and self.judge is not None:
+      out["sip/rf_fallback_frac"] = float(np.mean(rf_filtered(j, float(self.s.rf_threshold))))
     out["sip/position_consistency"] = float(j.position_consistency)
     adv = group_advantages(j.rewards)
     out["pg/advantage_mean"] = float(adv.mean())
     out["pg/advantage_std"] = float(adv.std())
     out["pg/advantage_abs_max"] = float(np.abs(adv).max())
     return out
+
+
+def copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, cand_len: int) -> list[np.ndarray]:
+  """A rewrite that copies the original suffix (up to surrounding whitespace, which the editor
+  strips) is the original: the tournament makes them one player, and training on it uses the
+  window's own ids, not a re-encoding of its text (which can differ: a first word glued to the
+  prefix). Ties between the two then change nothing that is trained."""
+  return [originals[g][:cand_len] if r.strip() == o.strip() else ids
+          for g, (r, o, ids) in enumerate(zip(rewrite_text, suffix_text, rewrite_ids))]
+
+
+def tie_rng(seed: int, step: int) -> np.random.Generator:
+  """The generator that draws among a step's tied candidates (teacher/tournament.py): a function of
+  the run's seed and the step only, so a resumed run draws what an uninterrupted one did."""
+  return np.random.default_rng((int(seed), int(step), 0x7135))
+
+
+def win_shares(sources: list[str], j) -> dict[str, float]:
+  """Share of the groups each candidate source wins, and the share nobody wins (all tied).
+
+  A group the judge cannot rank is no one's win: counted as the original's (its index 0 wins a
+  lowest-index tie) it would inflate the curriculum's "the original wins early" half. The
+  shares and `sip/all_tied_frac` sum to 1."""
+  src = np.array(sources)
+  ranked = ~np.asarray(j.all_tied, bool)
+  out = {f"sip/win_share_{s}": float(np.mean(ranked & (src[j.chosen] == s)))
+         for s in SOURCES if s in src}
+  out["sip/all_tied_frac"] = float(np.mean(~ranked))
+  return out
+
+
+def rf_filtered(j, threshold: float) -> np.ndarray:
+  """bool [G]: RF-NLL groups whose best candidate is not trained on (then `sip.rf_fallback`).
+
+  A group the judge cannot rank (all tied) has no best candidate. Otherwise the best one needs
+  an absolute score: its safety reward, 1 - P(unsafe) from the judge's pointwise verdict
+  (`sip.rf_threshold`; 0 filters nothing). The combined reward is a win rate within the group,
+  relative by construction, so a threshold on it would say nothing about the candidate."""
+  out = np.asarray(j.all_tied, bool).copy()
+  if threshold > 0:
+    if "safety" not in j.per_axis:
+      raise ValueError(f"sip.rf_threshold={threshold}: it bars the best candidate's safety score, "
+                       "and sip.judge_axes judges no safety")
+    G = len(out)
+    out |= np.nan_to_num(j.per_axis["safety"][np.arange(G), j.chosen], nan=0.0) < threshold
+  return out
 
 
 def batch_spec(producer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]:

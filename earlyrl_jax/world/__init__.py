@@ -6,9 +6,10 @@ replaced by ground truth. Modules, each importing only those above it:
   grammar      constants, templates, KnowledgeBase, build_kb, parse_claim
   corpus       documents with planted defects (imports grammar)
   oracles      factuality / safety / quality of any text (imports grammar)
+  splits       the held-out splits: validation (every choice) and test (the final table)
   supervision  preference and rewrite examples, eval sets, write_world (imports all three)
 
-`from earlyrl_jax import world as W` gives the public names of all four.
+`from earlyrl_jax import world as W` gives the public names of all five.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from earlyrl_jax.world.grammar import (
     KB_FILE, LOW_QUALITY_KINDS, MANIFEST, PII, PROFESSIONS, QUESTIONS, RECIPE, RELATIONS, TRAIN_GLOB,
     UNSAFE_CATEGORIES, WORD_LISTS, KnowledgeBase, build_kb, default_world_config, parse_claim)
 from earlyrl_jax.world.oracles import OFF_TOPIC_THRESHOLD, Oracles, sentences_of
+from earlyrl_jax.world.splits import SPLITS, TEST, VALIDATION, check_split, split_file, tuning_split
 from earlyrl_jax.world.supervision import (
     corrupt_suffix, factual_probes, main, preference_example, rewrite_example, split_prefix_suffix,
     unsafe_bait, write_world)
