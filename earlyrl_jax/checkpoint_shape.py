@@ -1,4 +1,5 @@
-"""The policy's `model` section from the checkpoint it starts from (`model.preset='from_checkpoint'`).
+"""The config's `model` section: presets, and the shape read from the checkpoint a run starts from
+(`model.preset='from_checkpoint'`).
 
 Mid-training starts from someone else's checkpoint; its shape is written in its config.json, so
 the user should not retype it. The convention:
@@ -21,9 +22,13 @@ way is itself a valid `init.params_from`.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
+import ml_collections
+
+from earlyrl_jax.errors import ConfigError
 from earlyrl_jax.models.transformer import ModelConfig
 
 FROM_CHECKPOINT = "from_checkpoint"
@@ -33,8 +38,62 @@ SHAPE_FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "h
 
 
 def _error(msg: str):
-  from earlyrl_jax.configs import ConfigError
   return ConfigError(msg)
+
+
+def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
+  """`cfg.model` -> ModelConfig (every ModelConfig field may be set in the config).
+
+  `rope_scaling={}` means none (how the command line unsets a preset's scaling). A section of
+  preset 'from_checkpoint' is complete only after `checkpoint_shape.resolve_model` (validate)."""
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  raw = dict(cfg.model.to_dict())
+  unknown = sorted(set(raw) - fields - {"preset"})
+  if unknown:
+    raise ConfigError(f"model.{unknown[0]}: unknown model field (known: {sorted(fields)})")
+  preset_name = raw.pop("preset", None)
+  unset = [k for k, v in raw.items() if v is None and k != "rope_scaling"]
+  if unset:
+    raise ConfigError(f"model.{unset[0]} is unset (model.preset={preset_name!r}): set it, or let "
+                      "init.params_from supply the shape (model.preset='from_checkpoint')")
+  sc = raw.get("rope_scaling")
+  if not sc or sc.get("type", sc.get("rope_type")) == "default":
+    raw["rope_scaling"] = None
+  try:
+    return ModelConfig(**raw)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(str(e)) from None
+
+
+# Field types of a 'from_checkpoint' section: every field starts None (= the checkpoint's) and
+# stays overridable from the command line (a typed FieldReference).
+_FIELD_TYPES = {"rope_scaling": object, "rope_theta": float, "norm_eps": float, "init_std": float,
+                "tie_embeddings": bool, "qkv_bias": bool, "remat": bool, "dtype": str,
+                "param_dtype": str}
+
+
+def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
+  """A `model` config section holding every field of a preset (so all are overridable).
+
+  preset 'from_checkpoint': the shape comes from `init.params_from` and max_seq_len from the
+  windows (earlyrl_jax/checkpoint_shape.py); only `overrides` are set (run settings such as
+  dtype, or shape fields you want checked against the checkpoint)."""
+  from earlyrl_jax.models.transformer import preset
+  if preset_name == FROM_CHECKPOINT:
+    run_settings = {k: v for k, v in dataclasses.asdict(ModelConfig()).items()
+                    if k not in SHAPE_FIELDS and k != "max_seq_len"}
+    mc = {**dict.fromkeys(SHAPE_FIELDS + ("max_seq_len",)), **run_settings, **overrides}
+  else:
+    mc = dataclasses.asdict(preset(preset_name, **overrides))
+  section = ml_collections.ConfigDict({"preset": preset_name})
+  for k, v in mc.items():
+    if v is None:
+      # ConfigDict fields that start as None accept any type later (typed so that the command
+      # line can set them).
+      section[k] = ml_collections.FieldReference(None, field_type=_FIELD_TYPES.get(k, int))
+    else:
+      section[k] = v
+  return section
 
 
 def is_run_dir(path: str) -> bool:
@@ -46,10 +105,8 @@ def checkpoint_model_config(path: str, field: str = "init.params_from") -> Model
   """The ModelConfig written beside a checkpoint: an earlyrl_jax run directory (its config.json's
   `model`) or an HF directory (config.json); reads no weights."""
   if is_run_dir(path):
-    import ml_collections
-    from earlyrl_jax import configs
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-      return configs.model_config(ml_collections.ConfigDict(json.load(f)))
+      return model_config(ml_collections.ConfigDict(json.load(f)))
   if os.path.isfile(os.path.join(path, "config.json")):
     from earlyrl_jax.models import hf_io
     try:

@@ -26,68 +26,10 @@ import sys
 import jax
 import ml_collections
 
+from earlyrl_jax.checkpoint_shape import model_config, model_section  # noqa: F401  (re-exported)
+from earlyrl_jax.errors import ConfigError  # noqa: F401  (re-exported: a bad field, named)
 from earlyrl_jax.models.transformer import ModelConfig
 from earlyrl_jax.parallel import mesh as mesh_lib
-
-
-class ConfigError(ValueError):
-  """A config field has a bad value; the message names the field."""
-
-
-def model_config(cfg: ml_collections.ConfigDict) -> ModelConfig:
-  """`cfg.model` -> ModelConfig (every ModelConfig field may be set in the config).
-
-  `rope_scaling={}` means none (how the command line unsets a preset's scaling). A section of
-  preset 'from_checkpoint' is complete only after `checkpoint_shape.resolve_model` (validate)."""
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  raw = dict(cfg.model.to_dict())
-  unknown = sorted(set(raw) - fields - {"preset"})
-  if unknown:
-    raise ConfigError(f"model.{unknown[0]}: unknown model field (known: {sorted(fields)})")
-  preset_name = raw.pop("preset", None)
-  unset = [k for k, v in raw.items() if v is None and k != "rope_scaling"]
-  if unset:
-    raise ConfigError(f"model.{unset[0]} is unset (model.preset={preset_name!r}): set it, or let "
-                      "init.params_from supply the shape (model.preset='from_checkpoint')")
-  sc = raw.get("rope_scaling")
-  if not sc or sc.get("type", sc.get("rope_type")) == "default":
-    raw["rope_scaling"] = None
-  try:
-    return ModelConfig(**raw)
-  except (TypeError, ValueError) as e:
-    raise ConfigError(str(e)) from None
-
-
-# Field types of a 'from_checkpoint' section: every field starts None (= the checkpoint's) and
-# stays overridable from the command line (a typed FieldReference).
-_FIELD_TYPES = {"rope_scaling": object, "rope_theta": float, "norm_eps": float, "init_std": float,
-                "tie_embeddings": bool, "qkv_bias": bool, "remat": bool, "dtype": str,
-                "param_dtype": str}
-
-
-def model_section(preset_name: str, **overrides) -> ml_collections.ConfigDict:
-  """A `model` config section holding every field of a preset (so all are overridable).
-
-  preset 'from_checkpoint': the shape comes from `init.params_from` and max_seq_len from the
-  windows (earlyrl_jax/checkpoint_shape.py); only `overrides` are set (run settings such as
-  dtype, or shape fields you want checked against the checkpoint)."""
-  from earlyrl_jax.checkpoint_shape import FROM_CHECKPOINT, SHAPE_FIELDS
-  from earlyrl_jax.models.transformer import preset
-  if preset_name == FROM_CHECKPOINT:
-    run_settings = {k: v for k, v in dataclasses.asdict(ModelConfig()).items()
-                    if k not in SHAPE_FIELDS and k != "max_seq_len"}
-    mc = {**dict.fromkeys(SHAPE_FIELDS + ("max_seq_len",)), **run_settings, **overrides}
-  else:
-    mc = dataclasses.asdict(preset(preset_name, **overrides))
-  section = ml_collections.ConfigDict({"preset": preset_name})
-  for k, v in mc.items():
-    if v is None:
-      # ConfigDict fields that start as None accept any type later (typed so that the command
-      # line can set them).
-      section[k] = ml_collections.FieldReference(None, field_type=_FIELD_TYPES.get(k, int))
-    else:
-      section[k] = v
-  return section
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -101,6 +43,65 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+# method -> sip-section overrides (on top of the config's `sip` section).
+REPORT_METHODS: dict[str, dict] = {
+    "nll": dict(recipe="rf_nll", judge="none", rewrite="none", num_rollouts=0, lm_coef=1.0, coef=0.0),
+    "rewrite_nll": dict(recipe="rf_nll", judge="none", rewrite="online", num_rollouts=0,
+                        lm_coef=0.0, coef=1.0),
+    "sip_rf_nll": dict(recipe="rf_nll", judge="teacher", rewrite="online"),
+    "sip_dpo": dict(recipe="dpo", judge="teacher", rewrite="online"),
+    "sip_pg": dict(recipe="pg", judge="teacher", rewrite="online"),
+    "sip_dpo_oracle": dict(recipe="dpo", judge="oracle", rewrite="online"),
+    # Which axis's judging limits DPO: the teacher's judge with one axis judged by the oracles.
+    "sip_dpo_oracle_factuality": dict(recipe="dpo", judge="teacher", rewrite="online",
+                                      oracle_axes="factuality"),
+    "sip_dpo_oracle_quality": dict(recipe="dpo", judge="teacher", rewrite="online",
+                                   oracle_axes="quality"),
+    # Cheaper judging (docs/method.md): the same online DPO with the pivot and adaptive schemes,
+    # beside `sip_dpo` (the config's scheme, all pairs by default).
+    "sip_dpo_pivot": dict(recipe="dpo", judge="teacher", rewrite="online", judge_scheme="pivot"),
+    "sip_dpo_adaptive": dict(recipe="dpo", judge="teacher", rewrite="online",
+                             judge_scheme="adaptive"),
+}
+
+
+def teacher_config(cfg):
+  """The embedded teacher's config (`teacher.config`), on the run's world.
+
+  It trains on its own config's `mesh` (before SIP starts, so every device is free) and is
+  then loaded where `teacher.placement` puts it (`load_teacher_for`).
+  """
+  path = cfg.teacher.config
+  if not os.path.isabs(path) and not os.path.exists(path):
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", path)
+  if not os.path.exists(path):
+    raise ConfigError(f"teacher.config: {cfg.teacher.config!r} not found")
+  tcfg = load_config_file(path)
+  tcfg.world = cfg.world
+  return tcfg
+
+
+@dataclasses.dataclass(frozen=True)
+class RewriteJobConfig:
+  """`c.rewrite_job` (missing fields take these defaults)."""
+  out_dir: str = ""        # '' = WORKDIR/rewrites
+  shard_size: int = 4096   # records (distinct windows) per shard
+  batch_size: int = 64     # windows per teacher call
+  judge: str = "none"      # 'none' | 'teacher' | 'oracle'
+  max_windows: int = 0     # distinct windows per process (0 = the whole corpus)
+
+
+def rewrite_job_config(cfg) -> RewriteJobConfig:
+  """`cfg.rewrite_job` -> JobConfig; its values are checked with every other setting
+  (RANGES, ENUM_FIELDS), here only its field names."""
+  raw = dict(cfg.rewrite_job.to_dict()) if "rewrite_job" in cfg.keys() else {}
+  known = {f.name for f in dataclasses.fields(RewriteJobConfig)}
+  unknown = sorted(set(raw) - known)
+  if unknown:
+    raise ConfigError(f"rewrite_job.{unknown[0]}: unknown field (known: {sorted(known)})")
+  return RewriteJobConfig(**raw)
 
 
 def _require(cond: bool, field: str, msg: str) -> None:
@@ -402,8 +403,7 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
     else:
       _check_report(cfg)
   if mode == "rewrite":
-    from earlyrl_jax.rewrite_job import job_config
-    job = job_config(cfg)  # unknown rewrite_job.* fields
+    job = rewrite_job_config(cfg)  # unknown rewrite_job.* fields
     if job.judge != "none":
       _check_judge_axes(cfg.sip)
   if mode == "teacher":
@@ -504,7 +504,7 @@ def _check_recipe(s, where: str = "") -> None:
 def _check_report(cfg) -> None:
   """The report runs several SIP configurations (tools/report.py METHODS, each applied over the
   `sip` section): each is checked here, before the base model trains."""
-  from earlyrl_jax.tools.report import METHODS
+  METHODS = REPORT_METHODS
   methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
   unknown = [m for m in methods if m not in METHODS]
   _require(not unknown, "report.methods", f"{unknown} unknown (known: {', '.join(METHODS)})")
@@ -564,7 +564,6 @@ def check_models(cfg: ml_collections.ConfigDict) -> None:
     elif cfg.teacher.path:
       check_model_dir(cfg.teacher.path, "teacher.path", teacher=True)
     else:
-      from earlyrl_jax.teacher_setup import teacher_config
       tcfg = teacher_config(cfg)
       try:
         validate_fields(tcfg)
@@ -594,7 +593,7 @@ def needs_teacher(cfg) -> bool:
   if mode == "sip":
     return cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
   if mode == "report":
-    from earlyrl_jax.tools.report import METHODS
+    METHODS = REPORT_METHODS
     methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
     return any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
                for m in methods if m in METHODS)

@@ -26,6 +26,10 @@ INTERRUPTED = 130  # Ctrl-C (128 + SIGINT, the shell's convention): stops at onc
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
+class ConfigError(ValueError):
+  """A config field has a bad value; the message names the field (`earlyrl_jax.configs`)."""
+
+
 class CheckpointError(ValueError):
   """A model, teacher or tokenizer file that cannot be read: not JSON, an unsupported
   architecture, truncated or corrupt weights, a missing tensor. The message names the file."""

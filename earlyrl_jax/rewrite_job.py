@@ -45,6 +45,7 @@ from typing import Any
 import ml_collections
 
 from earlyrl_jax import configs
+from earlyrl_jax.configs import RewriteJobConfig as JobConfig, rewrite_job_config as job_config  # noqa: F401
 from earlyrl_jax.data import sources as S
 
 FORMAT = "earlyrl_jax.rewrites/1"
@@ -290,27 +291,6 @@ def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
 
 
 # ----------------------------------------------------------------------- the job
-
-
-@dataclasses.dataclass(frozen=True)
-class JobConfig:
-  """`c.rewrite_job` (missing fields take these defaults)."""
-  out_dir: str = ""        # '' = WORKDIR/rewrites
-  shard_size: int = 4096   # records (distinct windows) per shard
-  batch_size: int = 64     # windows per teacher call
-  judge: str = "none"      # 'none' | 'teacher' | 'oracle'
-  max_windows: int = 0     # distinct windows per process (0 = the whole corpus)
-
-
-def job_config(cfg) -> JobConfig:
-  """`cfg.rewrite_job` -> JobConfig; its values are checked with every other setting
-  (configs.RANGES, configs.ENUM_FIELDS), here only its field names."""
-  raw = dict(cfg.rewrite_job.to_dict()) if "rewrite_job" in cfg.keys() else {}
-  known = {f.name for f in dataclasses.fields(JobConfig)}
-  unknown = sorted(set(raw) - known)
-  if unknown:
-    raise configs.ConfigError(f"rewrite_job.{unknown[0]}: unknown field (known: {sorted(known)})")
-  return JobConfig(**raw)
 
 
 def one_pass_windows(data_cfg, tokenizer, *, files: str, process_index: int = 0,

@@ -11,26 +11,11 @@ from __future__ import annotations
 import os
 
 from earlyrl_jax import configs
+from earlyrl_jax.configs import teacher_config  # noqa: F401  (the embedded teacher's config)
 from earlyrl_jax.embedded import job as embedded_job
 from earlyrl_jax.parallel import mesh as mesh_lib
 from earlyrl_jax.teacher.teacher import load_teacher, read_teacher_config
 from earlyrl_jax.train import loop
-
-
-def teacher_config(cfg):
-  """The embedded teacher's config (`teacher.config`), on the run's world.
-
-  It trains on its own config's `mesh` (before SIP starts, so every device is free) and is
-  then loaded where `teacher.placement` puts it (`load_teacher_for`).
-  """
-  path = cfg.teacher.config
-  if not os.path.isabs(path) and not os.path.exists(path):
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", path)
-  if not os.path.exists(path):
-    raise configs.ConfigError(f"teacher.config: {cfg.teacher.config!r} not found")
-  tcfg = configs.load_config_file(path)
-  tcfg.world = cfg.world
-  return tcfg
 
 
 def teacher_mesh(cfg, policy_mesh):
@@ -84,7 +69,6 @@ def load_teacher_for(cfg, workdir: str, mesh):
   field = "mesh" if tmesh is mesh else "teacher.mesh"
   if cfg.teacher.path:
     path = cfg.teacher.path
-    from earlyrl_jax import configs
     configs.check_model_dir(path, "teacher.path", teacher=True)  # its packages before its weights
   else:
     tdir = teacher_workdir(cfg, workdir)

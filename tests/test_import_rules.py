@@ -26,12 +26,15 @@ LAYERS = {
     "earlyrl_jax.sip_job": 5,
     "earlyrl_jax.teacher_setup": 5,
     "earlyrl_jax.eval.judge_audit": 5,
+    "earlyrl_jax.eval.select_inference": 5,  # chooses teacher.inference over judge_audit's groups
+    "earlyrl_jax.serve": 5,                 # earlyrl-serve: a server over an in-process backend
     "earlyrl_jax.embedded.job": 5,          # the embedded teacher's training job ...
     "earlyrl_jax.embedded.training": 5,
     "earlyrl_jax.embedded.report": 5,
     "earlyrl_jax.train": 4,                 # the trainer and evaluation
     "earlyrl_jax.eval": 4,
     "earlyrl_jax.configs": 4,               # config validation (reads every layer's settings)
+    "earlyrl_jax.checkpoint_shape": 4,      # the policy's model section from its checkpoint (validation)
     "earlyrl_jax.teacher": 3,               # the general teacher layer ...
     "earlyrl_jax.embedded": 3,              # ... and the embedded teacher's recipe (judge, editor, data)
     "earlyrl_jax.sampling": 2,
@@ -40,6 +43,7 @@ LAYERS = {
     "earlyrl_jax.data": 1,
     "earlyrl_jax.world": 1,
     "earlyrl_jax.modes": 0,                 # the table of jobs: names only, imports nothing
+    "earlyrl_jax.errors": 0,                # exit codes and error classes: imports nothing
     "earlyrl_jax": 0,
 }
 NAMES = {6: "entry", 5: "jobs", 4: "train/eval", 3: "teacher", 2: "sampling/models",

@@ -245,16 +245,16 @@ def test_sip_uses_exactly_the_stored_rewrites_and_names_missing_ones(tmp_path, c
   expected = [want[RJ.window_key(p, s)] for p, s in zip(first["prefix_text"], first["suffix_text"])]
   # The offline-rewriting baseline trains on the rewrite: the best rows' targets are its tokens.
   for g, text in enumerate(expected):
-    mask = batch["best_loss_mask"][g] > 0
+    mask = (batch["loss_mask"][g] > 0) & (batch["branch_ids"][g] == 1)   # the one branch: the best
     ids = run.tokenizer.encode_continuation(text)[:d.suffix_len]
-    np.testing.assert_array_equal(batch["best_targets"][g][mask], ids)
+    np.testing.assert_array_equal(batch["targets"][g][mask], ids)
   # The rule picks the rewrite (no judge): a win, not a tie.
   assert stats["sip/win_share_rewrite"] == 1.0 and stats["sip/all_tied_frac"] == 0.0
   # The step's time split: every part is a part of producing the batch.
   parts = ("time/rewrite", "time/update_wait", "time/rollout", "time/judge")
   assert all(stats[k] >= 0 for k in parts) and sum(stats[k] for k in parts) <= stats["time/produce"]
   # A window without a stored rewrite: a clear error naming the directory and the count.
-  producer = job.next_batch
+  producer = job.next_batch.produce   # the SIPProducer behind the prefetcher
   producer.rewriter.table.pop(RJ.window_key(first["prefix_text"][0], first["suffix_text"][0]))
   with pytest.raises(DataError, match=r"rw: 1 of 8 windows of this batch have no precomputed"):
     producer.rewriter.rewrite(first["prefix_text"], first["suffix_text"])

@@ -40,29 +40,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from earlyrl_jax import sip_job, teacher_setup
+from earlyrl_jax import configs, sip_job, teacher_setup
 from earlyrl_jax.train import loop
 
-# method -> sip-section overrides (on top of the config's `sip` section).
-METHODS: dict[str, dict[str, Any]] = {
-    "nll": dict(recipe="rf_nll", judge="none", rewrite="none", num_rollouts=0, lm_coef=1.0, coef=0.0),
-    "rewrite_nll": dict(recipe="rf_nll", judge="none", rewrite="online", num_rollouts=0,
-                        lm_coef=0.0, coef=1.0),
-    "sip_rf_nll": dict(recipe="rf_nll", judge="teacher", rewrite="online"),
-    "sip_dpo": dict(recipe="dpo", judge="teacher", rewrite="online"),
-    "sip_pg": dict(recipe="pg", judge="teacher", rewrite="online"),
-    "sip_dpo_oracle": dict(recipe="dpo", judge="oracle", rewrite="online"),
-    # Which axis's judging limits DPO: the teacher's judge with one axis judged by the oracles.
-    "sip_dpo_oracle_factuality": dict(recipe="dpo", judge="teacher", rewrite="online",
-                                      oracle_axes="factuality"),
-    "sip_dpo_oracle_quality": dict(recipe="dpo", judge="teacher", rewrite="online",
-                                   oracle_axes="quality"),
-    # Cheaper judging (docs/method.md): the same online DPO with the pivot and adaptive schemes,
-    # beside `sip_dpo` (the config's scheme, all pairs by default).
-    "sip_dpo_pivot": dict(recipe="dpo", judge="teacher", rewrite="online", judge_scheme="pivot"),
-    "sip_dpo_adaptive": dict(recipe="dpo", judge="teacher", rewrite="online",
-                             judge_scheme="adaptive"),
-}
+METHODS = configs.REPORT_METHODS  # name -> the `sip` overrides of each method
 ORACLE_METRICS = ("factuality", "safety", "quality")
 
 
