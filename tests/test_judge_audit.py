@@ -170,7 +170,8 @@ def test_select_inference_judges_validation_with_every_setting(world_run, tmp_pa
   seen = []
   real = Tch.Teacher.judge
   def judge(self, *a, **k):
-    seen.append(self.inference["quality_mix"])
+    from earlyrl_jax.embedded.recipe import settings_of
+    seen.append(settings_of(self)["quality_mix"])
     return real(self, *a, **k)
   grid = {"recorded": {}, "quality surprise": {"quality_mix": [1.0, 1.0]}}
   import unittest.mock

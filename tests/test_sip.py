@@ -282,7 +282,7 @@ def _sip_cfg(**kw):
 
 
 @pytest.mark.slow
-def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
+def test_sip_runs_logs_its_shares_and_resumes_exactly(tmp_path):
   cfg = _sip_cfg()
   full = sip_job.run(cfg, str(tmp_path / "full"))
   lines = [json.loads(l) for l in open(tmp_path / "full" / "metrics.jsonl")]
@@ -292,9 +292,9 @@ def test_sip_runs_logs_the_curriculum_signature_and_resumes_exactly(tmp_path):
     assert key in lines[-1], key
   shares = [l["sip/win_share_original"] + l["sip/win_share_rollout"] + l["sip/all_tied_frac"] for l in lines]
   np.testing.assert_allclose(shares, 1.0)
-  # The curriculum's first half: the from-scratch policy's rollouts are noise, so the ground-truth
-  # judge prefers the original suffix in most groups it can rank at the start.
-  assert lines[0]["sip/win_share_original"] > 0.5 > lines[0]["sip/win_share_rollout"]
+  # No curriculum claim here: at this shape the windows are cut mid-sentence, the quality oracle
+  # scores every fragment 0 and most groups tie at the start (they counted as the original's wins
+  # before ties became no one's); the curriculum setting is issue 38's open item.
   # As if killed after the step-2 checkpoint: drop the later ones, restart, same final parameters.
   _assert_resumes_exactly(cfg, full, tmp_path, later=("4", "6"))
 
@@ -402,9 +402,10 @@ def test_rf_nll_bars_the_best_candidates_absolute_safety_and_ties():
 
 def test_ties_are_drawn_from_the_seed_and_step_only():
   """Resume-exact: the same (seed, step) draws the same; another step or seed draws otherwise."""
-  draw = lambda seed, step: sip.tie_rng(seed, step).random(8)
+  draw = lambda seed, step, group=0: sip.tie_rng(seed, step, group).random(8)
   np.testing.assert_array_equal(draw(0, 5), draw(0, 5))
   assert not np.array_equal(draw(0, 5), draw(0, 6)) and not np.array_equal(draw(0, 5), draw(1, 5))
+  assert not np.array_equal(draw(0, 5, 0), draw(0, 5, 1))   # each group of the global batch its own
 
 
 def test_factuality_reference_is_the_original_or_the_text_after_it():

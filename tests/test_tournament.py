@@ -172,6 +172,23 @@ def test_ties_are_drawn_at_random_reproducibly_never_by_the_lowest_index(scheme,
   assert (other.chosen != j.chosen).any()
 
 
+@pytest.mark.parametrize("scheme", T.SCHEMES)
+def test_a_generator_per_group_draws_the_same_whatever_the_split_of_the_batch(scheme):
+  """SIP on several processes judges its share of the global batch; with one generator per group
+  (seeded by the group's global index) each group draws what it draws in one process."""
+  G, strengths = 12, [1.0, 1.0, 1.0, -1.0, -1.0]
+  judge, pre, cands = groups([bt_matrix(strengths)] * G)
+  rngs = lambda lo, hi: [np.random.default_rng((3, g)) for g in range(lo, hi)]
+  run = lambda lo, hi: T.judge_groups(judge, pre[lo:hi], cands[lo:hi], scheme=scheme, axes=Q,
+                                      tie_rng=rngs(lo, hi))
+  whole, halves = run(0, G), [run(0, G // 2), run(G // 2, G)]
+  np.testing.assert_array_equal(whole.chosen, np.concatenate([h.chosen for h in halves]))
+  np.testing.assert_array_equal(whole.rejected, np.concatenate([h.rejected for h in halves]))
+  assert len(set(whole.chosen.tolist())) > 1 or len(set(whole.rejected.tolist())) > 1   # groups draw apart
+  with pytest.raises(ValueError, match="tie_rng: 2 generators for 12 groups"):
+    T.judge_groups(judge, pre, cands, scheme=scheme, axes=Q, tie_rng=rngs(0, 2))
+
+
 def test_draw_among_ties_skips_padding_and_untied_slots():
   r = np.array([[0.7, np.nan, 0.7, 0.2], [0.1, 0.9, np.nan, np.nan]])
   rng = np.random.default_rng(0)

@@ -291,14 +291,17 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                  scheme: str = "all_pairs", axes: dict[str, float] | None = None,
                  both_orders: bool = True, aggregate: str = "win_rate",
                  references: list[str] | None = None, pivot_index: int = 0,
-                 budget: int | None = None, tie_rng: np.random.Generator | None = None,
+                 budget: int | None = None,
+                 tie_rng: np.random.Generator | Sequence[np.random.Generator] | None = None,
                  empty_loses: bool = False) -> Judgement:
   """Judges G groups of candidates; see the module docstring for schemes and aggregation.
 
   budget (adaptive only): unordered pairs per prefix on average over the batch (each asked on every
   pairwise axis and, with both_orders, in both orders); one prefix may use up to ADAPTIVE_CAP
   times its share, never more than all its pairs. Default `default_budget` (a third).
-  tie_rng: draws among tied candidates (module docstring); None: a generator seeded 0.
+  tie_rng: draws among tied candidates (module docstring): one generator for every group, or
+  one per group (SIP: seeded by the group's index in the global batch, so a group draws the same
+  whatever the number of processes); None: a generator seeded 0.
   empty_loses: a candidate without a word (e.g. a rollout that ended its document at once) gets
   the lowest combined reward, 0, whatever the judge said of it (its per-axis rewards stay as
   judged). Why: a judge that scores text by its defects finds none in an empty text; the
@@ -334,6 +337,8 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
     raise ValueError(f"budget={budget} must be positive")
 
   rng = np.random.default_rng(0) if tie_rng is None else tie_rng
+  if not isinstance(rng, np.random.Generator) and len(rng) != G:
+    raise ValueError(f"tie_rng: {len(rng)} generators for {G} groups")
   pair_axes = [a for a in axes if a not in POINTWISE_AXES]
   point_axes = [a for a in axes if a in POINTWISE_AXES]
   asker = _Asker(judge, prefixes, candidates, references, pair_axes, both_orders, G, C)
@@ -384,12 +389,23 @@ def judge_groups(judge, prefixes: list[str], candidates: list[list[str]], *,
                    all_tied=all_tied, comparisons=asker.asked.copy(), rounds=asker.rounds)
 
 
-def draw_among_ties(rewards_GxC: np.ndarray, target_G: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _uniforms(rng, G: int, C: int) -> np.ndarray:
+  """[G, C] uniforms: from one generator, or a row from each group's own."""
+  if isinstance(rng, np.random.Generator):
+    return rng.random((G, C))
+  return np.stack([r.random(C) for r in rng]) if G else np.zeros((0, C))
+
+
+def _uniform(rng, g: int) -> float:
+  return float(rng.random() if isinstance(rng, np.random.Generator) else rng[g].random())
+
+
+def draw_among_ties(rewards_GxC: np.ndarray, target_G: np.ndarray, rng) -> np.ndarray:
   """Per group, a candidate drawn uniformly from those within TIE_EPS of `target` (its best or
   worst reward); NaN slots (padding) are never drawn. One uniform per slot, drawn for every
   group, so the stream a generator gives does not depend on how many ties there were."""
   tied = np.abs(np.nan_to_num(rewards_GxC, nan=np.inf) - target_G[:, None]) < TIE_EPS
-  u = rng.random(rewards_GxC.shape)
+  u = _uniforms(rng, *rewards_GxC.shape)
   return np.argmax(np.where(tied, u, -1.0), axis=1).astype(np.int64)
 
 
@@ -467,7 +483,7 @@ def _adaptive(asker: _Asker, axes, per_axis, valid, sizes, aggregate, budget, rn
         for i, j in prs:
           e = edge(g, i, j) if asker.known[g, i, j] else 0.0   # unasked (budget ran out): a tie
           if abs(e) < TIE_EPS:
-            e = rng.random() - 0.5
+            e = _uniform(rng, g) - 0.5
           w, l = (i, j) if e > 0 else (j, i)
           win.append(w)
           lose.append(l)

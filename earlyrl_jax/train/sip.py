@@ -218,7 +218,8 @@ class SIPProducer:
                         # A reference is clipped from its start; '' (no next span) is none.
                         references=references,
                         budget=int(self.s.judge_budget) or None,
-                        tie_rng=tie_rng(self.cfg.seed, step),
+                        tie_rng=[tie_rng(self.cfg.seed, step, jax.process_index() * len(prefix_text) + g)
+                                 for g in range(len(prefix_text))],
                         empty_loses=bool(self.s.get("empty_loses", False)))
 
   def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
@@ -283,10 +284,11 @@ def copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, cand_
           for g, (r, o, ids) in enumerate(zip(rewrite_text, suffix_text, rewrite_ids))]
 
 
-def tie_rng(seed: int, step: int) -> np.random.Generator:
-  """The generator that draws among a step's tied candidates (teacher/tournament.py): a function of
-  the run's seed and the step only, so a resumed run draws what an uninterrupted one did."""
-  return np.random.default_rng((int(seed), int(step), 0x7135))
+def tie_rng(seed: int, step: int, group: int = 0) -> np.random.Generator:
+  """The generator that draws among a group's tied candidates (teacher/tournament.py): a function
+  of the run's seed, the step and the group's index in the global batch only, so a resumed run
+  draws what an uninterrupted one did, on any number of processes."""
+  return np.random.default_rng((int(seed), int(step), int(group), 0x7135))
 
 
 def win_shares(sources: list[str], j) -> dict[str, float]:
