@@ -262,6 +262,11 @@ class MemoRewriter:
   def __init__(self, rewriter, memo: dict[str, str]):
     self.rewriter, self.memo = rewriter, memo
 
+  @property
+  def failed(self) -> int:
+    """The wrapped rewriter's failed rewrites (the originals stood in; remembered as such)."""
+    return getattr(self.rewriter, "failed", 0)
+
   def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key=None,
               temperature: float = 0.0, max_new_tokens: int | None = None) -> list[str]:
     if temperature > 0 or max_new_tokens is not None:
@@ -429,7 +434,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     if more:
       work = batch or [{"prefix_text": "", "suffix_text": " "}]  # lockstep filler, discarded
       prefixes, suffixes = [r["prefix_text"] for r in work], [r["suffix_text"] for r in work]
+      failed = getattr(rewriter, "failed", 0)
       texts = rewriter.rewrite(prefixes, suffixes, key=key, temperature=0.0)
+      index["rewrite_failed"] = index.get("rewrite_failed", 0) + getattr(rewriter, "failed", 0) - failed
       verdicts = judge_pairs(judge, axes, prefixes, suffixes, texts) if judge is not None else None
       for i, r in enumerate(batch):
         r["rewrite"] = texts[i]
@@ -457,7 +464,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   _write_json_atomic(index_path, index)
   out = _summary(index, out_dir, time.monotonic() - t_start)
   loop.log(f"rewrite: done: {out['windows']} windows ({index['duplicates']} duplicate windows "
-           f"skipped) in {out['shards']} shards, {out['seconds']:.1f}s, "
+           f"skipped; {out['rewrite_failed']} failed rewrites kept the original) in {out['shards']} "
+           f"shards, {out['seconds']:.1f}s, "
            f"{out['windows_per_s']:.2f} windows/s -> {out_dir}")
   return out
 
@@ -465,7 +473,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
 def _resume_index(out_dir: str, index_path: str, pi: int, fingerprint: dict) -> dict:
   """This process's index (fresh, or the one on disk); removes files no index lists."""
   index = {"format": FORMAT, "fingerprint": fingerprint, "shards": [], "iterator": None,
-           "records": 0, "windows_read": 0, "duplicates": 0, "seconds": 0.0, "done": False,
+           "records": 0, "windows_read": 0, "duplicates": 0, "rewrite_failed": 0, "seconds": 0.0,
+           "done": False,
            "data": {}}
   if os.path.exists(index_path):
     old = _read_index(index_path)
@@ -490,5 +499,6 @@ def _resume_index(out_dir: str, index_path: str, pi: int, fingerprint: dict) -> 
 def _summary(index: dict, out_dir: str, seconds: float) -> dict[str, Any]:
   total = float(index["seconds"])
   return {"out_dir": out_dir, "windows": int(index["records"]), "shards": len(index["shards"]),
-          "duplicates": int(index["duplicates"]), "seconds": total, "this_run_seconds": seconds,
+          "duplicates": int(index["duplicates"]), "rewrite_failed": int(index.get("rewrite_failed", 0)),
+          "seconds": total, "this_run_seconds": seconds,
           "windows_per_s": index["records"] / total if total > 0 else 0.0}
