@@ -46,7 +46,8 @@ def test_place_at_cut_keeps_the_cuts_whitespace():
   assert place_at_cut("The next part. ", "\n\nOld part.") == "\n\nThe next part."
   assert place_at_cut(" Old text.", " Old text.\n") == " Old text.\n"     # a copy: byte for byte
   assert place_at_cut("Old text.", " Old text.\n") == " Old text.\n"
-  assert place_at_cut(" starts anew", "ital of France") == "starts anew"  # a mid-word cut: none
+  assert place_at_cut(" starts anew", "ital of France") == " starts anew"  # its own space stays
+  assert place_at_cut("\nNew line.", " Old.") == "\nNew line."
   assert place_at_cut("   ", " Old.") == "   "                            # blank: the caller's call
   assert copy_or_rewrite(" Old text. And then the model went on", " Old text.") == " Old text."
   assert copy_or_rewrite(" Old tex", " Old text.") == " Old tex"

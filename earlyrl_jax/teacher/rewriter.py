@@ -84,16 +84,18 @@ def place_at_cut(rewrite: str, original: str) -> str:
   """The rewrite as it goes where `original` (the window's suffix) stood.
 
   A rewrite that copies the original up to surrounding whitespace is the original, byte for
-  byte. Otherwise it gets the original's leading whitespace, the cut's (a rewriter that strips
-  its text, or a model that starts its reply without the space, would glue its first word to
-  the prefix), and loses trailing whitespace (a lone space piece at the end teaches nothing).
-  Blank text stays blank (a failed rewrite: its caller decides)."""
+  byte. A rewrite that lost its leading whitespace gets the original's, the cut's (a rewriter
+  that strips its text, or a model that starts its reply without the space, would glue its
+  first word to the prefix); one that has its own keeps it. Trailing whitespace goes (a lone
+  space piece at the end teaches nothing). Blank text stays blank (a failed rewrite: its
+  caller decides)."""
   core = rewrite.strip()
   if not core:
     return rewrite
   if core == original.strip():
     return original
-  return original[:len(original) - len(original.lstrip())] + core
+  lead = rewrite[:len(rewrite) - len(rewrite.lstrip())] or original[:len(original) - len(original.lstrip())]
+  return lead + core
 
 
 def copy_or_rewrite(reply: str, original: str) -> str:
