@@ -281,13 +281,24 @@ class MemoRewriter:
     return [self.memo[k] for k in keys]
 
 
+def teacher_rewriter(cfg, teacher, **kw):
+  """The teacher's rewriter for windows (`teacher.rewriter_kind`); with `teacher.backend='openai'`
+  the paper's rewriter generates on the served teacher (teacher/backends: `backend_for`)."""
+  backend = None
+  if cfg.teacher.get("backend", "inprocess") == "openai":
+    from earlyrl_jax.teacher.backends import backend_for
+    backend = backend_for(cfg.teacher, teacher=teacher)
+  return teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), window_cut=True,
+                          backend=backend, **kw)
+
+
 def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
   """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None.
 
   memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    rewriter = teacher.rewriter(kind=run.cfg.teacher.get("rewriter_kind", "auto"), window_cut=True)
+    rewriter = teacher_rewriter(run.cfg, teacher)
     return rewriter if memo is None else MemoRewriter(rewriter, memo)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
@@ -389,8 +400,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   it = iter(windows)
   if index["iterator"] is not None:
     it.set_state(index["iterator"])
-  rewriter = teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), batch_size=jc.batch_size,
-                              window_cut=True)
+  rewriter = teacher_rewriter(cfg, teacher, batch_size=jc.batch_size)
   judge, axes = None, sorted(cfg.sip.judge_axes.keys())
   if jc.judge == "teacher":
     judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))

@@ -53,6 +53,15 @@ def test_place_at_cut_keeps_the_cuts_whitespace():
   assert copy_or_rewrite(" Old tex", " Old text.") == " Old tex"
 
 
+def test_a_reply_is_read_up_to_the_end_marker_without_tags_or_priming():
+  assert PR.parse_reply(" The cat sat." + PR.END + " more", "on the mat") == " The cat sat."
+  assert PR.parse_reply("\n\n<continuation>\nA copy.</continuation>\n", "x y") == "A copy."
+  assert PR.parse_reply(" stands by the river. It flows", "stands by the river.") == " It flows"
+  assert PR.parse_reply("<rewrite>\n</rewrite>", "x y") is None and PR.parse_reply(None, "") is None
+  assert PR.priming("One two three four five six seven", 5) == "three four five six seven"
+  assert PR.priming("Ends with a newline\n", 2) == "a newline\n" and PR.priming("", 5) == ""
+
+
 @pytest.mark.parametrize("kind", ["sentencepiece", "bpe"])
 def test_encode_in_context_gives_the_ids_of_the_document(kind, tmp_path, smol_dir):
   tok = _sp(tmp_path) if kind == "sentencepiece" else TK.HFTokenizer(smol_dir)

@@ -179,16 +179,19 @@ class RewritePrompts:
 
 
 _STOPS = re.compile(r"<\s*/?\s*(?:rewrite|continuation|context)\s*>", re.IGNORECASE)
+_OPENING = re.compile(r"\s*<\s*(?:rewrite|continuation)\s*>\s*", re.IGNORECASE)
 
 
 def parse_reply(reply: str | None, prime: str) -> str | None:
   """A generated reply -> the rewrite's text (None when there is none: a failed or empty reply).
 
-  Cut at the first of our tags (END, or a tag the model wrote instead); a reply that repeats the
-  priming words first has them removed (the prompt already holds them)."""
+  An opening tag the model starts its reply with is dropped (small models wrap their answer in
+  one); the rest is cut at the first of our tags (END, or another tag the model wrote instead).
+  A reply that repeats the priming words first has them removed (the prompt already holds them)."""
   if reply is None:
     return None
-  text = _STOPS.split(reply, 1)[0]
+  opening = _OPENING.match(reply)
+  text = _STOPS.split(reply[opening.end():] if opening else reply, 1)[0]
   head = prime.strip()
   if len(head.split()) >= 2 and text.lstrip().startswith(head):
     text = text.lstrip()[len(head):]
