@@ -30,7 +30,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-
 def rewriter_reward(original_unsafe: bool, original: str, rewrite: str, j_quality: float,
                     j_safety: float) -> float:
   """The rewriter's RL reward.
