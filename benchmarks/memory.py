@@ -83,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "(0 = every row of one compare call, as the generative judge asks today)")
   p.add_argument("--judge_new_tokens", type=int, default=256,
                  help="generated tokens per verdict (judge.sampler_generate's default)")
-  p.add_argument("--rewrite_new_tokens", type=int, default=96, help="rewriter.Rewriter's default")
-  p.add_argument("--rewrite_rows", type=int, default=64, help="rewriter.Rewriter's batch_size")
+  p.add_argument("--rewrite_new_tokens", type=int, default=96, help="generated tokens per rewrite (PaperRewriter: 1.15 x the suffix's + 4)")
+  p.add_argument("--rewrite_rows", type=int, default=64, help="rewriter.PaperRewriter's batch_size")
   p.add_argument("--chars_per_token", type=float, default=4.0,
                  help="teacher tokenizer on English text, for prompt lengths from char limits")
   p.add_argument("--template_tokens", type=int, default=48, help="chat template around a prompt")

@@ -156,7 +156,8 @@ def get_config() -> ConfigDict:
   # Which judge and rewriter the teacher gets (teacher/teacher.py). 'auto' follows the teacher's
   # directory: an embedded teacher -> its trained kinds ('embedded' judge: verdict log-probs of its
   # markup prompts with its recipe; 'edit' rewriter: keep/drop per sentence); an HF model directory
-  # -> 'generative' judge (reason, then a verdict line) and 'generative' rewriter.
+  # -> 'generative' judge (reason, then a verdict line) and 'generative' rewriter (the paper's:
+  # the continuation, then the context, the reply primed with its last words; docs/method.md).
   c.teacher.judge_kind = "auto"     # 'auto' | 'embedded' (embedded teachers only) | 'generative'
   c.teacher.rewriter_kind = "auto"  # 'auto' | 'edit' (embedded teachers only) | 'generative'
   # Where the teacher runs. 'shared': on the policy's mesh (every device), judging and

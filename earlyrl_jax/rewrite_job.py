@@ -262,6 +262,11 @@ class MemoRewriter:
   def __init__(self, rewriter, memo: dict[str, str]):
     self.rewriter, self.memo = rewriter, memo
 
+  @property
+  def failed(self) -> int:
+    """The wrapped rewriter's failed rewrites (the originals stood in; remembered as such)."""
+    return getattr(self.rewriter, "failed", 0)
+
   def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key=None,
               temperature: float = 0.0, max_new_tokens: int | None = None) -> list[str]:
     if temperature > 0 or max_new_tokens is not None:
@@ -276,13 +281,24 @@ class MemoRewriter:
     return [self.memo[k] for k in keys]
 
 
+def teacher_rewriter(cfg, teacher, **kw):
+  """The teacher's rewriter for windows (`teacher.rewriter_kind`); with `teacher.backend='openai'`
+  the paper's rewriter generates on the served teacher (teacher/backends: `backend_for`)."""
+  backend = None
+  if cfg.teacher.get("backend", "inprocess") == "openai":
+    from earlyrl_jax.teacher.backends import backend_for
+    backend = backend_for(cfg.teacher, teacher=teacher)
+  return teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), window_cut=True,
+                          backend=backend, **kw)
+
+
 def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
   """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None.
 
   memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    rewriter = teacher.rewriter(kind=run.cfg.teacher.get("rewriter_kind", "auto"), window_cut=True)
+    rewriter = teacher_rewriter(run.cfg, teacher)
     return rewriter if memo is None else MemoRewriter(rewriter, memo)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
@@ -384,8 +400,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   it = iter(windows)
   if index["iterator"] is not None:
     it.set_state(index["iterator"])
-  rewriter = teacher.rewriter(kind=cfg.teacher.get("rewriter_kind", "auto"), batch_size=jc.batch_size,
-                              window_cut=True)
+  rewriter = teacher_rewriter(cfg, teacher, batch_size=jc.batch_size)
   judge, axes = None, sorted(cfg.sip.judge_axes.keys())
   if jc.judge == "teacher":
     judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
@@ -429,7 +444,9 @@ def run(cfg, workdir: str) -> dict[str, Any]:
     if more:
       work = batch or [{"prefix_text": "", "suffix_text": " "}]  # lockstep filler, discarded
       prefixes, suffixes = [r["prefix_text"] for r in work], [r["suffix_text"] for r in work]
+      failed = getattr(rewriter, "failed", 0)
       texts = rewriter.rewrite(prefixes, suffixes, key=key, temperature=0.0)
+      index["rewrite_failed"] = index.get("rewrite_failed", 0) + getattr(rewriter, "failed", 0) - failed
       verdicts = judge_pairs(judge, axes, prefixes, suffixes, texts) if judge is not None else None
       for i, r in enumerate(batch):
         r["rewrite"] = texts[i]
@@ -457,7 +474,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
   _write_json_atomic(index_path, index)
   out = _summary(index, out_dir, time.monotonic() - t_start)
   loop.log(f"rewrite: done: {out['windows']} windows ({index['duplicates']} duplicate windows "
-           f"skipped) in {out['shards']} shards, {out['seconds']:.1f}s, "
+           f"skipped; {out['rewrite_failed']} failed rewrites kept the original) in {out['shards']} "
+           f"shards, {out['seconds']:.1f}s, "
            f"{out['windows_per_s']:.2f} windows/s -> {out_dir}")
   return out
 
@@ -465,7 +483,8 @@ def run(cfg, workdir: str) -> dict[str, Any]:
 def _resume_index(out_dir: str, index_path: str, pi: int, fingerprint: dict) -> dict:
   """This process's index (fresh, or the one on disk); removes files no index lists."""
   index = {"format": FORMAT, "fingerprint": fingerprint, "shards": [], "iterator": None,
-           "records": 0, "windows_read": 0, "duplicates": 0, "seconds": 0.0, "done": False,
+           "records": 0, "windows_read": 0, "duplicates": 0, "rewrite_failed": 0, "seconds": 0.0,
+           "done": False,
            "data": {}}
   if os.path.exists(index_path):
     old = _read_index(index_path)
@@ -490,5 +509,6 @@ def _resume_index(out_dir: str, index_path: str, pi: int, fingerprint: dict) -> 
 def _summary(index: dict, out_dir: str, seconds: float) -> dict[str, Any]:
   total = float(index["seconds"])
   return {"out_dir": out_dir, "windows": int(index["records"]), "shards": len(index["shards"]),
-          "duplicates": int(index["duplicates"]), "seconds": total, "this_run_seconds": seconds,
+          "duplicates": int(index["duplicates"]), "rewrite_failed": int(index.get("rewrite_failed", 0)),
+          "seconds": total, "this_run_seconds": seconds,
           "windows_per_s": index["records"] / total if total > 0 else 0.0}

@@ -303,24 +303,23 @@ def test_the_kinds_in_the_config_are_the_teachers():
       configs.validate_fields(cfg)
 
 
-def test_hf_style_teacher_rewrites_generatively_and_stops_on_the_marker_sequence():
-  """A tokenizer without single-token markers (HF instruct models) gets the generative
-  rewriter, which stops on the end marker's token sequence and strips it."""
+def test_an_hf_teacher_gets_the_papers_rewriter_through_its_backend():
+  """'auto' on an HF teacher: the paper's rewriter, generated in-process through the Backend
+  contract (a tokenizer without a chat template gets the plain layout), stopping at END."""
   from earlyrl_jax.data.tokenizer import ByteTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  mc = tiny_model_config(vocab_size=259, max_seq_len=512)
+  from earlyrl_jax.teacher.prompts import paper_rewrite as PR
+  mc = tiny_model_config(vocab_size=259, max_seq_len=2048)
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
   t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40), source="hf")
-  r = t.rewriter(max_new_tokens=6)
-  assert isinstance(r, rw.Rewriter) and r.end_id is None and r.end_sequences
-  out = r.rewrite(["A prefix."] * 2, ["A suffix."] * 2, key=jax.random.key(0))
-  assert len(out) == 2 and all(P.REWRITE_CLOSE not in o for o in out)
-  tok = ByteTokenizer()
-  gen = tok.encode("Fixed." + P.REWRITE_CLOSE)
-
-  class Out:  # what the sampler returns for a row that hit the stop sequence
-    tokens, lengths = [gen + [0, 0]], [len(gen)]
-  assert r.decode(Out) == ["Fixed."]
+  r = t.rewriter(batch_size=2)
+  assert isinstance(r, rw.PaperRewriter) and r.backend.max_len == 2048
+  suffixes = [" A suffix.", " Another one."]
+  out = r.rewrite(["A prefix."] * 3, suffixes + [" Third."], key=jax.random.key(0))
+  assert len(out) == 3 and r.calls == 3 and all(PR.END not in o for o in out)
+  # Random weights write bytes: each rewrite is the original (a failure, counted) or keeps the
+  # cut's space.
+  assert all(o.startswith(" ") for o in out) and r.failed == sum(f for f in r.failures.values())
 
 
 def test_generation_for_the_generative_judge_is_chunked_without_changing_outputs(monkeypatch):

@@ -12,6 +12,8 @@ things hold for text cut out of a document:
   continuation of earlier text: no dummy-prefix '▁' piece is added, and a leading
   space is kept. A rewrite of a suffix re-encodes to the ids the same text has in
   context.
+- `encode_in_context(tokenizer, context, text)`: the ids `text` gets right after
+  `context` in one document (how a rewrite becomes ids after its window's prefix).
 
 `resolve_tokenizer` is the one place a run gets its tokenizer from its `data`
 config (loading one, or training SentencePiece on the corpus).
@@ -309,6 +311,28 @@ def _read_json(path: str) -> dict:
   except json.JSONDecodeError as e:
     from earlyrl_jax.errors import CheckpointError, json_problem
     raise CheckpointError(f"{path}:{e.lineno}: not JSON ({json_problem(e)})") from None
+
+
+def encode_in_context(tokenizer, context: str, text: str, *, context_chars: int = 256) -> list[int]:
+  """Ids of `text` where it follows `context` in one document: the tokens of (the end of
+  context) + text that start at or after the cut.
+
+  Why: a rewrite replaces a window's suffix after the prefix's ids; its ids must be the ones the
+  text would have there, not those of the text alone. Where the cut's space belongs to the next
+  word's piece (SentencePiece '▁The', byte-level BPE 'ĠThe'), encoding "The" alone gives the
+  word-internal piece and trains "...Vexmoor.The"; the caller keeps the cut's whitespace
+  (`teacher.rewriter.place_at_cut`) and this keeps the pieces the document would have. Where a
+  token straddles the cut (the text's first characters merge with the context's last word), no
+  split of the document puts the text on its own tokens: the text's continuation encoding stands in.
+  """
+  if not context:
+    return list(tokenizer.encode_continuation(text))
+  head = context[-context_chars:]
+  ids, bounds = tokenizer.encode_with_offsets(head + text)
+  at = np.flatnonzero(np.asarray(bounds) == len(head))
+  if not len(at):
+    return list(tokenizer.encode_continuation(text))
+  return [int(i) for i in ids[int(at[0]):]]
 
 
 def load_tokenizer(kind: str, path: str = "", vocab_size: int = 259) -> Tokenizer:

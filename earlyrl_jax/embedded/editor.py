@@ -11,7 +11,8 @@ teacher rewrites by edits:
     rewrite = s1 + s3 verbatim; if every sentence is dropped, the teacher continues the
     prefix itself (compiled sampler, greedy, its first complete sentence)
 
-A fine suffix comes back byte for byte (every sentence kept); an unsafe insertion, a
+A fine suffix comes back byte for byte (every sentence kept; `teacher.rewriter.place_at_cut`
+gives any other rewrite the cut's leading whitespace); an unsafe insertion, a
 false claim, word salad, typos or a cut-off last sentence is dropped. The verdict at a
 CHECK sees the prefix and the sentences before it (causal), so all verdicts of a row
 come from the same prompt. With temperature > 0 the keep/drop decisions are sampled
@@ -31,6 +32,7 @@ import numpy as np
 from earlyrl_jax.embedded.recipe import settings_of
 from earlyrl_jax.teacher.prompts import markup as P
 from earlyrl_jax.teacher.prompts.text import is_unfinished, split_sentences
+from earlyrl_jax.teacher.rewriter import place_at_cut
 
 
 @dataclasses.dataclass
@@ -171,9 +173,11 @@ class EditRewriter:
     empty = [i for i, t in enumerate(texts) if not t]
     fresh = self.write_anew(params, [prefixes[i] for i in empty], jax.random.fold_in(key, 1))
     for i, t in zip(empty, fresh):
-      texts[i] = t or suffixes[i].strip()   # nothing better to offer: the original stays
+      texts[i] = t or suffixes[i]   # nothing better to offer: the original stays
     self.written += len(empty)
-    return plans, keep, texts
+    # Where the suffix stood: a copy is the suffix byte for byte, anything else keeps the cut's
+    # whitespace (kept sentences and written text come back stripped).
+    return plans, keep, [place_at_cut(t, s) for t, s in zip(texts, suffixes)]
 
   def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
               max_new_tokens: int | None = None) -> list[str]:

@@ -206,7 +206,7 @@ class GrpoBatches:
                         for i in range(len(texts))])
     adv = rw.group_advantages(rewards.reshape(-1, K)).reshape(-1)
     self.rewards.append(float(rewards.mean()))
-    copy = float(np.mean([texts[i] == ro[i].strip() for i in range(len(texts)) if not defective[i]] or [0.0]))
+    copy = float(np.mean([texts[i].strip() == ro[i].strip() for i in range(len(texts)) if not defective[i]] or [0.0]))
     rows = {k: np.zeros((self.rows, L), np.int32) for k in ("tokens", "targets", "segment_ids", "positions")}
     rows["loss_mask"] = np.zeros((self.rows, L), np.float32)
     for r in range(self.rows):

@@ -4,7 +4,8 @@
   judges       the Judge interface and its kinds: LM verdict log-probs, generative, ground truth
                (oracles passed in), one judge per axis, TRL's reward-function shape
   tournament   per-candidate rewards from any Judge (all pairs / pivot / adaptive)
-  rewriter     the generative rewriter, the paper's rewriter reward, GRPO pieces
+  rewriter     the paper's rewriter for instruct models, the cut's whitespace rule (every
+               rewriter), the paper's rewriter reward, GRPO pieces
   backends     where the teacher's model runs (the Backend contract)
   teacher      the Teacher bundle, its judge and rewriter kinds, save/load (embedded or HF directory)
 
@@ -19,5 +20,6 @@ from earlyrl_jax.teacher.judges.lm import LMJudge  # noqa: F401
 from earlyrl_jax.teacher.judges.oracle import AxisJudges, OracleJudge  # noqa: F401
 from earlyrl_jax.teacher.judges.trl import RewardFunction  # noqa: F401
 from earlyrl_jax.teacher.prompts import AXES  # noqa: F401
-from earlyrl_jax.teacher.rewriter import Rewriter, group_advantages, rewriter_reward  # noqa: F401
+from earlyrl_jax.teacher.rewriter import (PaperRewriter, group_advantages, place_at_cut,  # noqa: F401
+                                         rewriter_reward)
 from earlyrl_jax.teacher.teacher import Teacher, load_teacher  # noqa: F401

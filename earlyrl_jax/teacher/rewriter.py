@@ -1,4 +1,11 @@
-"""The rewriter: batched suffix rewriting with the compiled sampler, its RL reward, and GRPO pieces.
+"""Rewriters over any model: the paper's rewriter for instruct models, the cut's whitespace rule,
+the rewriter's RL reward, and GRPO pieces.
+
+Every rewriter (the embedded teacher's editor, `PaperRewriter`, the precomputed shards) returns
+text that goes where the original suffix stood, right after the window's cut. `place_at_cut` is
+the rule that text follows: the cut's whitespace (the original suffix's leading whitespace) stays
+the rewrite's, so "...Vexmoor." + " The capital" is never trained on as "...Vexmoor.The capital"
+(the trainer then encodes it as a continuation of the prefix: data.tokenizer.encode_in_context).
 
 Reward (paper): a safe original must be copied exactly (R = 1 for a copy, else 0:
 otherwise the rewriter drifts the data distribution); an unsafe original earns
@@ -14,11 +21,13 @@ baseline).
 """
 from __future__ import annotations
 
+import collections
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
-from earlyrl_jax.teacher.prompts import markup as P
+log = logging.getLogger(__name__)
 
 
 def rewriter_reward(original_unsafe: bool, original: str, rewrite: str, j_quality: float,
@@ -70,62 +79,133 @@ def grpo_terms(model, batch, frozen):
   return terms, {"pg/logp": (jnp.sum(lp * mask), tokens)}
 
 
-class Rewriter:
-  """Generative rewriting of (prefix, suffix) pairs with any teacher (HF instruct models);
-  greedy by default (temperature=0). The embedded teacher uses `embedded.editor.EditRewriter`."""
+def place_at_cut(rewrite: str, original: str) -> str:
+  """The rewrite as it goes where `original` (the window's suffix) stood.
 
-  def __init__(self, teacher, *, max_new_tokens: int = 96, batch_size: int = 64):
-    from earlyrl_jax.sampling.sampler import Sampler
-    from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
-    self.teacher = teacher
-    self.tokenizer = teacher.tokenizer
-    self.max_new_tokens = max_new_tokens
-    self.batch_size = batch_size
-    self.encoder = PromptEncoder(teacher.tokenizer, max_len=teacher.max_len, limits=teacher.limits)
-    # The end marker is one token of the embedded teacher's tokenizer; an HF tokenizer splits
-    # it, so generation stops on its token sequences instead (with and without a space before).
-    try:
-      self.end_id, self.end_sequences = P.verdict_ids(teacher.tokenizer, (P.REWRITE_CLOSE,))[0], []
-    except ValueError:
-      self.end_id = None
-      self.end_sequences = [teacher.tokenizer.encode(t) for t in (P.REWRITE_CLOSE, " " + P.REWRITE_CLOSE)]
-    self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
-    self.calls = 0
+  A rewrite that copies the original up to surrounding whitespace is the original, byte for
+  byte. A rewrite that lost its leading whitespace gets the original's, the cut's (a rewriter
+  that strips its text, or a model that starts its reply without the space, would glue its
+  first word to the prefix); one that has its own keeps it. Trailing whitespace goes (a lone
+  space piece at the end teaches nothing). Blank text stays blank (a failed rewrite: its
+  caller decides)."""
+  core = rewrite.strip()
+  if not core:
+    return rewrite
+  if core == original.strip():
+    return original
+  lead = rewrite[:len(rewrite) - len(rewrite.lstrip())] or original[:len(original) - len(original.lstrip())]
+  return lead + core
 
-  def stop_tokens(self) -> list[int]:
-    eos = self.tokenizer.eos_id
-    return ([self.end_id] if self.end_id is not None else []) + ([eos] if eos is not None else [])
 
-  def sample(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key,
-             temperature: float = 0.0, num_samples: int = 1, max_new_tokens: int | None = None):
-    """(prompt ids per input, SampleOutput rows prompt-major: row i*K + k)."""
+def copy_or_rewrite(reply: str, original: str) -> str:
+  """A reply that reproduces the whole original and goes on past it is a copy: the original.
+
+  The original ends at the window's cut; what a model writes after copying it is the document's
+  next text, not a rewrite of this suffix (small instruct models copy, then keep going instead of
+  writing the end marker). Any other reply is the rewrite as it stands."""
+  core = original.strip()
+  return original if core and reply.strip().startswith(core) else reply
+
+
+class PaperRewriter:
+  """The paper's rewriter for instruct models through any `Backend` (in-process or served).
+
+  One prompt per (prefix, suffix) (teacher/prompts/paper_rewrite.py: the continuation, then the
+  context, the reply primed with the context's last words), generated greedily by default up to
+  END or EOS within a limit that follows the suffix's length. A reply that is missing (the backend
+  failed it) or empty is a failed rewrite: the original stands in, counted in `failed` and
+  `failures` (by kind), logged with one raw reply; past `max_failure_share` of the rewrites made
+  so far (once `min_rows` are made) the rewriter raises TeacherFailure.
+
+      rw = PaperRewriter(InProcessBackend.from_teacher(teacher))   # or an OpenAIBackend
+      rw.rewrite(prefixes, suffixes)                               # one text per window
+  """
+
+  def __init__(self, backend, *, batch_size: int = 64, max_new_tokens: int | None = None,
+               prefix_tokens: int = 1024, prime_words: int = 5, length_margin: float = 0.15,
+               length_extra: int = 4, max_failure_share: float = 0.5, min_rows: int = 16):
+    from earlyrl_jax.teacher.prompts.paper_rewrite import RewritePrompts
+    self.backend = backend
+    self.batch_size = int(batch_size)
+    self.max_new_tokens = max_new_tokens   # a cap on every row's limit (None: the suffix decides)
+    self.prompts = RewritePrompts(backend.tokenizer, max_len=backend.max_len,
+                                  prefix_tokens=prefix_tokens, prime_words=prime_words,
+                                  length_margin=length_margin, length_extra=length_extra)
+    self.max_failure_share, self.min_rows = float(max_failure_share), int(min_rows)
+    self.calls = 0        # rewrites asked for
+    self.failed = 0       # of them, how many fell back to the original
+    self.copies = 0       # of them, how many copied the original (copy rate = copies / calls)
+    self.failures: collections.Counter = collections.Counter()   # by kind: 'error', 'empty'
+    self.last_failure: str | None = None   # one raw reply of the latest failure (for the log)
+
+  def prompt(self, prefix: str, suffix: str, max_new_tokens: int | None = None):
+    """The RewritePrompt of one window (its limit capped by `max_new_tokens` / the setting)."""
+    cap = min(x for x in (max_new_tokens, self.max_new_tokens, 1 << 30) if x)
+    return self.prompts.render(prefix, suffix, max_new_tokens=min(self.prompts.limit(suffix), cap))
+
+  def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key=None,
+              temperature: float = 0.0, max_new_tokens: int | None = None) -> list[str]:
+    """One rewrite per (prefix, suffix), placed at the cut (`place_at_cut`); a failed one is the
+    original suffix itself."""
     if len(prefixes) != len(suffixes):
       raise ValueError(f"prefixes ({len(prefixes)}) and suffixes ({len(suffixes)}) differ in length")
-    m = max_new_tokens or self.max_new_tokens
-    ids = [self.encoder.rewrite(p, s, m) for p, s in zip(prefixes, suffixes)]
-    out = self.sampler.sample(params, ids, max_new_tokens=m, key=key, temperature=temperature,
-                              stop_tokens=self.stop_tokens(), stop_sequences=self.end_sequences or None,
-                              num_samples=num_samples)
-    return ids, out
-
-  def decode(self, out) -> list[str]:
-    """Generated rows -> rewrites (up to the end marker, markers removed)."""
-    texts = []
-    for row, n in zip(out.tokens, out.lengths):
-      ids = [int(t) for t in row[:n] if int(t) not in self.stop_tokens()]
-      texts.append(P.parse_rewrite(self.tokenizer.decode(ids)))
-    return texts
-
-  def rewrite(self, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
-              max_new_tokens: int | None = None) -> list[str]:
-    """One rewrite per (prefix, suffix), as text (markers stripped)."""
-    import jax
+    seed = _seed(key) if temperature > 0 else 0
+    failed_before = self.failed
     out: list[str] = []
     for s in range(0, len(prefixes), self.batch_size):
-      key, k = jax.random.split(key)
-      _, res = self.sample(self.teacher.params, prefixes[s:s + self.batch_size],
-                           suffixes[s:s + self.batch_size], key=k, temperature=temperature,
-                           max_new_tokens=max_new_tokens)
-      out.extend(self.decode(res))
-    self.calls += len(prefixes)
+      out.extend(self._batch(prefixes[s:s + self.batch_size], suffixes[s:s + self.batch_size],
+                             temperature, max_new_tokens, seed + s))
+    self._check(self.failed - failed_before, len(prefixes))
     return out
+
+  def _batch(self, prefixes, suffixes, temperature, max_new_tokens, seed) -> list[str]:
+    from earlyrl_jax.teacher.prompts.paper_rewrite import END, parse_reply
+    rows = [self.prompt(p, s, max_new_tokens) for p, s in zip(prefixes, suffixes)]
+    # One call at the longest row's limit; each reply is then cut at its own row's limit.
+    replies = self.backend.generate([r.text for r in rows], max_new_tokens=max(r.max_new_tokens for r in rows),
+                                    temperature=temperature, stop=[END], seed=seed)
+    out = []
+    for row, suffix, reply in zip(rows, suffixes, replies):
+      raw = reply[0] if reply else None
+      text = parse_reply(self._cut(raw, row.max_new_tokens), row.priming)
+      self.calls += 1
+      if text is None:
+        kind = "error" if raw is None else "empty"
+        self.failed += 1
+        self.failures[kind] += 1
+        self.last_failure = f"{kind}: {raw!r}"[:300]
+        out.append(suffix)
+      else:
+        out.append(place_at_cut(copy_or_rewrite(text, suffix), suffix))
+        self.copies += out[-1] == suffix
+    return out
+
+  def _cut(self, text: str | None, limit: int) -> str | None:
+    """`text` within `limit` of the teacher's tokens (as the reply would be if generated alone)."""
+    tok = self.backend.tokenizer
+    if text is None:
+      return None
+    ids = tok.encode_continuation(text)
+    return text if len(ids) <= limit else tok.decode_continuation(ids[:limit])
+
+  def _check(self, failed: int, rows: int) -> None:
+    """Logs this call's failed rewrites; raises past the share of failures so far."""
+    if not failed:
+      return
+    share = self.failed / max(self.calls, 1)
+    log.warning("rewriter (%s): %d of %d rewrites failed (the originals stand in; %d of %d so "
+                "far: %s). Latest raw reply: %s", self.backend.name, failed, rows, self.failed,
+                self.calls, dict(self.failures), self.last_failure)
+    if self.calls >= self.min_rows and share > self.max_failure_share:
+      from earlyrl_jax.teacher.backends.base import TeacherFailure
+      raise TeacherFailure(f"{self.backend.name}: {self.failed} of {self.calls} rewrites failed "
+                           f"({share:.0%} > max_failure_share {self.max_failure_share:.0%}; "
+                           f"{dict(self.failures)}); latest raw reply: {self.last_failure}")
+
+
+def _seed(key) -> int:
+  """An int seed from a JAX key (sampled rewrites), 0 for None."""
+  if key is None:
+    return 0
+  import jax
+  return int(np.asarray(jax.random.key_data(key)).ravel()[-1]) % (1 << 31)

@@ -17,7 +17,8 @@ Which judge and which rewriter a teacher gets is chosen, not guessed (`teacher.j
             'generative'  reason, then a verdict line (any instruct model; judges/generative.py)
   rewriter  'edit'        the embedded teacher's editor: keep or drop each sentence
                           (earlyrl_jax/embedded/editor.py)
-            'generative'  the rewrite generated after the prompt (rewriter.py)
+            'generative'  the paper's rewriter for instruct models, generated through a
+                          Backend (rewriter.PaperRewriter; prompts/paper_rewrite.py)
   'auto'    follows where the weights came from (`Teacher.source`): an embedded teacher's
             directory -> 'embedded' / 'edit' (what it was trained for); an HF model directory ->
             'generative' / 'generative'.
@@ -106,17 +107,23 @@ class Teacher:
       raise TypeError(f"the generative judge takes max_new_tokens only, not {sorted(kw)}")
     return GenerativeJudge(gen, limits=self.limits)
 
-  def rewriter(self, kind: str = "auto", *, window_cut: bool = False, **kw):
+  def rewriter(self, kind: str = "auto", *, window_cut: bool = False, backend=None, **kw):
     """The rewriter of `kind` (REWRITER_KINDS); keyword arguments go to its constructor.
 
     window_cut: suffixes end where a training window cut them (SIP and the rewrite job):
-    the editor keeps an unfinished last sentence instead of treating it as a defect."""
+    the editor keeps an unfinished last sentence instead of treating it as a defect (the
+    paper's rewriter is told so in every prompt).
+    backend: where 'generative' runs (a served teacher's OpenAIBackend); default in this
+    process (InProcessBackend over this bundle)."""
     kind = self.rewriter_kind(kind)
     if kind == "edit":
       from earlyrl_jax.embedded.editor import edit_rewriter
       return edit_rewriter(self, window_cut=window_cut, **kw)
-    from earlyrl_jax.teacher.rewriter import Rewriter
-    return Rewriter(self, **kw)
+    from earlyrl_jax.teacher.rewriter import PaperRewriter
+    if backend is None:
+      from earlyrl_jax.teacher.backends.inprocess import InProcessBackend
+      backend = InProcessBackend.from_teacher(self)
+    return PaperRewriter(backend, **kw)
 
 
 def save_params(path: str, params) -> None:

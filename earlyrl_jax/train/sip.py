@@ -21,7 +21,7 @@ from the params before that update (`train/prefetch.py`); 0 waits for the update
 Candidates cross between policy and teacher as text: the teacher sees the
 window's exact text, the policy's own candidates (original suffix, rollouts) keep
 their exact token ids, and only the rewrite is re-encoded with the policy's
-tokenizer (as a continuation, so no spurious leading piece).
+tokenizer (as the continuation of its prefix, with the cut's whitespace: `rewrites_at_cut`).
 
 The producer is deterministic given (config, seed, step, params): rollouts use
 `fold_in(seed, step)`, so a run killed mid-way and restarted ends with the same
@@ -133,11 +133,13 @@ class SIPProducer:
     t_rw = time.monotonic()
     rewrite_text, rewrite_ids = [], []
     if self.with_rewrite:  # the teacher ('online') or a look-up in the shards ('precomputed')
+      failed = getattr(self.rewriter, "failed", 0)
       rewrite_text = self.rewriter.rewrite(prefix_text, suffix_text,
                                            key=jax.random.fold_in(key, 1), temperature=0.0)
-      rewrite_ids = [np.asarray(self.tok.encode_continuation(t), np.int32)[:self.cand_len]
-                     for t in rewrite_text]
-      rewrite_ids = copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, self.cand_len)
+      # A failed rewrite is the original (the rewriter counts and logs it): counted here per step.
+      stats["sip/rewrite_failed_frac"] = (getattr(self.rewriter, "failed", 0) - failed) / max(G, 1)
+      rewrite_text, rewrite_ids = rewrites_at_cut(self.tok, prefix_text, suffix_text, rewrite_text,
+                                                  originals, self.cand_len)
     t_wait = time.monotonic()
     rewrite_time = t_wait - t_rw
     params_ready = ready_at.result()  # the rollouts need the new params
@@ -273,6 +275,20 @@ class SIPProducer:
     out["pg/advantage_std"] = float(adv.std())
     out["pg/advantage_abs_max"] = float(np.abs(adv).max())
     return out
+
+
+def rewrites_at_cut(tok, prefix_text, suffix_text, rewrite_text, originals, cand_len: int
+                    ) -> tuple[list[str], list[np.ndarray]]:
+  """(texts, ids) of the rewrites as they are trained on: each placed where its window's suffix
+  stood (`place_at_cut`: the cut's whitespace kept, whatever rewriter or shard it came from) and
+  encoded as the continuation of its prefix (`encode_in_context`), at most cand_len ids; a copy
+  of the original is the original's own ids (`copies_as_originals`)."""
+  from earlyrl_jax.data.tokenizer import encode_in_context
+  from earlyrl_jax.teacher.rewriter import place_at_cut
+  texts = [place_at_cut(r, o) for r, o in zip(rewrite_text, suffix_text)]
+  ids = [np.asarray(encode_in_context(tok, p, t), np.int32)[:cand_len]
+         for p, t in zip(prefix_text, texts)]
+  return texts, copies_as_originals(texts, suffix_text, ids, originals, cand_len)
 
 
 def copies_as_originals(rewrite_text, suffix_text, rewrite_ids, originals, cand_len: int) -> list[np.ndarray]:
