@@ -70,12 +70,15 @@ class EditRewriter:
   (embedded/surprise.py) exceeds it, in nats; None: verdicts alone.
   drop_unfinished: a last sentence without an end (and no window cut) is dropped unchecked.
   write_sentences: complete sentences kept of a continuation written anew.
+  compile_ahead: a stream of batches (SIP, the rewrite job): the first batch that writes nothing
+  anew still compiles write_anew's program (one greedy decode of a one-token prompt), so a
+  later batch does not stop to compile it.
   """
 
   def __init__(self, teacher, *, max_new_tokens: int = 64, batch_size: int = 64,
                window_cut: bool = False, threshold: float = 0.5, surprise_threshold: float | None = None,
-               drop_unfinished: bool = False, write_sentences: int = 1):
-    from earlyrl_jax.models.tree_scorer import TreeScorer
+               drop_unfinished: bool = False, write_sentences: int = 1, compile_ahead: bool = False):
+    from earlyrl_jax.models.tree_scorer import few_shapes_scorer
     from earlyrl_jax.sampling.sampler import Sampler
     from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
@@ -87,11 +90,12 @@ class EditRewriter:
     self.surprise_threshold = surprise_threshold
     self.drop_unfinished = drop_unfinished
     self.write_sentences = int(write_sentences)
+    self.compile_ahead, self._sampled = bool(compile_ahead), False
     self.encoder = PromptEncoder(teacher.tokenizer, max_len=teacher.max_len, limits=teacher.limits)
     self.verdicts = P.verdict_ids(teacher.tokenizer, P.EDIT_VERDICTS)   # [keep, drop]
     # The edit prompt is read at each CHECK in one pass (a CHECK sees only what precedes it),
     # prompts packed into rows: the verdicts of a row-per-CHECK layout at the cost of one prompt.
-    self.tree = TreeScorer(teacher.graphdef, mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
+    self.tree = few_shapes_scorer(teacher.graphdef, teacher.mesh, teacher.tokenizer.pad_id)
     # One prompt length (what write_anew keeps of a prefix): a window written anew never brings
     # a new program (a bucket per prompt length compiled again in the middle of training).
     self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id,
@@ -147,14 +151,20 @@ class EditRewriter:
     The prompt ends where the prefix's text ends: the tokenizer has no dummy prefix, so a
     trailing space would be a lone '▁' piece the LM never saw before a word."""
     from earlyrl_jax.models.scoring import any_process
-    if not any_process(bool(prefixes)):
-      return []
     bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
+    eos = self.tokenizer.eos_id
+    sample = lambda ids: self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key,
+                                             temperature=0.0, stop_tokens=[eos] if eos is not None else (),
+                                             early_stop=True)
+    if not any_process(bool(prefixes)):
+      if self.compile_ahead and not self._sampled:   # the program a later batch will need, now
+        self._sampled = True
+        sample([bos or [0]])
+      return []
+    self._sampled = True
     room = self.teacher.max_len - self.max_new_tokens
     ids = [(bos + self.tokenizer.encode(p.rstrip()))[-room:] or bos or [0] for p in prefixes] or [bos or [0]]
-    eos = self.tokenizer.eos_id
-    out = self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key, temperature=0.0,
-                              stop_tokens=[eos] if eos is not None else (), early_stop=True)
+    out = sample(ids)
     return [first_sentences(t, self.write_sentences) for t in out.texts(self.tokenizer)][:len(prefixes)]
 
   def edit(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
@@ -199,5 +209,6 @@ def edit_rewriter(teacher, *, window_cut: bool = False, **kw) -> EditRewriter:
   settings = settings_of(teacher)
   kw.setdefault("surprise_threshold", settings["edit_surprise"])
   kw.setdefault("drop_unfinished", settings["drop_unfinished"])
+  kw.setdefault("compile_ahead", window_cut)   # windows come as a stream (SIP, the rewrite job)
   return EditRewriter(teacher, window_cut=window_cut, **kw)
 

@@ -34,14 +34,14 @@ class EmbeddedJudge(LMJudge):
   """
 
   def __init__(self, graphdef, params, tokenizer, *, recipe: JudgeRecipe = JudgeRecipe(), **lm_kw):
-    from earlyrl_jax.models.tree_scorer import TreeScorer
+    from earlyrl_jax.models.tree_scorer import few_shapes_scorer
     super().__init__(graphdef, params, tokenizer, judge_format=recipe.format, **lm_kw)
     self.recipe = recipe
     self.mix = recipe.mix
     # Every row this judge reads (verdicts, claims, surprise) goes through one packed scorer:
     # rows of one window share its head, a candidate's sentence cuts share its earlier sentences.
     # A scorer given in lm_kw (a stand-in) reads row by row instead (LMJudge._score).
-    tree = TreeScorer(graphdef, mesh=lm_kw.get("mesh"), pad_id=tokenizer.pad_id)
+    tree = few_shapes_scorer(graphdef, lm_kw.get("mesh"), tokenizer.pad_id)
     self.tree = tree if lm_kw.get("scorer", "auto") == "auto" else None
     self.probe = None
     if recipe.uses_surprise:
