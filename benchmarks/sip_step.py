@@ -102,10 +102,11 @@ DETAIL = (("rewrite/verdicts", "rewriter", "drop_probs"), ("rewrite/surprise", "
           ("judge/claims", "judge", "claim_probs"), ("judge/surprise", "judge.probe", "candidates"))
 
 
-def time_parts(producer, compiles: list[float], parts=DETAIL) -> dict[str, list[tuple[float, float]]]:
+def time_parts(producer, compiles: list[float], parts=DETAIL) -> dict[str, list[tuple[float, ...]]]:
   """Wraps the named methods of the producer's teacher objects (those it has) with timers:
-  {label: [(seconds, of which compiling) of each call]} (compiles: the run's compile times)."""
-  spent: dict[str, list[tuple[float, float]]] = {}
+  {label: [(seconds, of which compiling, process CPU seconds) of each call]} (compiles: the
+  run's compile times)."""
+  spent: dict[str, list[tuple[float, float, float]]] = {}
   for label, path, method in parts:
     obj = producer
     for name in path.split("."):
@@ -115,11 +116,12 @@ def time_parts(producer, compiles: list[float], parts=DETAIL) -> dict[str, list[
       continue
 
     def timed(*a, _fn=fn, _label=label, **kw):
-      t0, n0 = time.perf_counter(), len(compiles)
+      t0, c0, n0 = time.perf_counter(), time.process_time(), len(compiles)
       try:
         return _fn(*a, **kw)
       finally:
-        spent.setdefault(_label, []).append((time.perf_counter() - t0, sum(compiles[n0:])))
+        spent.setdefault(_label, []).append((time.perf_counter() - t0, sum(compiles[n0:]),
+                                             time.process_time() - c0))
     setattr(obj, method, timed)
   return spent
 
@@ -344,9 +346,9 @@ def main(argv=None):
         f"{args.max_staleness}")
   print(f"produced: {digest.line()}")
   if args.detail:
-    print("detail (ms per step, [of which compiling]; a nested part is inside its parent): " + ", ".join(
-        f"{k} {sum(t for t, _ in v) / args.steps * 1e3:.0f} [{sum(c for _, c in v) / args.steps * 1e3:.0f}]"
-        for k, v in spent.items()))
+    print("detail (ms per step [of which compiling] (CPU ms); a nested part is inside its parent): " + ", ".join(
+        f"{k} {sum(x[0] for x in v) / args.steps * 1e3:.0f} [{sum(x[1] for x in v) / args.steps * 1e3:.0f}] "
+        f"({sum(x[2] for x in v) / args.steps * 1e3:.0f})" for k, v in spent.items()))
   print(f"sip_step: ratio_vs_nll={sip_s / t_nll:.1f} " + " ".join(f"{k}={frac[k]:.3f}" for k in PARTS)
         + f" cpu_ratio={cpu_sip / cpu_nll:.1f}")
   if args.price:
