@@ -41,6 +41,7 @@ The parts can then add up to more than the step. On CPU, simulate devices:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import subprocess
@@ -93,6 +94,65 @@ def document_rows(batch, layout, length: int, pad_id: int):
   return sip.candidate_rows([d[:1] for d in docs], [d[1:] for d in docs], length, pad_id)
 
 
+# The teacher's sub-parts `--detail` times: (label, attribute path from the producer, method).
+# Nested ones (the judge's surprise inside its penalties) are included in their parent's time.
+DETAIL = (("rewrite/verdicts", "rewriter", "drop_probs"), ("rewrite/surprise", "rewriter.probe", "sentences"),
+          ("rewrite/write_anew", "rewriter", "write_anew"), ("judge/safety", "judge", "pointwise"),
+          ("judge/scored", "judge", "score_axes"), ("judge/penalties", "judge", "penalties"),
+          ("judge/claims", "judge", "claim_probs"), ("judge/surprise", "judge.probe", "candidates"))
+
+
+def time_parts(producer, compiles: list[float], parts=DETAIL) -> dict[str, list[tuple[float, ...]]]:
+  """Wraps the named methods of the producer's teacher objects (those it has) with timers:
+  {label: [(seconds, of which compiling, process CPU seconds) of each call]} (compiles: the
+  run's compile times)."""
+  spent: dict[str, list[tuple[float, float, float]]] = {}
+  for label, path, method in parts:
+    obj = producer
+    for name in path.split("."):
+      obj = getattr(obj, name, None)
+    fn = getattr(obj, method, None) if obj is not None else None
+    if fn is None:
+      continue
+
+    def timed(*a, _fn=fn, _label=label, **kw):
+      t0, c0, n0 = time.perf_counter(), time.process_time(), len(compiles)
+      try:
+        return _fn(*a, **kw)
+      finally:
+        spent.setdefault(_label, []).append((time.perf_counter() - t0, sum(compiles[n0:]),
+                                             time.process_time() - c0))
+    setattr(obj, method, timed)
+  return spent
+
+
+class Digest:
+  """What a run produced, hashed: every batch's fields (the rows, the judge's chosen / rejected
+  as branches, masks; the reference's log-probs apart) and the rewrites' text, so --compare-ref
+  can say whether two revisions made the same batches."""
+
+  def __init__(self, producer):
+    self.rows, self.ref, self.text = hashlib.sha1(), hashlib.sha1(), hashlib.sha1()
+    rewriter = getattr(producer, "rewriter", None)
+    if rewriter is not None:
+      real = rewriter.rewrite
+
+      def rewrite(*a, **kw):
+        out = real(*a, **kw)
+        self.text.update("\x00".join(out).encode())
+        return out
+      rewriter.rewrite = rewrite
+
+  def add(self, batch) -> None:
+    for k in sorted(batch):
+      h = self.ref if k == "ref_logp" else self.rows
+      h.update(k.encode())
+      h.update(np.ascontiguousarray(batch[k]).tobytes())
+
+  def line(self) -> str:
+    return f"batches={self.rows.hexdigest()[:12]} rewrites={self.text.hexdigest()[:12]} ref_logp={self.ref.hexdigest()[:12]}"
+
+
 def export_tree(rev: str, into: str) -> str:
   """This repository's tree at git revision `rev`, written to `into` (no checkout touched)."""
   archive = subprocess.run(["git", "-C", REPO, "archive", rev], check=True, capture_output=True).stdout
@@ -112,8 +172,9 @@ def compare(args, argv) -> None:
   # The shape spelt out: a default may differ between the two trees.
   passed = [f"--windows={args.windows}", f"--k={args.k}", f"--recipe={args.recipe}",
             f"--scheme={args.scheme}", f"--steps={args.steps}", f"--warmup={args.warmup}"]
-  passed += [a for a in argv if a.startswith(("--teacher_placement", "--teacher_devices"))]
+  passed += [a for a in argv if a.startswith(("--teacher_placement", "--teacher_devices", "--detail"))]
   lines = {"before": [], "after": []}
+  produced = {"before": set(), "after": set()}
   for r in range(args.repeat):
     for label, root in (("before", before), ("after", REPO)):
       cmd = [sys.executable, os.path.abspath(__file__), f"--teacher={teacher}",
@@ -124,8 +185,9 @@ def compare(args, argv) -> None:
       if out.returncode or not found:
         raise RuntimeError(f"{label} ({root}) failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
       for l in out.stdout.splitlines():
-        if l.startswith(("SIP step", "sip_step")):
+        if l.startswith(("SIP step", "sip_step", "produced", "detail")):
           print(f"[{label} {r + 1}/{args.repeat}] {l}", flush=True)
+      produced[label].update(l.split(": ", 1)[1] for l in out.stdout.splitlines() if l.startswith("produced: "))
       m = LINE.match(found[-1])
       lines[label].append((float(m.group(1)), float(re.search(r"cpu_ratio=([\d.]+)", found[-1]).group(1))))
   print(f"device: {device_name()}; before = {args.compare_ref} "
@@ -136,6 +198,9 @@ def compare(args, argv) -> None:
     print(f"sip_step_{label}: ratio_vs_nll median={np.median(wall):.1f} min={min(wall):.1f} "
           f"max={max(wall):.1f} runs={' '.join(f'{x:.1f}' for x in wall)}; cpu_ratio "
           f"median={np.median(cpu):.1f} runs={' '.join(f'{x:.1f}' for x in cpu)}")
+  same = len(produced["before"]) == 1 and produced["before"] == produced["after"]
+  print(f"sip_step_same_batches: {'yes' if same else 'NO'} (before {sorted(produced['before'])}, "
+        f"after {sorted(produced['after'])})")
   b, a = lines["before"], lines["after"]
   print(f"sip_step_compare: before/after wall {np.median([x[0] for x in b]) / np.median([x[0] for x in a]):.2f}x, "
         f"cpu {np.median([x[1] for x in b]) / np.median([x[1] for x in a]):.2f}x")
@@ -158,6 +223,8 @@ def main(argv=None):
                  help="submesh: the teacher's devices (default: half of them)")
   p.add_argument("--max_staleness", type=int, default=0, choices=(0, 1),
                  help="sip.max_staleness: 1 produces the next batch while the update runs")
+  p.add_argument("--detail", action="store_true",
+                 help="also time the teacher's sub-parts (the editor's verdicts, surprise; the judge's rows)")
   p.add_argument("--compare-ref", dest="compare_ref", default="",
                  help="a git revision: measure it (before) and this tree (after) in one run")
   p.add_argument("--repeat", type=int, default=2, help="--compare-ref: runs of each, alternating")
@@ -208,16 +275,20 @@ def main(argv=None):
   with jax.set_mesh(run.mesh):
     # Warm-up: compile every program (step 0), then whole steps until the timed ones start
     # from an idle device with the programs a batch usually needs.
+    digest = Digest(getattr(job.next_batch, "produce", job.next_batch))
     for i in range(args.warmup):
       batch, _ = job.next_batch(state, i)
+      digest.add(batch)
       state, metrics = step(state, mesh_lib.shard_batch(batch, run.mesh), frozen)
       jax.block_until_ready(metrics)
     n_compiles = len(compiles)
+    spent = time_parts(getattr(job.next_batch, "produce", job.next_batch), compiles) if args.detail else {}
     t_start, c_start = time.perf_counter(), time.process_time()
     for i in range(args.warmup, args.warmup + args.steps):
       # As the training loop: produce (waiting for the previous update's params only at the
       # rollouts), then dispatch the update without waiting for it.
       batch, stats = job.next_batch(state, i)
+      digest.add(batch)
       t_dispatch = time.perf_counter()
       state, metrics = step(state, mesh_lib.shard_batch(batch, run.mesh), frozen)
       for k in PARTS[:3]:
@@ -273,6 +344,11 @@ def main(argv=None):
         f"update {np.mean(times['update']) * 1e3:.0f} ms (reference pass {np.mean(refs) * 1e3:.0f} ms), "
         f"of which {np.mean(waits) * 1e3:.0f} ms not overlapped (update_wait); max_staleness "
         f"{args.max_staleness}")
+  print(f"produced: {digest.line()}")
+  if args.detail:
+    print("detail (ms per step [of which compiling] (CPU ms); a nested part is inside its parent): " + ", ".join(
+        f"{k} {sum(x[0] for x in v) / args.steps * 1e3:.0f} [{sum(x[1] for x in v) / args.steps * 1e3:.0f}] "
+        f"({sum(x[2] for x in v) / args.steps * 1e3:.0f})" for k, v in spent.items()))
   print(f"sip_step: ratio_vs_nll={sip_s / t_nll:.1f} " + " ".join(f"{k}={frac[k]:.3f}" for k in PARTS)
         + f" cpu_ratio={cpu_sip / cpu_nll:.1f}")
   if args.price:

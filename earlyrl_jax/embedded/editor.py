@@ -7,7 +7,7 @@ is fine is a classification it learns like the safety verdict. So the embedded
 teacher rewrites by edits:
 
     prefix + suffix ──split──▶ s1 s2 s3 ──one CHECK verdict per sentence──▶ keep s1, drop s2, keep s3
-                                                     (scorer: one forward row per CHECK)
+                                                     (tree scorer: one prompt read at every CHECK)
     rewrite = s1 + s3 verbatim; if every sentence is dropped, the teacher continues the
     prefix itself (compiled sampler, greedy, its first complete sentence)
 
@@ -72,12 +72,15 @@ class EditRewriter:
   (embedded/surprise.py) exceeds it, in nats; None: verdicts alone.
   drop_unfinished: a last sentence without an end (and no window cut) is dropped unchecked.
   write_sentences: complete sentences kept of a continuation written anew.
+  compile_ahead: a stream of batches (SIP, the rewrite job): the first batch that writes nothing
+  anew still compiles write_anew's program (one greedy decode of a one-token prompt), so a
+  later batch does not stop to compile it.
   """
 
   def __init__(self, teacher, *, max_new_tokens: int = 64, batch_size: int = 64,
                window_cut: bool = False, threshold: float = 0.5, surprise_threshold: float | None = None,
-               drop_unfinished: bool = False, write_sentences: int = 1):
-    from earlyrl_jax.models.scoring import Scorer
+               drop_unfinished: bool = False, write_sentences: int = 1, compile_ahead: bool = False):
+    from earlyrl_jax.models.tree_scorer import few_shapes_scorer
     from earlyrl_jax.sampling.sampler import Sampler
     from earlyrl_jax.teacher.prompts.markup_ids import PromptEncoder
     self.teacher = teacher
@@ -89,15 +92,21 @@ class EditRewriter:
     self.surprise_threshold = surprise_threshold
     self.drop_unfinished = drop_unfinished
     self.write_sentences = int(write_sentences)
+    self.compile_ahead, self._sampled = bool(compile_ahead), False
     self.encoder = PromptEncoder(teacher.tokenizer, max_len=teacher.max_len, limits=teacher.limits)
     self.verdicts = P.verdict_ids(teacher.tokenizer, P.EDIT_VERDICTS)   # [keep, drop]
-    self.scorer = Scorer(teacher.graphdef, mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
-    self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id)
+    # The edit prompt is read at each CHECK in one pass (a CHECK sees only what precedes it),
+    # prompts packed into rows: the verdicts of a row-per-CHECK layout at the cost of one prompt.
+    self.tree = few_shapes_scorer(teacher.graphdef, teacher.mesh, teacher.tokenizer.pad_id)
+    # One prompt length (what write_anew keeps of a prefix): a window written anew never brings
+    # a new program (a bucket per prompt length compiled again in the middle of training).
+    self.sampler = Sampler(teacher.model(), mesh=teacher.mesh, pad_id=teacher.tokenizer.pad_id,
+                           prompt_buckets=(max(1, teacher.max_len - max_new_tokens),))
     self.probe = None
     if surprise_threshold is not None:
       from earlyrl_jax.embedded.surprise import SurpriseProbe
       self.probe = SurpriseProbe(teacher.graphdef, teacher.tokenizer, max_len=teacher.max_len,
-                                 scorer=self.scorer)
+                                 tree=self.tree)
     self.calls = 0
     self.written = 0  # rewrites the teacher wrote anew (every sentence dropped)
 
@@ -114,22 +123,18 @@ class EditRewriter:
     return EditPlan(sentences, ids, checks, drop_last)
 
   def drop_probs(self, params, plans: Sequence[EditPlan]) -> list[np.ndarray]:
-    """P(drop) of each checked sentence: one scored row per CHECK, all inputs batched."""
-    rows, owner = [], []
-    for i, pl in enumerate(plans):
-      for c in pl.checks:
-        rows.append(pl.ids[:c + 1])
-        owner.append(i)
-    out = [np.zeros((len(pl.checks),), np.float32) for pl in plans]
-    if not rows:
-      rows = [[self.tokenizer.bos_id or 0]]   # every process takes part in the scorer's collectives
+    """P(drop) of each checked sentence: each plan's prompt (up to its last CHECK) read at every
+    CHECK, all inputs packed into one batch of rows."""
     from earlyrl_jax.teacher.judges.lm import two_way
-    lp = self.scorer.verdict_logprobs(params, rows, self.verdicts)           # [rows, 2]: keep, drop
-    p_drop = two_way(lp[:, ::-1])                                           # softmax over {drop, keep}
-    seen = [0] * len(plans)
-    for r, i in enumerate(owner):
-      out[i][seen[i]] = p_drop[r]
-      seen[i] += 1
+    asked = [i for i, pl in enumerate(plans) if pl.checks]
+    prompts = [plans[i].ids[:plans[i].checks[-1] + 1] for i in asked]
+    reads = [plans[i].checks for i in asked]
+    if not prompts:   # every process takes part in the scorer's collectives
+      prompts, reads = [[self.tokenizer.bos_id or 0]], [[0]]
+    got = self.tree.read(params, prompts, [0] * len(prompts), reads, candidate_ids=self.verdicts)
+    out = [np.zeros((len(pl.checks),), np.float32) for pl in plans]
+    for i, lp in zip(asked, got.verdicts):   # lp [checks, 2]: keep, drop
+      out[i] = two_way(lp[:, ::-1])          # softmax over {drop, keep}
     return out
 
   def decide(self, probs: Sequence[np.ndarray], *, rng=None, temperature: float = 0.0) -> list[np.ndarray]:
@@ -148,14 +153,20 @@ class EditRewriter:
     The prompt ends where the prefix's text ends: the tokenizer has no dummy prefix, so a
     trailing space would be a lone '▁' piece the LM never saw before a word."""
     from earlyrl_jax.models.scoring import any_process
-    if not any_process(bool(prefixes)):
-      return []
     bos = [self.tokenizer.bos_id] if self.tokenizer.bos_id is not None else []
+    eos = self.tokenizer.eos_id
+    sample = lambda ids: self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key,
+                                             temperature=0.0, stop_tokens=[eos] if eos is not None else (),
+                                             early_stop=True)
+    if not any_process(bool(prefixes)):
+      if self.compile_ahead and not self._sampled:   # the program a later batch will need, now
+        self._sampled = True
+        sample([bos or [0]])
+      return []
+    self._sampled = True
     room = self.teacher.max_len - self.max_new_tokens
     ids = [(bos + self.tokenizer.encode(p.rstrip()))[-room:] or bos or [0] for p in prefixes] or [bos or [0]]
-    eos = self.tokenizer.eos_id
-    out = self.sampler.sample(params, ids, max_new_tokens=self.max_new_tokens, key=key,
-                              temperature=0.0, stop_tokens=[eos] if eos is not None else ())
+    out = sample(ids)
     return [first_sentences(t, self.write_sentences) for t in out.texts(self.tokenizer)][:len(prefixes)]
 
   def edit(self, params, prefixes: Sequence[str], suffixes: Sequence[str], *, key, temperature: float = 0.0,
@@ -202,5 +213,6 @@ def edit_rewriter(teacher, *, window_cut: bool = False, **kw) -> EditRewriter:
   settings = settings_of(teacher)
   kw.setdefault("surprise_threshold", settings["edit_surprise"])
   kw.setdefault("drop_unfinished", settings["drop_unfinished"])
+  kw.setdefault("compile_ahead", window_cut)   # windows come as a stream (SIP, the rewrite job)
   return EditRewriter(teacher, window_cut=window_cut, **kw)
 

@@ -15,8 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from earlyrl_jax.embedded.recipe import JudgeRecipe
+from earlyrl_jax.models.scoring import any_process
 from earlyrl_jax.teacher.judges.lm import LMJudge, two_way
 from earlyrl_jax.teacher.prompts import markup as P
+from earlyrl_jax.teacher.prompts.markup_ids import bos_ids
 from earlyrl_jax.teacher.prompts.text import split_sentences
 
 
@@ -32,13 +34,50 @@ class EmbeddedJudge(LMJudge):
   """
 
   def __init__(self, graphdef, params, tokenizer, *, recipe: JudgeRecipe = JudgeRecipe(), **lm_kw):
+    from earlyrl_jax.models.tree_scorer import few_shapes_scorer
     super().__init__(graphdef, params, tokenizer, judge_format=recipe.format, **lm_kw)
     self.recipe = recipe
     self.mix = recipe.mix
+    # Every row this judge reads (verdicts, claims, surprise) goes through one packed scorer:
+    # rows of one window share its head, a candidate's sentence cuts share its earlier sentences.
+    # A scorer given in lm_kw (a stand-in) reads row by row instead (LMJudge._score).
+    tree = few_shapes_scorer(graphdef, lm_kw.get("mesh"), tokenizer.pad_id)
+    self.tree = tree if lm_kw.get("scorer", "auto") == "auto" else None
     self.probe = None
     if recipe.uses_surprise:
       from earlyrl_jax.embedded.surprise import SurpriseProbe
-      self.probe = SurpriseProbe(graphdef, tokenizer, max_len=lm_kw["max_len"], mesh=lm_kw.get("mesh"))
+      self.probe = SurpriseProbe(graphdef, tokenizer, max_len=lm_kw["max_len"], tree=tree)
+
+  def _filler(self) -> list[int]:
+    return bos_ids(self.tokenizer) or [self.tokenizer.pad_id]
+
+  def _score(self, parts: list[tuple[list[int], list[int]]], ids: list[int]) -> np.ndarray:
+    """Verdict log-probs of rows given as (head, tail), read as tries of each head's rows, all
+    rows in one batch (every process takes part, with a one-token row when it has none)."""
+    if self.tree is None:
+      return super()._score(parts, ids)
+    if not any_process(bool(parts)):
+      return np.zeros((0, len(ids)), np.float32)
+    self.forward_rows += len(parts)
+    prompts = [list(h) + list(t) for h, t in parts] or [self._filler()]
+    groups = [tuple(h) for h, _ in parts] or [()]
+    return self.tree.verdict_logprobs(self.params, prompts, groups, ids)[:len(parts)]
+
+  def _read_at(self, prompts: list[list[int]], reads: list[list[int]], ids) -> list[np.ndarray]:
+    """Verdict log-probs [len(reads[i]), len(ids)] of each prompt at each of its read positions:
+    one pass per prompt through the tree scorer (a row per read position with a stand-in)."""
+    if self.tree is None:
+      rows = [([], p[:k + 1]) for p, r in zip(prompts, reads) for k in r]
+      lp, out, at = self._score(rows, ids), [], 0
+      for r in reads:
+        out.append(lp[at:at + len(r)])
+        at += len(r)
+      return out
+    if not any_process(bool(prompts)):
+      return []
+    got = self.tree.read(self.params, prompts or [self._filler()], [0] * max(1, len(prompts)),
+                         reads or [[]], candidate_ids=ids)
+    return got.verdicts[:len(prompts)]
 
   @property
   def claim_check(self) -> bool:
@@ -69,19 +108,21 @@ class EmbeddedJudge(LMJudge):
     [n_sentences] in split_sentences order (P.claims_head). Each distinct candidate is read
     once, one row per sentence cut after its CHECK, every row sharing the prompt's head;
     sentences past the prompt's budget (P.edit_checked) get 1.0, as without a check."""
-    head_len = len(self.encoder._head("claims", ""))
-    parts, rows_of = [], {}
+    prompts, reads, read_of = [], [], {}
     for c in dict.fromkeys(candidates):
       sentences = split_sentences(c)
       ids, checks = self.encoder.claims(sentences)
-      rows_of[c] = (len(parts), len(checks), len(sentences))
-      parts += [(ids[:head_len], ids[head_len:k + 1]) if k >= head_len else ([], ids[:k + 1]) for k in checks]
-    self.calls += len(parts)
-    p = two_way(self._score(parts, P.verdict_ids(self.tokenizer, P.CLAIM_VERDICTS)))   # P(KEEP)
+      read_of[c] = (len(prompts) if checks else None, len(sentences))
+      if checks:   # the prompt up to its last CHECK, read at every CHECK
+        prompts.append(ids[:checks[-1] + 1])
+        reads.append(checks)
+    self.calls += sum(len(r) for r in reads)
+    got = self._read_at(prompts, reads, P.verdict_ids(self.tokenizer, P.CLAIM_VERDICTS))
     out = []
     for c in candidates:
-      start, read, n = rows_of[c]
-      out.append(np.concatenate([p[start:start + read], np.ones((n - read,), np.float32)]).astype(np.float32))
+      k, n = read_of[c]
+      p = two_way(got[k]) if k is not None else np.zeros((0,), np.float32)   # P(KEEP)
+      out.append(np.concatenate([p, np.ones((n - len(p),), np.float32)]).astype(np.float32))
     return out
 
 

@@ -80,14 +80,14 @@ def sentence_tokens(tokenizer, prefix: str, candidate: str, max_len: int):
 
 class SurpriseProbe:
   """Per-sentence surprise of candidates under a Flax LM (any of ours, or an HF model loaded
-  through hf_io), batched through one `Scorer`."""
+  through hf_io), batched through one `TreeScorer`: rows of one prefix share its tokens."""
 
-  def __init__(self, graphdef, tokenizer, *, max_len: int, mesh=None, scorer=None):
-    from earlyrl_jax.models.scoring import Scorer
+  def __init__(self, graphdef, tokenizer, *, max_len: int, mesh=None, tree=None):
+    from earlyrl_jax.models.tree_scorer import TreeScorer
     self.tokenizer = tokenizer
     self.max_len = int(max_len)
-    self.scorer = scorer or Scorer(graphdef, mesh=mesh, pad_id=tokenizer.pad_id)
-    self.rows = 0  # candidates scored (one forward row each)
+    self.tree = tree or TreeScorer(graphdef, mesh=mesh, pad_id=tokenizer.pad_id)
+    self.rows = 0  # candidates scored
 
   def sentence_gaps(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[list[np.ndarray]]:
     """The gap of each token of each sentence of each candidate (split_sentences order)."""
@@ -95,8 +95,13 @@ class SurpriseProbe:
       raise ValueError(f"surprise: {len(prefixes)} prefixes but {len(candidates)} candidates")
     rows = [sentence_tokens(self.tokenizer, p, c, self.max_len) for p, c in zip(prefixes, candidates)]
     self.rows += len(rows)
-    gaps = self.scorer.surprise(params, [r[0] for r in rows], [r[1] for r in rows])
-    return [[gaps[i, a:b] for a, b in spans] for i, (_, _, spans) in enumerate(rows)]
+    # Each row read at its candidate's tokens (the gap of the token after each read position);
+    # rows of one prompt (the window's prefix) share a trie.
+    prompts = [list(p) + list(c) for p, c, _ in rows] or [[self.tokenizer.bos_id or 0]]
+    reads = [list(range(len(p) - 1, len(p) - 1 + len(c))) for p, c, _ in rows] or [[]]
+    groups = [tuple(p) for p, _, _ in rows] or [()]
+    gaps = self.tree.read(params, prompts, groups, reads).gaps
+    return [[gaps[i][a:b] for a, b in spans] for i, (_, _, spans) in enumerate(rows)]
 
   def sentences(self, params, prefixes: Sequence[str], candidates: Sequence[str]) -> list[np.ndarray]:
     """Surprise of each sentence of each candidate (split_sentences order), float32 [n_sentences]."""
