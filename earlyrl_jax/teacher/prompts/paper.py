@@ -106,12 +106,14 @@ _TEMPLATES = {"safety": _SAFETY, "quality": _QUALITY, "factuality": _FACTUALITY}
 
 # ------------------------------------------------------------------------------- quoting
 
-_TAG = re.compile(r"<(?=\s*/?\s*(?:document|option|text|reference)\b)", re.IGNORECASE)
+_NAMES = r"(?:document|option|text|reference)"
+_TAG = re.compile(rf"<(?=/?{_NAMES}|/\s+{_NAMES})", re.IGNORECASE)   # '<text', '</text', '</ text'
+
 _SPECIAL_LIKE = re.compile(r"<\|")         # '<|im_end|>', '<|eot_id|>', ... in any tokenizer
 
 
 def escape(text: str, specials: Sequence[str] = ()) -> str:
-  """Untrusted text made unable to open or close one of our tags ('<text>' -> '< text>') or to
+  """Untrusted text made unable to open or close one of our tags ('</text>' -> '< /text>') or to
   hold a special token of the tokenizer (its first character is split off: '<|im_end|>' ->
   '< |im_end|>', '</s>' -> '< /s>'). Idempotent; ordinary text is unchanged."""
   text = "" if text is None else str(text)
