@@ -308,3 +308,23 @@ def test_smollm2_logprob_verdicts_equal_its_logits_in_process_and_served(smol_di
     finally:
       client.close()
   assert judge.failed == 0 and served.failed == 0
+
+
+@pytest.mark.slow
+def test_a_sip_run_whose_judge_ties_everything_stops_with_one_clear_error(tmp_path, monkeypatch):
+  """Through the SIP job: a judge that ranks nothing (every option equally likely) and a run that
+  trains nothing else (sip.lm_coef=0) logs its tie streak, then stops with the teacher's name and
+  a raw output, instead of running on with a DPO term of 0."""
+  from earlyrl_jax import sip_job
+  from earlyrl_jax.train import sip
+  from tests.test_sip import _sip_cfg
+  judge = LogProbJudge(FakeBackend(logprob=lambda p, c: -1.0))
+  monkeypatch.setattr(sip, "build_judge", lambda cfg, run, teacher: judge)
+  cfg = _sip_cfg(**{"num_steps": 3, "sip.lm_coef": 0.0, "sip.max_all_tied_steps": 2,
+                    "sip.empty_loses": False, "sip.judge_axes": ConfigDict({"quality": 1.0})})
+  with pytest.raises(TeacherFailure, match=r"judge fake teacher: every group tied on 2 consecutive "
+                                           r"steps \(to step 2\).*log p\(' Option 1'\)=-1.000"):
+    sip_job.run(cfg, str(tmp_path))
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert lines[0]["step"] == 1 and lines[0]["sip/all_tied_frac"] == 1.0
+  assert lines[0]["sip/all_tied_streak"] == 1 and lines[0]["sip/judge_failed_frac"] == 0.0

@@ -183,7 +183,7 @@ class SIPProducer:
       batch["ref_logp"] = local_rows(self.reference(self.ref_params, rows))
     stats.update(self._stats(j, G))
     if self.health is not None:   # raises TeacherFailure past teacher.max_failure_share / a tie streak
-      stats.update(self.health.step(j.all_tied, step))
+      stats.update(self.health.step(j.all_tied, step + 1))   # the step as logged (1-based)
     if missing is not None:
       stats["sip/reference_missing_frac"] = missing
     stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
