@@ -330,6 +330,11 @@ def train_loop(run: Run, job: Job) -> dict[str, Any]:
         except Preempted:
           log(f"{preempt.name} while waiting for data for step {step + 1}")
           break
+        except Exception:   # e.g. a teacher that fails (TeacherFailure): the last step is logged first
+          if pending is not None:
+            settle(pending)
+            pending = None
+          raise
         finally:
           preempt.waiting_for_data = False
         state, dev_metrics = compiled(state, mesh_lib.shard_batch(batch, mesh), frozen_params)

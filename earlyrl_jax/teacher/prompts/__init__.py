@@ -4,8 +4,9 @@
   markup    the embedded teacher's family: one-token markers, verdicts read at the prompt's end
             (pairwise, pointwise, scored, rewrite, edit, claims) and its generative variant
 
-A family for instruct models (the paper's formats, rendered through the model's chat template)
-goes beside `markup` as a module of its own with its own version string.
+  paper     the paper's judging formats for any instruct model (safety YES/NO, quality Option 1/2,
+            factuality No/Possible/Definite with a reference), rendered through the model's
+            chat template, budgets in the teacher's tokens; 'logprob' and 'generative' variants
 """
 from __future__ import annotations
 
