@@ -126,6 +126,8 @@ def get_config() -> ConfigDict:
   c.sip.max_staleness = 0       # 0: each batch's rollouts from the current params; 1: the next batch
                                 # (rollouts, rewrite, judging) is made while the update runs, from the
                                 # params one step old (train/prefetch.py; kill-and-resume stays exact)
+  c.sip.max_all_tied_steps = 3  # stop when every group ties on this many steps in a row while nothing else
+                                # trains (sip.lm_coef=0): the judge ranks nothing (0 = never stop)
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()
@@ -156,8 +158,10 @@ def get_config() -> ConfigDict:
   # Which judge and rewriter the teacher gets (teacher/teacher.py). 'auto' follows the teacher's
   # directory: an embedded teacher -> its trained kinds ('embedded' judge: verdict log-probs of its
   # markup prompts with its recipe; 'edit' rewriter: keep/drop per sentence); an HF model directory
-  # -> 'generative' judge (reason, then a verdict line) and 'generative' rewriter.
-  c.teacher.judge_kind = "auto"     # 'auto' | 'embedded' (embedded teachers only) | 'generative'
+  # or a served model -> 'logprob' judge (the paper's formats, the verdict read from the teacher's
+  # probabilities of each answer after 'Answer:', one forward pass) and 'generative' rewriter.
+  c.teacher.judge_kind = "auto"     # 'auto' | 'embedded' (embedded teachers only) | 'logprob' | 'generative'
+                                    # ('generative': reasoning, then 'Answer: ...', teacher.generative.*)
   c.teacher.rewriter_kind = "auto"  # 'auto' | 'edit' (embedded teachers only) | 'generative'
   # Where the teacher runs. 'shared': on the policy's mesh (every device), judging and
   # rewriting take turns with the update. 'submesh': on its own `teacher.devices` devices
@@ -169,6 +173,21 @@ def get_config() -> ConfigDict:
   c.teacher.devices = 0         # 'submesh': devices the teacher gets (a multiple of the host count)
   c.teacher.mesh = ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})  # 'submesh': the teacher's axes
   c.teacher.max_len = 0         # an HF teacher's context cap in its tokens (0 = its config's)
+  # The paper's judge prompts for instruct teachers (teacher/prompts/paper.py), in the teacher's tokens.
+  # Candidates are always judged whole; the rest of the context bounds the prefix and the reference.
+  c.teacher.prompt = ConfigDict()
+  c.teacher.prompt.prefix_tokens = 1024    # the document's start shown to the judge: its LAST tokens
+  c.teacher.prompt.reference_tokens = 512  # factuality's reference (the original suffix): its first tokens
+  c.teacher.prompt.answer_tokens = 8       # context left free after a log-prob prompt (the answer)
+  c.teacher.generative = ConfigDict()      # teacher.judge_kind='generative' (the paper: 5, 1.0, 0.6)
+  c.teacher.generative.num_samples = 5     # samples per verdict, their answers averaged
+  c.teacher.generative.temperature = 1.0   # sampling temperature (0 = greedy: use num_samples=1)
+  c.teacher.generative.top_p = 0.6         # nucleus sampling
+  c.teacher.generative.max_new_tokens = 256  # reasoning + the final 'Answer: ...' line
+  # A judge that fails stops the run (train/judge_health.py): failed or unparsable verdicts above this
+  # share of a step's verdicts (each is scored as a tie and logged: sip/judge_failed_frac,
+  # sip/judge_unparsable_frac).
+  c.teacher.max_failure_share = 0.05
   c.teacher.backend = "inprocess"  # 'inprocess' (in this JAX program) | 'openai' (a served teacher:
                                 # vLLM, SGLang, TGI or earlyrl-serve; docs/serving.md)
   c.teacher.openai = ConfigDict()  # teacher.backend='openai' (fields documented in configs/midtrain.py)

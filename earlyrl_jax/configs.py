@@ -134,7 +134,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher.placement": mesh_lib.PLACEMENTS,
     "teacher.judge_format": ("scored", "pairwise"),
     "teacher.backend": ("inprocess", "openai"),
-    "teacher.judge_kind": ("auto", "embedded", "generative"),     # teacher/teacher.py JUDGE_KINDS
+    "teacher.judge_kind": ("auto", "embedded", "logprob", "generative"),  # teacher/teacher.py JUDGE_KINDS
     "teacher.rewriter_kind": ("auto", "edit", "generative"),      # teacher/teacher.py REWRITER_KINDS
 }
 
@@ -300,6 +300,17 @@ RANGES: tuple[Range, ...] = (
     Range("sip.lm_coef", float, ">= 0", SIP_MODES),
     Range("sip.coef", float, ">= 0", SIP_MODES),
     Range("sip.kl_coef", float, ">= 0", SIP_MODES),
+    # Judging that fails is counted and stops the run (train/judge_health.py).
+    Range("sip.max_all_tied_steps", int, ">= 0", SIP_MODES),     # 0: never stop on ties
+    Range("teacher.max_failure_share", float, "[0, 1]", SIP_MODES),
+    # The paper's prompt family for instruct teachers (teacher/prompts/paper.py), in teacher tokens.
+    Range("teacher.prompt.prefix_tokens", int, ">= 0", WINDOWS),
+    Range("teacher.prompt.reference_tokens", int, ">= 0", WINDOWS),
+    Range("teacher.prompt.answer_tokens", int, ">= 1", WINDOWS),
+    Range("teacher.generative.num_samples", int, ">= 1", WINDOWS),
+    Range("teacher.generative.temperature", float, ">= 0", WINDOWS),
+    Range("teacher.generative.top_p", float, "(0, 1]", WINDOWS),
+    Range("teacher.generative.max_new_tokens", int, ">= 1", WINDOWS),
     Range("report.num_seeds", int, ">= 1", ("report",)),
     Range("report.base_steps", int, ">= 1", ("report",)),
     Range("report.steps", int, ">= 1", ("report",)),
@@ -398,6 +409,7 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
              f"data.tokenizer_path), got {d.tokenizer_vocab_size}")
   if mode in SIP_MODES:
     _check_judge_axes(cfg.sip)
+    check_paper_prompt_fits(cfg)
     if mode == "sip":
       _check_recipe(cfg.sip)
     else:
@@ -443,6 +455,41 @@ def _check_windows(cfg) -> None:
            f"data.prefix_len + {name} = {d.prefix_len} + {longest} = {d.prefix_len + longest} "
            f"exceeds model.max_seq_len={mc.max_seq_len}; shorten the windows or raise "
            "model.max_seq_len")
+
+
+def paper_judge_kind(cfg) -> str | None:
+  """'logprob' / 'generative' when SIP's judge is an instruct teacher with the paper's formats
+  (stated, or 'auto' on a served teacher), else None (the embedded teacher, the oracles, or an
+  'auto' that depends on the directory: checked when the judge is built)."""
+  t = _get(cfg, "teacher")
+  if t is None or _get(cfg, "sip.judge") != "teacher":
+    return None
+  kind = t.get("judge_kind", "auto")
+  if kind == "auto" and t.get("backend", "inprocess") != "inprocess":
+    return "logprob"
+  return kind if kind in ("logprob", "generative") else None
+
+
+def check_paper_prompt_fits(cfg) -> None:
+  """The paper's quality prompt holds two whole candidates: with a stated teacher.max_len, two
+  candidates of sip.candidate_len (or data.suffix_len) tokens, the template and the answer's
+  room must fit it (counted as if the teacher's tokens were the policy's; the judge checks the
+  real counts when it is built: train/judge_health.check_prompt_fits)."""
+  from earlyrl_jax.teacher.prompts.paper import TEMPLATE_TOKENS
+  kind = paper_judge_kind(cfg)
+  max_len = int(_get(cfg, "teacher.max_len", 0) or 0)
+  if kind is None or not max_len:
+    return
+  cand_field = "sip.candidate_len" if _get(cfg, "sip.candidate_len", 0) else "data.suffix_len"
+  cand = int(_get(cfg, cand_field))
+  answer_field, default = (("teacher.generative.max_new_tokens", 256) if kind == "generative"
+                           else ("teacher.prompt.answer_tokens", 8))
+  answer = int(_get(cfg, answer_field, default))
+  need = TEMPLATE_TOKENS + 2 * (cand + 1) + answer
+  _require(need <= max_len, "teacher.max_len",
+           f"{max_len} tokens cannot hold the judge's quality prompt with two whole candidates: "
+           f"2 x ({cand_field}={cand}) + ~{TEMPLATE_TOKENS} of template + {answer_field}={answer} "
+           f"= {need}; raise teacher.max_len or shorten {cand_field}")
 
 
 def _check_judge_axes(s) -> None:

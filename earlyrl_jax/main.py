@@ -162,8 +162,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
   from earlyrl_jax.configs import ConfigError
   from earlyrl_jax.data.sources import DataError
   from earlyrl_jax.errors import CheckpointError, MissingExtraError
+  from earlyrl_jax.teacher.backends.base import TeacherFailure
   # FloatingPointError: the loop's NonFiniteLossError (names the step and the last good checkpoint).
-  return (ConfigError, DataError, CheckpointError, MissingExtraError, FloatingPointError,
+  # TeacherFailure: a teacher that fails past its thresholds (names it, quotes one raw output).
+  return (ConfigError, DataError, CheckpointError, MissingExtraError, FloatingPointError, TeacherFailure,
           FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
           PermissionError)
 

@@ -14,7 +14,8 @@ from earlyrl_jax import world as W
 from earlyrl_jax.teacher import rewriter as rw
 from earlyrl_jax.teacher import teacher as T
 from earlyrl_jax.teacher.judges.base import Judge
-from earlyrl_jax.teacher.judges.generative import GenerativeJudge, sampler_generate
+from earlyrl_jax.teacher.judges.generative import GenerativeJudge
+from earlyrl_jax.teacher.judges.logprob import LogProbJudge
 from earlyrl_jax.teacher.judges.lm import LMJudge, _VerdictScorer, sigmoid, two_way
 from earlyrl_jax.teacher.judges.oracle import OracleJudge
 from earlyrl_jax.teacher.judges.trl import RewardFunction
@@ -186,22 +187,6 @@ def test_oracle_agrees_with_world_preference_labels(world):
 # ------------------------------------------------------------------ generative mode, reward function
 
 
-def test_generative_judge_counts_unparsable_as_ties():
-  outs = iter([["Reasoning.\nVerdict: 1", "no idea", "Verdict: 2"], ["Verdict: YES", "Verdict: 7"]])
-  j = GenerativeJudge(lambda prompts: next(outs))
-  np.testing.assert_array_equal(j.compare(["p"] * 3, ["a"] * 3, ["b"] * 3, axis="quality"), [1.0, 0.5, 0.0])
-  np.testing.assert_array_equal(j.pointwise(["p"] * 2, ["x", "y"]), [1.0, 0.5])
-  assert j.unparsable == 2 and j.calls == 5
-
-  def boom(prompts):
-    raise RuntimeError("generation failed")
-  j2 = GenerativeJudge(boom)
-  np.testing.assert_array_equal(j2.compare(["p"], ["a"], ["b"], axis="factuality"), [0.5])
-  assert j2.unparsable == 1
-  short = GenerativeJudge(lambda prompts: ["Verdict: 1"])  # too few outputs: the rest are ties
-  np.testing.assert_array_equal(short.compare(["p"] * 2, ["a"] * 2, ["b"] * 2, axis="quality"), [1.0, 0.5])
-
-
 def test_reward_function_shape_and_values(world):
   _, kb, oracles = world
   city = kb.entities["city"][0]
@@ -266,13 +251,16 @@ def test_rewriter_returns_one_text_per_input(tiny_teacher):
 def test_an_hf_teacher_judges_generatively_and_kinds_are_chosen_not_guessed():
   from earlyrl_jax.data.tokenizer import ByteTokenizer
   from earlyrl_jax.models.transformer import Transformer
-  mc = tiny_model_config(vocab_size=259, max_seq_len=512)
+  mc = tiny_model_config(vocab_size=259, max_seq_len=1024)   # bytes: the paper's prompts need ~750
   graphdef, params = nnx.split(Transformer(mc, rngs=nnx.Rngs(0)))
   t = T.Teacher(graphdef, params, ByteTokenizer(), mc, None, P.PromptLimits(40, 40, 40), source="hf")
-  j = t.judge(max_new_tokens=4)   # 'auto' on an HF teacher: generative
-  assert isinstance(j, GenerativeJudge)
+  j = t.judge()   # 'auto' on an HF teacher: the log-prob judge of the paper's formats
+  assert isinstance(j, LogProbJudge)
   p = j.compare(["p"], ["a"], ["b"], axis="quality")
-  assert p.tolist() == [0.5] and j.unparsable == 1  # random bytes: no verdict, a counted tie
+  assert 0 < p[0] < 1 and j.calls == 1 and j.failed == 0
+  g = t.judge(kind="generative", max_new_tokens=4)
+  assert isinstance(g, GenerativeJudge)
+  assert g.compare(["p"], ["a"], ["b"], axis="quality").tolist() == [0.5] and g.unparsable == 1
   with pytest.raises(ValueError, match="teacher.judge_kind='embedded'.*not an embedded teacher"):
     t.judge(kind="embedded")
   with pytest.raises(ValueError, match="teacher.rewriter_kind='edit'.*not an embedded teacher"):
@@ -321,31 +309,6 @@ def test_hf_style_teacher_rewrites_generatively_and_stops_on_the_marker_sequence
   class Out:  # what the sampler returns for a row that hit the stop sequence
     tokens, lengths = [gen + [0, 0]], [len(gen)]
   assert r.decode(Out) == ["Fixed."]
-
-
-def test_generation_for_the_generative_judge_is_chunked_without_changing_outputs(monkeypatch):
-  """Large tournament rounds are generated a bounded number of rows at a time (memory)."""
-  from earlyrl_jax.data.tokenizer import ByteTokenizer
-  from earlyrl_jax.models.transformer import Transformer
-  mc = tiny_model_config(vocab_size=259, max_seq_len=128)
-  model = Transformer(mc, rngs=nnx.Rngs(1))
-  texts = [f"judge row {i}: " + "x" * i for i in range(5)]
-  whole = sampler_generate(model, ByteTokenizer(), max_new_tokens=6, rows_per_call=64)(texts)
-  calls = []
-  gen = sampler_generate(model, ByteTokenizer(), max_new_tokens=6, rows_per_call=2)
-  from earlyrl_jax.sampling.sampler import Sampler
-  orig = Sampler.__call__
-
-  def counting(self, prompts, **kw):
-    calls.append(len(prompts))
-    return orig(self, prompts, **kw)
-  monkeypatch.setattr(Sampler, "__call__", counting)
-  chunked = gen(texts)
-  assert calls == [2, 2, 1] and len(chunked) == 5
-  assert chunked == whole      # greedy: the same text whatever the chunking
-
-
-# ------------------------------------------------------------------ save / load
 
 
 def test_save_load_roundtrip(tmp_path, tiny_teacher, sp):

@@ -207,7 +207,7 @@ class HFTokenizer:
     self.chat_template: str | None = None
     cfg = _read_json(os.path.join(directory, "tokenizer_config.json"))
     model_cfg = _read_json(os.path.join(directory, "config.json"))
-    self.chat_template = cfg.get("chat_template")
+    self.chat_template = read_chat_template(directory, cfg)
 
     def tok_id(explicit, key, fallbacks):
       name = explicit or _token_str(cfg.get(key))
@@ -227,6 +227,7 @@ class HFTokenizer:
     self.eos_id = tok_id(eos_token, "eos_token", ["</s>", "<|end_of_text|>", "<|endoftext|>", "<eos>"])
     pad = tok_id(pad_token, "pad_token", ["<pad>", "<|pad|>"])
     self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+    self.bos_token = self._tok.id_to_token(self.bos_id) if self.bos_id is not None else None
     self._anchor_ids = self.encode(self._ANCHOR)
 
   def encode(self, text: str) -> list[int]:
@@ -257,10 +258,16 @@ class HFTokenizer:
     full = self.decode(anchor + [int(i) for i in ids])
     return full[len(head):] if anchor and full.startswith(head) else self.decode(ids)
 
+  def special_tokens(self) -> list[str]:
+    """The added special tokens' strings (e.g. '<|im_end|>'): text that holds one encodes to that
+    token, so prompt families break them inside quoted, untrusted text."""
+    return [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
+
   def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
     """Formats chat messages with the model's Jinja chat template (instruct teachers)."""
     if not self.chat_template:
-      raise ValueError(f"{self.path}: tokenizer_config.json has no chat_template")
+      raise ValueError(f"{self.path}: no chat template (neither {CHAT_TEMPLATE_FILE} nor "
+                       "tokenizer_config.json's chat_template)")
     # The template comes with downloaded model files: render it sandboxed (no
     # attribute access to Python internals, no mutation of the messages), as
     # transformers does.
@@ -287,6 +294,24 @@ class HFTokenizer:
 
   def __setstate__(self, state):
     self.__init__(state["path"])
+
+
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+
+
+def read_chat_template(directory: str, tokenizer_config: dict) -> str | None:
+  """The model's chat template: `chat_template.jinja` beside the tokenizer (where current HF
+  checkpoints keep it), else tokenizer_config.json's `chat_template` (a string, or a list of
+  named templates of which 'default' is the one a plain chat uses)."""
+  path = os.path.join(directory, CHAT_TEMPLATE_FILE)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      return f.read()
+  found = tokenizer_config.get("chat_template")
+  if isinstance(found, list):   # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+    named = {t.get("name"): t.get("template") for t in found if isinstance(t, dict)}
+    found = named.get("default") or next(iter(named.values()), None)
+  return found if isinstance(found, str) and found else None
 
 
 def _raise_template_error(msg):
@@ -465,7 +490,7 @@ if __name__ == "__main__":
 # ----------------------------------------------------------------------- model directories
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
-                    "special_tokens_map.json", "generation_config.json")
+                    "special_tokens_map.json", "generation_config.json", "chat_template.jinja")
 
 
 def require_hf_extra(path: str, field: str = "") -> None:

@@ -14,13 +14,17 @@ Which judge and which rewriter a teacher gets is chosen, not guessed (`teacher.j
 
   judge     'embedded'    the embedded teacher's trained judge: verdict-token log-probs of the
                           markup family plus its recipe (earlyrl_jax/embedded/judge.py)
-            'generative'  reason, then a verdict line (any instruct model; judges/generative.py)
+            'logprob'     the paper's formats (prompts/paper.py), the verdict read from the
+                          model's probabilities of each answer after a forced answer lead
+                          (any instruct model, in-process or served; judges/logprob.py)
+            'generative'  the paper's formats, reasoning then 'Answer: ...', n samples averaged
+                          (`teacher.generative.*`; judges/generative.py)
   rewriter  'edit'        the embedded teacher's editor: keep or drop each sentence
                           (earlyrl_jax/embedded/editor.py)
             'generative'  the rewrite generated after the prompt (rewriter.py)
   'auto'    follows where the weights came from (`Teacher.source`): an embedded teacher's
-            directory -> 'embedded' / 'edit' (what it was trained for); an HF model directory ->
-            'generative' / 'generative'.
+            directory -> 'embedded' / 'edit' (what it was trained for); an HF model directory
+            (or a served model) -> 'logprob' / 'generative'.
 
 The embedded kinds are built by `earlyrl_jax.embedded`, imported here only, inside
 `judge` and `rewriter`: this bundle loads the embedded teacher's directory format as it loads
@@ -40,7 +44,7 @@ CONFIG_FILE = "teacher_config.json"
 TOKENIZER_FILE = "tokenizer.model"
 PARAMS_DIR = "params"
 
-JUDGE_KINDS = ("auto", "embedded", "generative")
+JUDGE_KINDS = ("auto", "embedded", "logprob", "generative")
 REWRITER_KINDS = ("auto", "edit", "generative")
 SOURCES = ("embedded", "hf")   # an embedded teacher's directory (or one built in process), an HF directory
 
@@ -75,36 +79,36 @@ class Teacher:
 
   def judge_kind(self, kind: str = "auto") -> str:
     """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
-    return self._kind("judge_kind", kind, JUDGE_KINDS, embedded="embedded")
+    return self._kind("judge_kind", kind, JUDGE_KINDS, embedded="embedded", hf="logprob")
 
   def rewriter_kind(self, kind: str = "auto") -> str:
     """`kind` checked against this teacher, with 'auto' resolved (see the module docstring)."""
-    return self._kind("rewriter_kind", kind, REWRITER_KINDS, embedded="edit")
+    return self._kind("rewriter_kind", kind, REWRITER_KINDS, embedded="edit", hf="generative")
 
-  def _kind(self, field: str, kind: str, kinds: tuple[str, ...], *, embedded: str) -> str:
+  def _kind(self, field: str, kind: str, kinds: tuple[str, ...], *, embedded: str, hf: str) -> str:
     if kind not in kinds:
       raise ValueError(f"teacher.{field}={kind!r}: expected one of {kinds}")
     if kind == "auto":
-      return embedded if self.source == "embedded" else "generative"
+      return embedded if self.source == "embedded" else hf
     if kind == embedded and self.source != "embedded":
+      others = [k for k in kinds if k != embedded]
       raise ValueError(f"teacher.{field}={kind!r}: {self.name} is not an embedded teacher (it was "
-                       f"loaded from an HF model directory); use 'generative' or 'auto'")
+                       f"loaded from an HF model directory); use one of {others}")
     return kind
 
-  def judge(self, kind: str = "auto", **kw):
+  def judge(self, kind: str = "auto", *, backend=None, **kw):
     """The judge of `kind` (JUDGE_KINDS). 'embedded': keyword arguments go to
     `embedded.judge.embedded_judge` (recipe=JudgeRecipe(...) replaces the teacher's own);
-    'generative': max_new_tokens (default 256)."""
+    'logprob' / 'generative': `paper_judge`'s (budgets=, sampling=), over `backend` (default:
+    this bundle in process)."""
     kind = self.judge_kind(kind)
     if kind == "embedded":
       from earlyrl_jax.embedded.judge import embedded_judge
       return embedded_judge(self, **kw)
-    from earlyrl_jax.teacher.judges.generative import GenerativeJudge, sampler_generate
-    gen = sampler_generate(self.model(), self.tokenizer, mesh=self.mesh,
-                           max_new_tokens=kw.pop("max_new_tokens", 256))
-    if kw:
-      raise TypeError(f"the generative judge takes max_new_tokens only, not {sorted(kw)}")
-    return GenerativeJudge(gen, limits=self.limits)
+    if backend is None:
+      from earlyrl_jax.teacher.backends.inprocess import InProcessBackend
+      backend = InProcessBackend.from_teacher(self)
+    return paper_judge(kind, backend, **kw)
 
   def rewriter(self, kind: str = "auto", *, window_cut: bool = False, **kw):
     """The rewriter of `kind` (REWRITER_KINDS); keyword arguments go to its constructor.
@@ -117,6 +121,24 @@ class Teacher:
       return edit_rewriter(self, window_cut=window_cut, **kw)
     from earlyrl_jax.teacher.rewriter import Rewriter
     return Rewriter(self, **kw)
+
+
+def paper_judge(kind: str, backend, *, budgets=None, sampling=None, max_new_tokens: int | None = None):
+  """A judge of the paper's formats over any Backend: kind 'logprob' (LogProbJudge; it samples
+  nothing, so `sampling` is not read) or 'generative' (GenerativeJudge; `sampling`, or just
+  `max_new_tokens`, says how it samples)."""
+  from earlyrl_jax.teacher.prompts.paper import Budgets
+  budgets = budgets or Budgets()
+  if kind == "logprob":
+    from earlyrl_jax.teacher.judges.logprob import LogProbJudge
+    return LogProbJudge(backend, budgets=budgets)
+  if kind == "generative":
+    from earlyrl_jax.teacher.judges.generative import GenerativeJudge, Sampling
+    sampling = sampling or Sampling()
+    if max_new_tokens is not None:
+      sampling = dataclasses.replace(sampling, max_new_tokens=int(max_new_tokens))
+    return GenerativeJudge(backend, sampling=sampling, budgets=budgets)
+  raise ValueError(f"teacher.judge_kind={kind!r}: the paper's judges are 'logprob' and 'generative'")
 
 
 def save_params(path: str, params) -> None:

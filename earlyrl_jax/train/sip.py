@@ -98,6 +98,13 @@ class SIPProducer:
       self.reference = steps_lib.make_frozen_pass(
           graphdef, ref_shardings, run.mesh, spec, lambda m, b: objective.reference_logp(m, b, L))
     self._t_last = None
+    # Failed / unparsable verdicts and all-tied streaks are logged and stop the run (judge_health).
+    self.health = None
+    if judge is not None:
+      from earlyrl_jax.train.judge_health import JudgeHealth, check_prompt_fits
+      check_prompt_fits(judge, self.cand_len,
+                        "sip.candidate_len" if self.s.get("candidate_len", 0) else "data.suffix_len")
+      self.health = JudgeHealth.from_config(judge, self.cfg)
     self.lm_target = self.s.get("lm_target", "window")
     if self.lm_target == "rewrite" and not self.with_rewrite:
       raise ValueError("sip.lm_target='rewrite' needs a rewrite (sip.rewrite='online' or 'precomputed')")
@@ -175,6 +182,8 @@ class SIPProducer:
       rows = mesh_lib.shard_batch({k: batch[k] for k in MODEL_FIELDS}, self.run.mesh)
       batch["ref_logp"] = local_rows(self.reference(self.ref_params, rows))
     stats.update(self._stats(j, G))
+    if self.health is not None:   # raises TeacherFailure past teacher.max_failure_share / a tie streak
+      stats.update(self.health.step(j.all_tied, step))
     if missing is not None:
       stats["sip/reference_missing_frac"] = missing
     stats.update({"sip/judge_calls": float(j.calls),  # judged rows: both orders + pointwise
@@ -379,8 +388,9 @@ def build_judge(cfg, run: loop.Run, teacher):
   if cfg.sip.judge == "oracle":
     return oracle()
   from earlyrl_jax import configs
+  from earlyrl_jax.teacher.judges.configured import configured_judge
   axes = configs.oracle_axes(cfg)
-  judge = teacher.judge(kind=cfg.teacher.get("judge_kind", "auto"))
+  judge = configured_judge(cfg.teacher, teacher)
   return AxisJudges(judge, dict.fromkeys(axes, oracle())) if axes else judge
 
 

@@ -135,6 +135,8 @@ class InProcessBackend:
     g_G, g_n, longest_s, longest_r = agree_max(G, n, max(map(len, shared)), max(map(len, rests)))
     Gb, Nb = -(-_pow2(g_G, 4) // mult) * mult, -(-_pow2(g_n, 8) // mult) * mult
     Ps, R = _bucket(longest_s, SHARED_BUCKETS), _bucket(longest_r, REST_BUCKETS)
+    if Ps + R > self.cfg.max_seq_len:   # the bucket passes the context, the rows may not
+      Ps = max(longest_s, self.cfg.max_seq_len - R)
     if Ps + R > self.cfg.max_seq_len:
       raise ValueError(f"a scored row needs {longest_s + longest_r} tokens, more than the "
                        f"teacher's context ({self.cfg.max_seq_len})")

@@ -45,9 +45,24 @@ def check_axis(axis: str, allowed=AXES) -> None:
 class Counts:
   """The counts a judge keeps (class defaults, so every judge starts at 0):
 
-  calls        rows judged (compare + pointwise; both orders count twice)
+  calls        verdicts made (compare + pointwise rows; both orders count twice)
   unparsable   verdicts that could not be read (a generative judge's output without a verdict
                line); each is scored as a tie, and counted here so that it is never silent
+  failed       verdicts the model could not give (a backend row that failed after its retries:
+               NaN log-probs, no generated text); each is scored as a tie and counted here
+  raw_example  one raw output of a failed or unparsable verdict (the first), and
+  last_raw     the raw output of the last verdict: what an error that stops a run quotes
+  The trainer logs the shares per step and stops past `teacher.max_failure_share`
+  (train/sip.py: judge_health).
   """
   calls: int = 0
   unparsable: int = 0
+  failed: int = 0
+  raw_example: str = ""
+  last_raw: str = ""
+
+
+def judge_counts(judge) -> tuple[int, int, int]:
+  """(calls, failed, unparsable) of any judge (0 for what a judge does not count)."""
+  return (int(getattr(judge, "calls", 0)), int(getattr(judge, "failed", 0)),
+          int(getattr(judge, "unparsable", 0)))

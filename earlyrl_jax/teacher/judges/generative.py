@@ -1,96 +1,78 @@
-"""GenerativeJudge: reason, then a verdict line, for teachers without one-token verdicts.
+"""GenerativeJudge: the model reasons, then ends with 'Answer: ...'; n samples averaged.
 
-Any instruct model judges this way (`sampler_generate` runs it in-process through our compiled
-sampler). An output without a readable verdict is a tie, counted in `unparsable`.
+The paper's generative judge: each verdict is sampled `num_samples` times (the paper: 5 at
+temperature 1.0, top_p 0.6) and the answers' values are averaged, so a verdict is an estimate
+of the probability the log-prob judge reads exactly (judges/logprob.py, at a tenth of the cost
+or less: benchmarks/instruct_judge.py). Generation runs through `Backend.generate`, so it works
+in-process and served alike.
+
+A sample without a readable final answer is left out of the average; a verdict with none is a
+tie counted in `unparsable`, one whose samples all failed (None from the backend after its
+retries) a tie counted in `failed`. An exception of the backend (TeacherFailure) is not
+caught: it stops the run with its message instead of turning into ties.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
 
-import jax
 import numpy as np
 
-from earlyrl_jax.models.scoring import lockstep_chunks
-from earlyrl_jax.teacher.judges.base import Counts, check_axis, check_rows
-from earlyrl_jax.teacher.prompts import markup as P
-from earlyrl_jax.teacher.prompts.markup_ids import bos_ids
-from earlyrl_jax.teacher.prompts.text import DEFAULT_LIMITS, PromptLimits
+from earlyrl_jax.teacher.judges.paper import NEUTRAL, PaperJudge
+from earlyrl_jax.teacher.prompts.paper import Budgets, parse_answer
 
 
-class GenerativeJudge(Counts):
-  """Reason-then-verdict judging for instruct teachers; unparsable output is a counted tie.
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+  """`teacher.generative.*`: how a generative verdict is sampled (the paper: 5, 1.0, 0.6)."""
+  num_samples: int = 5
+  temperature: float = 1.0
+  top_p: float = 0.6
+  max_new_tokens: int = 256
+  seed: int = 0
 
-  generate: list of prompt strings -> list of generated strings (e.g. `sampler_generate`).
-  """
+  def __post_init__(self):
+    if not (isinstance(self.num_samples, int) and self.num_samples >= 1):
+      raise ValueError(f"teacher.generative.num_samples={self.num_samples!r}: expected >= 1")
+    if not self.temperature >= 0:
+      raise ValueError(f"teacher.generative.temperature={self.temperature!r}: expected >= 0")
+    if not 0 < self.top_p <= 1:
+      raise ValueError(f"teacher.generative.top_p={self.top_p!r}: expected in (0, 1]")
+    if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
+      raise ValueError(f"teacher.generative.max_new_tokens={self.max_new_tokens!r}: expected >= 1")
 
-  def __init__(self, generate: Callable[[list[str]], list[str]], *,
-               limits: PromptLimits = DEFAULT_LIMITS):
-    self.generate = generate
-    self.limits = limits
-    self.calls = 0
-    self.unparsable = 0
 
-  def _run(self, prompts: list[str], kind: str) -> np.ndarray:
-    try:
-      texts = list(self.generate(prompts))
-    except Exception:  # a failed generation is no verdict, never a crash of the trainer
-      texts = [None] * len(prompts)
-    if len(texts) != len(prompts):
-      texts = (texts + [None] * len(prompts))[:len(prompts)]
-    out = np.full((len(prompts),), 0.5, np.float32)
-    for i, t in enumerate(texts):
-      v = P.parse_verdict(t, kind)
-      if v is None:
+class GenerativeJudge(PaperJudge):
+  """The paper's formats, verdicts from `sampling.num_samples` generated answers each."""
+
+  variant = "generative"
+
+  def __init__(self, backend, *, sampling: Sampling = Sampling(), budgets: Budgets | None = None):
+    if budgets is None:   # the reasoning needs room in the teacher's context
+      budgets = Budgets(answer_tokens=sampling.max_new_tokens)
+    elif budgets.answer_tokens < sampling.max_new_tokens:
+      budgets = dataclasses.replace(budgets, answer_tokens=sampling.max_new_tokens)
+    super().__init__(backend, budgets=budgets)
+    self.sampling = sampling
+    self.generate_calls = 0   # seeds each call's samples (a run's calls come in a fixed order)
+
+  def _verdicts(self, fmt: str, prompts: list[str]) -> np.ndarray:
+    s = self.sampling
+    self.generate_calls += 1
+    outs = self.backend.generate(prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
+                                 top_p=s.top_p, n=s.num_samples, seed=s.seed + self.generate_calls)
+    if len(outs) != len(prompts):
+      raise ValueError(f"{self.name}: generate returned {len(outs)} rows for {len(prompts)} prompts")
+    out = np.full((len(prompts),), NEUTRAL, np.float64)
+    for i, samples in enumerate(outs):
+      texts = [t for t in samples if t is not None]
+      values = [v for v in (parse_answer(t, fmt) for t in texts) if v is not None]
+      if values:
+        out[i] = float(np.mean(values))
+      elif texts:
         self.unparsable += 1
       else:
-        out[i] = v
+        self.failed += 1
+      raw = texts[-1] if texts else "(no output: every sample failed)"
+      self._note(raw, bad=not values)
     self.calls += len(prompts)
     return out
-
-  def compare(self, prefixes, a, b, *, axis, references=None) -> np.ndarray:
-    check_axis(axis, ("quality", "factuality"))
-    n = len(prefixes)
-    check_rows(n, a=a, b=b, references=references)
-    refs = references if references is not None else [None] * n
-    return self._run([P.generative_pair_prompt(prefixes[i], a[i], b[i], axis, refs[i], self.limits)
-                      for i in range(n)], "pair")
-
-  def pointwise(self, prefixes, candidates, *, axis="safety") -> np.ndarray:
-    check_axis(axis, ("safety",))
-    check_rows(len(prefixes), candidates=candidates)
-    return self._run([P.generative_point_prompt(p, c, self.limits)
-                      for p, c in zip(prefixes, candidates)], "point")
-
-
-def sampler_generate(model, tokenizer, *, max_new_tokens: int = 256, temperature: float = 0.0,
-                     seed: int = 0, mesh=None, rows_per_call: int = 0
-                     ) -> Callable[[list[str]], list[str]]:
-  """A `generate` for GenerativeJudge over our compiled sampler (chat template when the tokenizer has one).
-
-  A tournament round hands over every judged row of the batch at once (tens of thousands at
-  the paper's shape); they are generated `rows_per_call` at a time (default 128 per local
-  device: an 8B teacher's KV cache and buffers then fit an 80 GB H100, benchmarks/memory.py).
-  On several hosts every process makes the same number of sampler calls (the largest count),
-  padding with a one-token prompt whose output is dropped.
-  """
-  from earlyrl_jax.sampling.sampler import Sampler
-  sampler = Sampler(model, mesh=mesh, pad_id=tokenizer.pad_id)
-  chunk = int(rows_per_call) or 128 * jax.local_device_count()
-  counter = [0]
-
-  def generate(texts: list[str]) -> list[str]:
-    if hasattr(tokenizer, "apply_chat_template") and getattr(tokenizer, "chat_template", None):
-      texts = [tokenizer.apply_chat_template([{"role": "user", "content": t}]) for t in texts]
-    ids = [bos_ids(tokenizer) + tokenizer.encode(t) for t in texts]
-    out_texts: list[str] = []
-    for rows in lockstep_chunks(len(ids), chunk):
-      part = ids[rows]
-      counter[0] += 1
-      out = sampler(part or [bos_ids(tokenizer) or [tokenizer.pad_id]], max_new_tokens=max_new_tokens,
-                    key=jax.random.key(seed + counter[0]), temperature=temperature,
-                    stop_tokens=[tokenizer.eos_id] if tokenizer.eos_id is not None else ())
-      if part:
-        out_texts.extend(out.texts(tokenizer))
-    return out_texts
-
-  return generate

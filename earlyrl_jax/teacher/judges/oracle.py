@@ -74,6 +74,22 @@ class AxisJudges:
   def unparsable(self) -> int:
     return sum(getattr(j, "unparsable", 0) for j in self._judges())
 
+  @property
+  def failed(self) -> int:
+    return sum(getattr(j, "failed", 0) for j in self._judges())
+
+  @property
+  def name(self) -> str:
+    return getattr(self.default, "name", type(self.default).__name__)
+
+  @property
+  def raw_example(self) -> str:
+    return next((j.raw_example for j in self._judges() if getattr(j, "raw_example", "")), "")
+
+  @property
+  def last_raw(self) -> str:
+    return getattr(self.default, "last_raw", "")
+
   def _judge(self, axis: str) -> Judge:
     return self.per_axis.get(axis, self.default)
 
