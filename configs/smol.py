@@ -11,7 +11,8 @@ then
   python -m earlyrl_jax.main --config=configs/smol.py --workdir=/tmp/smol
 
 A few online-DPO steps (K=2 rollouts of 16 tokens after 64-token prefixes, 2 windows a step), the
-teacher judging quality / safety / factuality by its own answer probabilities. The text is
+teacher judging quality / safety / factuality in the paper's formats by its own answer
+probabilities (`teacher.judge_kind='logprob'`). The text is
 CPython's reference documentation (`data.corpus='python_docs'`, earlyrl_jax/data/python_docs.py:
 written into WORKDIR/python_docs on first use, train topics only; 20% of the topics are held out
 and never read by training). Any other corpus: `--config.data.corpus=files
@@ -98,7 +99,8 @@ def get_config() -> ConfigDict:
 
   c.sip = ConfigDict()
   c.sip.recipe = "dpo"                  # online DPO, best vs worst candidate (the paper's continual recipe)
-  c.sip.num_rollouts = 2                # K policy rollouts per prefix (paper: 16)
+  c.sip.num_rollouts = 2                # K policy rollouts per prefix (paper: 16): 3 candidates, 3
+                                        # pairs; with 2 candidates a near-chance judge ties too often
   c.sip.temperature = 1.0               # rollout sampling temperature (paper: 1.0)
   c.sip.top_p = 1.0                     # rollout nucleus sampling (off)
   c.sip.candidate_len = 0               # max tokens of a candidate (0 = data.suffix_len)
@@ -123,13 +125,26 @@ def get_config() -> ConfigDict:
   c.sip.rf_fallback = "original"        # (rf_nll only)
   c.sip.factuality_reference = "original"  # factuality is judged against the original suffix (the paper's)
   c.sip.max_staleness = 0               # rollouts from the current params
+  c.sip.max_all_tied_steps = 2          # stop when every group ties on 2 steps in a row (nothing trains)
 
   c.teacher = ConfigDict()
   c.teacher.path = SMOL_DIR             # the teacher: the same SmolLM2-135M-Instruct directory
-  c.teacher.judge_kind = "generative"   # reason, then a verdict line
+  c.teacher.judge_kind = "logprob"      # the paper's prompts, the verdict read from the teacher's
+                                        # probabilities of each answer after 'Answer:' (no sampling)
   c.teacher.rewriter_kind = "generative"  # (unused: sip.rewrite='none')
   c.teacher.max_len = 1024              # its context, capped: a 64-token prefix, two 16-token
                                         # candidates and the instructions fit (0 = its 8192)
+  c.teacher.prompt = ConfigDict()       # the judge prompts' budgets, in the teacher's tokens
+  c.teacher.prompt.prefix_tokens = 256  # the document's start shown to the judge: its last tokens
+  c.teacher.prompt.reference_tokens = 64  # factuality's reference (the original suffix): its first tokens
+  c.teacher.prompt.answer_tokens = 8    # context left free after a log-prob prompt (the answer)
+  c.teacher.generative = ConfigDict()   # (teacher.judge_kind='generative' only; the paper's settings)
+  c.teacher.generative.num_samples = 5  # samples per verdict, their answers averaged
+  c.teacher.generative.temperature = 1.0  # sampling temperature
+  c.teacher.generative.top_p = 0.6      # nucleus sampling
+  c.teacher.generative.max_new_tokens = 256  # reasoning + the final 'Answer: ...' line
+  c.teacher.max_failure_share = 0.05    # failed or unparsable verdicts above this share of a step's
+                                        # verdicts stop the run (sip/judge_failed_frac, _unparsable_frac)
   c.teacher.placement = "shared"        # on the policy's device, taking turns with the update
   c.teacher.devices = 0                 # ('submesh' only)
   c.teacher.mesh = ConfigDict({"data": 1, "fsdp": 1, "tensor": 1})  # ('submesh' only)
