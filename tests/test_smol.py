@@ -18,7 +18,7 @@ from earlyrl_jax.data import python_docs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 2   # of configs/smol.py's 3 (the README's run), to keep the test short
-RUN_TIMEOUT_S = 600
+RUN_TIMEOUT_S = 1800   # a bound against a hung run, not a speed target (about 2 min each on 2 idle cores)
 
 
 def run_smol(workdir, smol_dir, cache_dir, *flags) -> list[dict]:
