@@ -112,7 +112,7 @@ def _require(cond: bool, field: str, msg: str) -> None:
 # Every enum-like field and its allowed values; checked (when the field exists) before
 # anything slow runs, so a typo never surfaces after tokenizer training or compilation.
 ENUM_FIELDS: dict[str, tuple[str, ...]] = {
-    "data.corpus": ("world", "files"),
+    "data.corpus": ("world", "files", "python_docs"),   # python_docs: data/python_docs.py
     "data.format": ("jsonl", "text", "parquet", "arrayrecord", "arrayrecord_text"),
     "data.tokenizer": ("sentencepiece", "hf", "byte"),
     "data.text_split": ("file", "line", "paragraph"),
@@ -647,6 +647,22 @@ def needs_teacher(cfg) -> bool:
   return False
 
 
+def check_model_present(cfg: ml_collections.ConfigDict) -> None:
+  """A config that names how to get its model (`init.missing_hint`, configs/smol.py) says so when
+  init.params_from, or the teacher.path it also needs, is empty or no directory."""
+  hint = _get(cfg, "init.missing_hint", "")
+  if not hint:
+    return
+  fields = ["init.params_from"]
+  if needs_teacher(cfg) and _get(cfg, "teacher.backend", "inprocess") == "inprocess":
+    fields.append("teacher.path")
+  for field in fields:
+    path = _get(cfg, field, "")
+    if not path or ("://" not in path and not os.path.isdir(path)):
+      what = f"{path}: no such directory" if path else "is empty"
+      raise ConfigError(f"{field} {what}; get the model: {hint}")
+
+
 def check_model_dir(path: str, field: str, *, teacher: bool = False, tokenizer: bool = False) -> None:
   """One model directory, as `field` names it: an earlyrl_jax run (config.json +
   checkpoints/), an embedded teacher (teacher_config.json) or an HF directory (config.json +
@@ -702,6 +718,7 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int | None = None,
   from earlyrl_jax.modes import MODES
   if not MODES[cfg.mode].trains:
     return
+  check_model_present(cfg)
   from earlyrl_jax.checkpoint_shape import resolve_model
   resolve_model(cfg)  # model.preset='from_checkpoint': the shape from init.params_from
   mc = model_config(cfg)

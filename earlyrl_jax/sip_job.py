@@ -22,6 +22,13 @@ def run(cfg, workdir: str, *, rewrite_memo: dict[str, str] | None = None) -> dic
   rewrite_memo: greedy rewrites by window, shared by runs over the same windows (the report)."""
   sip.max_staleness(cfg)  # a bad value fails before anything slow
   r = loop.setup(cfg, workdir)  # the policy's mesh: every device, or those the teacher leaves
-  needs_teacher = cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
-  teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_teacher else None
+  teacher = load_teacher_for(cfg, workdir, r.mesh) if needs_bundle(cfg) else None
   return loop.train_loop(r, sip.sip_job(r, teacher, sip_rewriter(r, teacher, rewrite_memo)))
+
+
+def needs_bundle(cfg) -> bool:
+  """Whether the teacher's weights are loaded into this program: to judge in process, or to
+  rewrite online (the rewriter runs in process). A served teacher that only judges
+  (teacher.backend='openai') leaves the mesh to the policy: its judge talks to the server."""
+  served = cfg.teacher.get("backend", "inprocess") != "inprocess"
+  return (cfg.sip.judge == "teacher" and not served) or cfg.sip.rewrite == "online"

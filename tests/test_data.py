@@ -492,3 +492,28 @@ def test_the_next_span_ends_n_tokens_on_at_a_character_boundary(jsonl_file):
   b = next(it)
   # byte tokens with BOS first: cuts at 4, 7; suffixes "def", "ghi"; the next 3 bytes follow each
   assert b["suffix_text"] == ["def", "ghi"] and b["next_text"] == ["ghi", "jkl"]
+
+
+@pytest.mark.parametrize("kind,stated,want_bos", [
+    ("hf", None, False),          # like SmolLM2: a bos_token (<|im_start|>) its tokenizer never adds
+    ("hf", True, True),           # like Llama 3: add_bos_token in tokenizer_config.json
+    ("sentencepiece", None, True),
+    ("byte", None, True)])
+def test_documents_start_with_bos_only_where_the_tokenizer_adds_one(kind, stated, want_bos, tmp_path,
+                                                                    jsonl_file):
+  """Training documents follow the tokenizer's own BOS convention (data.tokenizer.adds_bos), as
+  generation and the teacher backends do: an HF tokenizer that adds no BOS gets none (SmolLM2
+  was pretrained without one; its bos_token opens a chat turn)."""
+  tok = _make_tokenizer(kind, tmp_path)
+  if stated is not None:
+    (tmp_path / "hf" / "tokenizer_config.json").write_text(json.dumps({"add_bos_token": stated}))
+    tok = TK.HFTokenizer(str(tmp_path / "hf"))
+  assert tok.bos_id is not None and TK.adds_bos(tok) == want_bos
+  text = "the capital of place 3 is city 3, and the capital of place 4 is city 4."
+  path = jsonl_file([{"text": text}])
+  cfg = _window_cfg(path, prefix_len=4, suffix_len=4, min_prefix_len=4, shuffle=False)
+  doc = PL.tokenize_fn(cfg, tok, "json")(S.RawRecord(json.dumps({"text": text}).encode(), path))
+  ids = [int(i) for i in doc["tokens"]]
+  assert ids[1 if want_bos else 0:-1] == tok.encode(text) and (ids[0] == tok.bos_id) == want_bos
+  prefix = next(iter(PL.make_window_dataset(cfg, tok, host_batch_size=1, seed=0)))["prefix"][0]
+  assert (int(prefix[0]) == tok.bos_id) == want_bos

@@ -43,7 +43,7 @@ import grain
 import numpy as np
 
 from earlyrl_jax.data import sources as S
-from earlyrl_jax.data.tokenizer import Tokenizer
+from earlyrl_jax.data.tokenizer import Tokenizer, adds_bos
 
 SKIP_REASONS = tuple(S.STATUS_NAMES[s] for s in S.SKIP_STATUSES)
 COUNTER_KEYS = (("documents",) + tuple(f"skipped_{r}" for r in SKIP_REASONS)
@@ -485,8 +485,11 @@ def _cfg(data_cfg, name: str, default):
 def tokenize_fn(data_cfg, tokenizer: Tokenizer, kind: str, *, with_text: bool = False) -> TokenizeDocument:
   opts = S.ParseOptions(text_field=data_cfg.text_field, on_error=data_cfg.on_error,
                         encoding_errors=data_cfg.encoding_errors)
+  # BOS as the tokenizer's own convention puts it (SentencePiece: yes; SmolLM2's HF tokenizer:
+  # none, its bos_token <|im_start|> opens a chat turn, not a document; Llama 3: yes).
   return TokenizeDocument(kind=kind, tokenizer=tokenizer, opts=opts,
-                          min_tokens=data_cfg.min_doc_tokens, with_text=with_text)
+                          min_tokens=data_cfg.min_doc_tokens, add_bos=adds_bos(tokenizer),
+                          with_text=with_text)
 
 
 def make_documents(data_cfg, tokenizer: Tokenizer, *, seed: int, process_index: int = 0,

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from earlyrl_jax import world as W
+from earlyrl_jax.data.tokenizer import adds_bos
 from earlyrl_jax.world import Oracles
 from earlyrl_jax.sampling.sampler import Sampler
 
@@ -31,7 +32,7 @@ def _read(path: str, n: int) -> list[dict]:
 
 def _encode(tokenizer, text: str, max_len: int) -> list[int]:
   ids = tokenizer.encode(text)
-  if tokenizer.bos_id is not None:
+  if adds_bos(tokenizer):  # the tokenizer's own convention, as the training documents
     ids = [tokenizer.bos_id] + ids
   return ids[-max_len:]  # keep the end: it is what the continuation follows
 

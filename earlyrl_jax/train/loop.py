@@ -117,6 +117,15 @@ def resolve_corpus(cfg, workdir: str) -> tuple[str, str]:
   d = cfg.data
   if d.corpus == "files":
     return d.train_files, d.eval_files
+  if d.corpus == "python_docs":   # real English prose shipped with CPython (data/python_docs.py)
+    from earlyrl_jax.data import python_docs
+    corpus_dir = os.path.join(workdir, "python_docs")
+    if is_main():
+      python_docs.ensure_corpus(corpus_dir)
+    sync("python_docs")
+    # Training reads the train topics only; held-out NLL (if asked) reads the held-out topics.
+    return (d.train_files or os.path.join(corpus_dir, python_docs.TRAIN_FILE),
+            d.eval_files or os.path.join(corpus_dir, python_docs.HELDOUT_FILE))
   from earlyrl_jax import world
   world_dir = world_dir_of(cfg, workdir)
   manifest_path = os.path.join(world_dir, world.MANIFEST)
