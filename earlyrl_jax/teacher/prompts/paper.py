@@ -112,12 +112,13 @@ _TAG = re.compile(rf"<(?=/?{_NAMES}|/\s+{_NAMES})", re.IGNORECASE)   # '<text', 
 _SPECIAL_LIKE = re.compile(r"<\|")         # '<|im_end|>', '<|eot_id|>', ... in any tokenizer
 
 
-def escape(text: str, specials: Sequence[str] = ()) -> str:
+def escape(text: str, specials: Sequence[str] = (), *, tags: re.Pattern = _TAG) -> str:
   """Untrusted text made unable to open or close one of our tags ('</text>' -> '< /text>') or to
   hold a special token of the tokenizer (its first character is split off: '<|im_end|>' ->
-  '< |im_end|>', '</s>' -> '< /s>'). Idempotent; ordinary text is unchanged."""
+  '< |im_end|>', '</s>' -> '< /s>'). Idempotent; ordinary text is unchanged. `tags`: where a tag
+  of the prompt family starts (the rewriter's family has its own tags)."""
   text = "" if text is None else str(text)
-  text = _SPECIAL_LIKE.sub("< |", _TAG.sub("< ", text))
+  text = _SPECIAL_LIKE.sub("< |", tags.sub("< ", text))
   for s in specials:
     if len(s) > 1 and s in text:
       text = text.replace(s, f"{s[0]} {s[1:]}")
@@ -125,8 +126,11 @@ def escape(text: str, specials: Sequence[str] = ()) -> str:
 
 
 def special_strings(tokenizer) -> list[str]:
-  """The tokenizer's special tokens as text (HFTokenizer.special_tokens), longest first."""
+  """The tokenizer's special tokens as text (HFTokenizer.special_tokens), longest first ([] when
+  it cannot list them)."""
   get = getattr(tokenizer, "special_tokens", None)
+  if get is None and hasattr(tokenizer, "_tok"):   # an HF tokenizer: its added special tokens
+    get = lambda: [t.content for t in tokenizer._tok.get_added_tokens_decoder().values() if t.special]
   return sorted(get() if get else [], key=len, reverse=True)
 
 
@@ -149,7 +153,10 @@ def render_chat(tokenizer, user: str) -> str:
 
 def bos_text(tokenizer) -> str:
   """The BOS token as text ('' when the tokenizer has no textual one: SentencePiece, bytes)."""
-  return getattr(tokenizer, "bos_token", None) or ""
+  text = getattr(tokenizer, "bos_token", None)
+  if text is None and hasattr(tokenizer, "_tok") and getattr(tokenizer, "bos_id", None) is not None:
+    text = tokenizer._tok.id_to_token(tokenizer.bos_id)
+  return text or ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +185,8 @@ def keep_end(tokenizer, text: str, n: int) -> str:
   ids, bounds = tokenizer.encode_with_offsets(text)
   if len(ids) <= n:
     return text
-  return ELLIPSIS + text[int(bounds[len(ids) - n]):]
+  cut = next((int(b) for b in bounds[len(ids) - n:] if b >= 0), len(text))   # -1: no offset
+  return ELLIPSIS + text[cut:]
 
 
 def keep_start(tokenizer, text: str, n: int) -> str:

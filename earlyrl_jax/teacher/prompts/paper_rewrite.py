@@ -30,9 +30,11 @@ import math
 import re
 from collections.abc import Sequence
 
+from earlyrl_jax.teacher.prompts import paper
+from earlyrl_jax.teacher.prompts.paper import ELLIPSIS, bos_text, keep_end, render_chat, special_strings  # noqa: F401
+
 PROMPT_VERSION = "paper-rewrite-v1"
 OPEN, END = "<rewrite>", "</rewrite>"
-ELLIPSIS = "... "
 
 _INSTRUCTION = (
     "You improve text that a language model will be trained on. Below, between <continuation> "
@@ -48,47 +50,12 @@ _INSTRUCTION = (
     "from there; end it with " + END + ".")
 
 _TAG = re.compile(r"<(?=\s*/?\s*(?:continuation|context|rewrite)\b)", re.IGNORECASE)
-_SPECIAL_LIKE = re.compile(r"<\|")   # '<|im_end|>', '<|eot_id|>', ... of any tokenizer
 
 
 def escape(text: str, specials: Sequence[str] = ()) -> str:
-  """Untrusted text made unable to open or close one of our tags ('</rewrite>' -> '< /rewrite>')
-  or to hold a special token of the tokenizer (its first character split off: '<|im_end|>' ->
-  '< |im_end|>'). Idempotent; ordinary text is unchanged."""
-  text = _SPECIAL_LIKE.sub("< |", _TAG.sub("< ", "" if text is None else str(text)))
-  for s in specials:
-    if len(s) > 1 and s in text:
-      text = text.replace(s, f"{s[0]} {s[1:]}")
-  return text
-
-
-def special_strings(tokenizer) -> list[str]:
-  """The tokenizer's special tokens as text, longest first ([] when it cannot list them)."""
-  get = getattr(tokenizer, "special_tokens", None)
-  if get is None and hasattr(tokenizer, "_tok"):   # an HF tokenizer: its added special tokens
-    get = lambda: [t.content for t in tokenizer._tok.get_added_tokens_decoder().values() if t.special]
-  return sorted(get() if get else [], key=len, reverse=True)
-
-
-def render_chat(tokenizer, user: str) -> str:
-  """`user` as the model's chat prompt with the generation prompt, at most one BOS at its start."""
-  if getattr(tokenizer, "chat_template", None) and hasattr(tokenizer, "apply_chat_template"):
-    text = tokenizer.apply_chat_template([{"role": "user", "content": user}],
-                                         add_generation_prompt=True)
-  else:   # a base model or a tokenizer without a template
-    text = f"User: {user}\n\nAssistant: "
-  bos = bos_text(tokenizer)
-  while bos and text.startswith(bos + bos):
-    text = text[len(bos):]
-  return text
-
-
-def bos_text(tokenizer) -> str:
-  """The BOS token as text ('' when the tokenizer has no textual one: SentencePiece, bytes)."""
-  text = getattr(tokenizer, "bos_token", None)
-  if text is None and hasattr(tokenizer, "_tok") and getattr(tokenizer, "bos_id", None) is not None:
-    text = tokenizer._tok.id_to_token(tokenizer.bos_id)
-  return text or ""
+  """Untrusted text made unable to open or close one of this family's tags ('</rewrite>' ->
+  '< /rewrite>') or to hold a special token (paper.escape)."""
+  return paper.escape(text, specials, tags=_TAG)
 
 
 def priming(prefix: str, words: int) -> str:
@@ -103,17 +70,6 @@ def priming(prefix: str, words: int) -> str:
 def length_limit(suffix_tokens: int, margin: float, extra: int) -> int:
   """max_new_tokens of a reply to a continuation of `suffix_tokens` teacher tokens."""
   return int(math.ceil(suffix_tokens * (1.0 + margin))) + int(extra)
-
-
-def keep_end(tokenizer, text: str, n: int) -> str:
-  """The last `n` tokens' text of `text` (whole tokens; ELLIPSIS marks a cut)."""
-  if n <= 0:
-    return ""
-  ids, bounds = tokenizer.encode_with_offsets(text)
-  if len(ids) <= n:
-    return text
-  cut = next((int(b) for b in bounds[len(ids) - n:] if b >= 0), len(text))
-  return ELLIPSIS + text[cut:]
 
 
 @dataclasses.dataclass(frozen=True)
