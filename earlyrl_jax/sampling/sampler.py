@@ -152,6 +152,17 @@ def _largest_threshold(p_BxV, enough):
   return to_f(lo)[:, None]
 
 
+def _uncommitted_key(key):
+  """The same key, free to move to this sampler's devices: a key made on the policy's mesh may
+  drive a teacher on its own sub-mesh (teacher.placement='submesh'). Every process holds the
+  whole key (replicated), so its local copy is the key."""
+  if isinstance(key, jax.core.Tracer):
+    return key
+  data = jax.random.key_data(key)
+  local = data.addressable_data(0) if hasattr(data, "addressable_data") else data
+  return jax.random.wrap_key_data(np.asarray(local), impl=jax.random.key_impl(key))
+
+
 def sample_rows(logits_BxV, key, greedy: bool, top_k: int = 0, top_p=None):
   """One token per row from softmax(logits) after top-k / nucleus filtering, and its log-prob
   under the filtered distribution: (tokens int32 [B], logp float32 [B]).
@@ -355,7 +366,7 @@ class Sampler:
       dec = _Static(G * K, P, P + T, T, K, 0 if greedy else int(top_k), greedy,
                     (not greedy) and top_p < 1.0, early_stop)
       logits, cache = self._prefill(pre, params, *prompt_args)
-      out = self._decode(dec, params, cache, logits, key,
+      out = self._decode(dec, params, cache, logits, _uncommitted_key(key),
                          *put_rows(self.mesh, rep(lens), rep(limits), rep(done), rep(table)),
                          jnp.float32(temperature), jnp.float32(top_p))
     out_toks, out_lps, out_lens, out_stops = (local_rows(x) for x in out[:4])
