@@ -67,6 +67,12 @@ REPORT_METHODS: dict[str, dict] = {
 }
 
 
+def report_method_uses_teacher(name: str) -> bool:
+  """A report method judges with the teacher or has it rewrite online."""
+  o = REPORT_METHODS[name]
+  return o["judge"] == "teacher" or o["rewrite"] == "online"
+
+
 def teacher_config(cfg):
   """The embedded teacher's config (`teacher.config`), on the run's world.
 
@@ -551,14 +557,13 @@ def _check_recipe(s, where: str = "") -> None:
 def _check_report(cfg) -> None:
   """The report runs several SIP configurations (tools/report.py METHODS, each applied over the
   `sip` section): each is checked here, before the base model trains."""
-  METHODS = REPORT_METHODS
   methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
-  unknown = [m for m in methods if m not in METHODS]
-  _require(not unknown, "report.methods", f"{unknown} unknown (known: {', '.join(METHODS)})")
+  unknown = [m for m in methods if m not in REPORT_METHODS]
+  _require(not unknown, "report.methods", f"{unknown} unknown (known: {', '.join(REPORT_METHODS)})")
   for m in methods:
     s = ml_collections.ConfigDict(cfg.sip.to_dict())
     s.lm_coef = cfg.report.sip_lm_coef
-    s.update(METHODS[m])
+    s.update(REPORT_METHODS[m])
     _check_recipe(s, where=f"report method {m!r}: ")
 
 
@@ -640,10 +645,8 @@ def needs_teacher(cfg) -> bool:
   if mode == "sip":
     return cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
   if mode == "report":
-    METHODS = REPORT_METHODS
     methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
-    return any(METHODS[m]["judge"] == "teacher" or METHODS[m]["rewrite"] == "online"
-               for m in methods if m in METHODS)
+    return any(report_method_uses_teacher(m) for m in methods if m in REPORT_METHODS)
   return False
 
 

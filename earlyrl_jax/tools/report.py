@@ -174,9 +174,7 @@ def _write_json(path: str, obj) -> None:
   os.replace(tmp, path)
 
 
-def uses_teacher(method: str) -> bool:
-  o = METHODS[method]
-  return o["judge"] == "teacher" or o["rewrite"] == "online"
+uses_teacher = configs.report_method_uses_teacher
 
 
 def teacher_identity(teacher) -> dict[str, Any]:
