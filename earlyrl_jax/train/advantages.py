@@ -94,7 +94,8 @@ def transport_dispersion(clouds: list[list[np.ndarray]], eps: float = 0.05) -> n
 
 def reward_dispersion(rewards_GxC: np.ndarray) -> np.ndarray:
   """σ_r [G]: the spread of the judge's rewards within each group."""
-  return np.asarray(rewards_GxC, np.float64).std(axis=-1)
+  r = np.asarray(rewards_GxC, np.float64)
+  return np.where(np.ptp(r, axis=-1) > 0, r.std(axis=-1), 0.0)   # all equal: exactly 0
 
 
 def batch_weights(values_G: np.ndarray, strength: float, cap: float) -> np.ndarray:
