@@ -150,7 +150,7 @@ def test_options_are_validated_against_the_recipe():
 def test_sip_runs_two_steps_with_group_weights(tmp_path, fields):
   from earlyrl_jax import sip_job
   from tests.test_sip import _sip_cfg
-  cfg = _sip_cfg(**{"num_steps": 2, "checkpoint.every_steps": 2, "data.batch_size": 4, **fields})
+  cfg = _sip_cfg(**{"num_steps": 2, "checkpoint.every_steps": 2, **fields})
   out = sip_job.run(cfg, str(tmp_path))
   lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [1, 2]
