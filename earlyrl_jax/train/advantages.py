@@ -94,8 +94,9 @@ def transport_dispersion(clouds: list[list[np.ndarray]], eps: float = 0.05) -> n
 
 def reward_dispersion(rewards_GxC: np.ndarray) -> np.ndarray:
   """σ_r [G]: the spread of the judge's rewards within each group."""
-  r = np.asarray(rewards_GxC, np.float64)
-  return np.where(np.ptp(r, axis=-1) > 0, r.std(axis=-1), 0.0)   # all equal: exactly 0
+  r = np.asarray(rewards_GxC, np.float64)          # NaN: a padding slot of a ragged group
+  spread = np.nanmax(r, axis=-1) - np.nanmin(r, axis=-1)
+  return np.where(spread > 0, np.nanstd(r, axis=-1), 0.0)   # all equal: exactly 0
 
 
 def batch_weights(values_G: np.ndarray, strength: float, cap: float) -> np.ndarray:
