@@ -36,9 +36,10 @@ def _spearman(x, y) -> float:
 
 def main():
   ap = argparse.ArgumentParser()
-  ap.add_argument("--pretrain_steps", type=int, default=150)
+  ap.add_argument("--pretrain_steps", type=int, default=600)
   ap.add_argument("--batches", type=int, default=4)
   ap.add_argument("--rollouts", type=int, default=4)
+  ap.add_argument("--suffix_len", type=int, default=48)
   ap.add_argument("--workdir", default="/tmp/gcpo_signals")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
@@ -69,8 +70,8 @@ def main():
                       **{"opt.warmup_steps": 20}), pre)
   cfg = cfg_with(mode="sip", num_steps=args.batches, **{
       "init.params_from": pre, "sip.recipe": "pg", "sip.judge": "oracle", "sip.rewrite": "none",
-      "sip.num_rollouts": args.rollouts, "sip.advantage": "gcpo", "sip.judge_trim": False,
-      "data.prefix_len": 40, "data.suffix_len": 24})
+      "sip.num_rollouts": args.rollouts, "sip.advantage": "gcpo",
+      "data.prefix_len": 40, "data.suffix_len": args.suffix_len})
   run = loop.setup(cfg, os.path.join(args.workdir, "sip"))
   state = loop.initial_state(run, seed=cfg.seed, params_from=loop.params_from(cfg))
   job = sip.sip_job(run, None, None)
