@@ -537,6 +537,7 @@ def _check_recipe(s, where: str = "") -> None:
   K, recipe, judge, rewrite = int(s.num_rollouts), s.recipe, s.judge, s.rewrite
   require(s.lm_coef > 0 or s.coef > 0, "sip.coef",
           "sip.coef=0 and sip.lm_coef=0: no loss term is on, the run would train on nothing")
+  _check_policy_extensions(s, require)
   if not s.coef:  # the recipe's term is off: plain NLL on the windows (the report's `nll`)
     if K or judge != "none" or rewrite != "none":
       warn(f"{where}sip.coef=0 turns the recipe's term off, yet every step samples "
@@ -569,7 +570,6 @@ def _check_recipe(s, where: str = "") -> None:
   if s.kl_coef and recipe != "pg":
     warn(f"sip.kl_coef={s.kl_coef} applies only to sip.recipe='pg' (DPO's reference is its "
          "own); it is ignored")
-  _check_policy_extensions(s, require)
 
 
 def _check_policy_extensions(s, require) -> None:
@@ -586,6 +586,9 @@ def _check_policy_extensions(s, require) -> None:
     require(level == "token" or s.rewrite != "none", "sip.distill_level",
             f"{level!r} may distil at sequence level, the NLL of the teacher's rewrite, and "
             "sip.rewrite='none' makes none; set sip.rewrite or sip.distill_level='token'")
+    require(level == "sequence" or s.coef > 0, "sip.distill_level",
+            f"{level!r} may distil at token level on the recipe's candidates, and sip.coef=0 lays "
+            "none out; set sip.coef > 0 or sip.distill_level='sequence'")
 
 
 def _check_report(cfg) -> None:

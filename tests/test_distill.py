@@ -157,3 +157,17 @@ def test_sip_runs_two_steps_with_token_level_distillation(tmp_path):
   assert distill.vocabulary_mismatch(run.tokenizer, run.model_cfg.vocab_size, other.tokenizer, 384)
   run.cfg.sip.distill_level = "auto"
   assert sip.resolve_distill_level(run, other) == "sequence"
+
+
+def test_distill_settings_are_validated_before_anything_runs():
+  from earlyrl_jax import configs
+  from tests.test_train import tiny_cfg
+  cfg = tiny_cfg(mode="sip", **{"sip.distill_coef": 0.5, "sip.rewrite": "none", "sip.judge": "oracle"})
+  with pytest.raises(configs.ConfigError, match=r"^sip\.distill_level: 'auto' may distil at sequence level"):
+    configs.validate_fields(cfg)
+  cfg.sip.distill_level = "token"
+  configs.validate_fields(cfg)
+  assert configs.needs_teacher(cfg)   # the teacher's weights: its pass over the rows
+  cfg.sip.distill_top_k = -1
+  with pytest.raises(configs.ConfigError, match=r"sip\.distill_top_k: must be an integer >= 0"):
+    configs.validate_fields(cfg)
