@@ -136,10 +136,16 @@ def main():
       targets["grad_norm"].append(float(group_grad_norm(params, cr, jnp.asarray(adv[g]))))
       norms = np.asarray(row_grad_norms(params, cr)) * np.abs(adv[g])
       targets["grad_norm_var"].append(float(norms.var()))
-  out = {"groups": len(targets["grad_norm"]), "tied_groups": int(np.sum(np.asarray(sig["reward_dispersion"]) == 0)),
+  # A tied group (no reward spread) has zero advantages and no gradient: every signal that
+  # multiplies by the reward spread "predicts" those zeros. The telling numbers are over the
+  # groups the judge separates (untied).
+  untied = np.asarray(sig["reward_dispersion"]) > 0
+  rank = lambda keep: {name: {t: round(_spearman(np.asarray(v)[keep], np.asarray(targets[t])[keep]), 3)
+                              for t in targets}
+                       for name, v in [("none", np.ones(len(untied)))] + list(sig.items())}
+  out = {"groups": len(untied), "untied_groups": int(untied.sum()),
          "seconds": round(time.time() - t0, 1), "load": os.getloadavg()[0],
-         "spearman": {name: {t: round(_spearman(v, targets[t]), 3) for t in targets}
-                      for name, v in [("none", np.ones(len(targets["grad_norm"])))] + list(sig.items())}}
+         "spearman_all": rank(np.ones(len(untied), bool)), "spearman_untied": rank(untied)}
   print("gcpo_signals:", json.dumps(out))
 
 
