@@ -158,3 +158,27 @@ def test_sip_runs_two_steps_with_group_weights(tmp_path, fields):
   for key in ("gcpo/dispersion_mean", "gcpo/weight_max", "gcpo/entropy_mean", "time/group_weights"):
     assert key in last and np.isfinite(last[key]), key
   assert last["gcpo/weight_max"] <= 4.0 and np.isfinite(out["metrics"]["loss"])
+
+
+def test_report_rows_set_their_options_and_old_runs_keep_their_fingerprint():
+  from earlyrl_jax.tools import report
+  from tests.test_report import _cfg
+  cfg = _cfg()
+  sub = lambda m: report.run_config(cfg, "/w", m, 0, base_dir="/w/runs/base-s0", tokenizer_path="/w/tok")
+  assert sub("sip_pg_gcpo").sip.advantage == "gcpo" and sub("sip_pg_gcpo").sip.recipe == "pg"
+  assert sub("sip_pg_entropy").sip.advantage == "token_entropy"
+  assert sub("sip_dpo_gcpo").sip.pair_weight == "gcpo" and sub("sip_dpo_distill").sip.distill_coef > 0
+  # A run made before these fields existed (its config without them) stays reusable.
+  old = sub("sip_dpo")
+  new_fields = set(report._EXTENSIONS_OFF)
+  before = old.copy_and_resolve_references()
+  with before.unlocked() if hasattr(before, "unlocked") else _nothing():
+    for k in new_fields:
+      del before.sip[k]
+  assert report.fingerprint(old, "sip_dpo", None) == report.fingerprint(before, "sip_dpo", None)
+  assert "advantage" in report.fingerprint(sub("sip_pg_gcpo"), "sip_pg_gcpo", None)["sip"]
+
+
+def _nothing():
+  import contextlib
+  return contextlib.nullcontext()
