@@ -1,6 +1,6 @@
 """How well each group signal of `sip.advantage` predicts the per-group gradient norms (issue 40).
 
-  PYTHONPATH=. python benchmarks/gcpo_signals.py [--pretrain_steps 150] [--batches 4] [--workdir /tmp/gcpo_sig]
+  PYTHONPATH=. python benchmarks/gcpo_signals.py [--pretrain_steps 600] [--batches 10] [--rollouts 6] [--workdir /tmp/gcpo_signals]
 
 A small policy (configs/tiny.py shape, byte tokenizer, the small world) is pretrained for a few
 steps, then SIP batches are made as `sip.recipe='pg'` makes them (oracle judge, K rollouts, no
@@ -34,6 +34,26 @@ def _spearman(x, y) -> float:
   return float(spearmanr(x, y).statistic)
 
 
+def small_cfg(seed: int, **kw):
+  """configs/tiny.py at the measurement's small shape (byte tokenizer, small world), with `kw`
+  ('a.b': value) set."""
+  from configs import tiny
+  c = tiny.get_config()
+  base = {"seed": seed, "eval_every_steps": 0, "eval_world_prompts": 0, "log_every_steps": 50,
+          "checkpoint.every_steps": 1000, "data.tokenizer": "byte", "model.vocab_size": 384,
+          "data.batch_size": 8, "data.seq_len": 64, "world.num_train_documents": 300,
+          "world.num_eval_documents": 20, "world.num_preference_pairs": 10,
+          "world.num_rewrite_examples": 10, "world.num_factual_probes": 10, "world.num_unsafe_bait": 6}
+  base.update(kw)
+  for k, v in base.items():
+    *path, last = k.split(".")
+    node = c
+    for p in path:
+      node = node[p]
+    node[last] = v
+  return c
+
+
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--pretrain_steps", type=int, default=600)
@@ -43,26 +63,11 @@ def main():
   ap.add_argument("--workdir", default="/tmp/gcpo_signals")
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args()
-  from configs import tiny
   from earlyrl_jax.train import advantages as A
   from earlyrl_jax.train import loop, sip
   from earlyrl_jax.teacher.rewriter import group_advantages
 
-  def cfg_with(**kw):
-    c = tiny.get_config()
-    base = {"seed": args.seed, "eval_every_steps": 0, "eval_world_prompts": 0, "log_every_steps": 50,
-            "checkpoint.every_steps": 1000, "data.tokenizer": "byte", "model.vocab_size": 384,
-            "data.batch_size": 8, "data.seq_len": 64, "world.num_train_documents": 300,
-            "world.num_eval_documents": 20, "world.num_preference_pairs": 10,
-            "world.num_rewrite_examples": 10, "world.num_factual_probes": 10, "world.num_unsafe_bait": 6}
-    base.update(kw)
-    for k, v in base.items():
-      *path, last = k.split(".")
-      node = c
-      for p in path:
-        node = node[p]
-      node[last] = v
-    return c
+  cfg_with = lambda **kw: small_cfg(args.seed, **kw)
 
   t0 = time.time()
   pre = os.path.join(args.workdir, "pretrain")
