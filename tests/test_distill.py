@@ -168,6 +168,8 @@ def test_distill_settings_are_validated_before_anything_runs():
   cfg.sip.distill_level = "token"
   configs.validate_fields(cfg)
   assert configs.needs_teacher(cfg)   # the teacher's weights: its pass over the rows
+  from earlyrl_jax import sip_job
+  assert sip_job.needs_bundle(cfg)    # ... loaded into this program (the oracle judges)
   cfg.sip.distill_top_k = -1
   with pytest.raises(configs.ConfigError, match=r"sip\.distill_top_k: must be an integer >= 0"):
     configs.validate_fields(cfg)
