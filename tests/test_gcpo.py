@@ -124,9 +124,10 @@ def test_weights_change_the_pg_and_dpo_losses_and_the_defaults_change_nothing():
   # Defaults: no weight field in the spec, no signal pass, the producer asks for no weights.
   spec = sip.batch_spec(_producer("dpo"), 2)
   assert "pair_weight" not in spec and "distill_mask" not in spec
-  dflt = _producer("pg", advantage="group")
-  dflt.weighting = "group"
-  assert dflt._group_weights(None, prefixes, cand_ids, j, {}) is None
+  for dflt in (_producer("pg", advantage="group"), _producer("dpo", pair_weight="none")):
+    dflt._extensions_init(None, dflt.objective, None)
+    assert dflt.weighting == "group" and not hasattr(dflt, "signal_pass") and dflt.teacher_pass is None
+    assert dflt._group_weights(None, prefixes, cand_ids, j, {}) is None
 
 
 def test_options_are_validated_against_the_recipe():
