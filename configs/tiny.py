@@ -128,6 +128,19 @@ def get_config() -> ConfigDict:
                                 # params one step old (train/prefetch.py; kill-and-resume stays exact)
   c.sip.max_all_tied_steps = 3  # stop when every group ties on this many steps in a row while nothing else
                                 # trains (sip.lm_coef=0): the judge ranks nothing (0 = never stop)
+  # Issue 40 (docs/policy_extensions.md, train/advantages.py, train/distill.py); the defaults change nothing.
+  c.sip.advantage = "group"     # pg: 'group' (GRPO's) | 'gcpo' (times a per-group weight from the semantic
+                                # dispersion of the candidates, calibrated by the reward spread) | 'token_entropy'
+  c.sip.pair_weight = "none"    # dpo: each pair's loss times its group's weight: 'none' | 'gcpo' | 'token_entropy'
+  c.sip.gcpo_dispersion = "cosine"  # semantic dispersion over the policy's mean hidden states: 'cosine' (to the
+                                # group's mean direction) | 'transport' (Sinkhorn divergence to the barycentre)
+  c.sip.gcpo_strength = 1.0     # λ: weight = (signal / batch mean)^λ (0 = every weight 1)
+  c.sip.gcpo_max_weight = 4.0   # cap of a group's weight
+  c.sip.distill_coef = 0.0      # weight of the `distill` term toward the teacher (0 = no term, nothing built)
+  c.sip.distill_on = "chosen"   # token level: KL(teacher || policy) on the 'chosen' candidate or all 'candidates'
+  c.sip.distill_level = "auto"  # 'token' (same vocabulary; error otherwise) | 'sequence' (NLL on the teacher's
+                                # rewrite) | 'auto' (token when the vocabularies match, else sequence)
+  c.sip.distill_top_k = 0       # token level: the teacher's top-k log-probs per token (0 = the whole vocabulary)
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()

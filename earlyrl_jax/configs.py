@@ -64,6 +64,13 @@ REPORT_METHODS: dict[str, dict] = {
     "sip_dpo_pivot": dict(recipe="dpo", judge="teacher", rewrite="online", judge_scheme="pivot"),
     "sip_dpo_adaptive": dict(recipe="dpo", judge="teacher", rewrite="online",
                              judge_scheme="adaptive"),
+    # Issue 40 (docs/policy_extensions.md): per-group weights of PG advantages / DPO pairs, and
+    # distillation toward the teacher as a loss term of the step.
+    "sip_pg_gcpo": dict(recipe="pg", judge="teacher", rewrite="online", advantage="gcpo"),
+    "sip_pg_entropy": dict(recipe="pg", judge="teacher", rewrite="online", advantage="token_entropy"),
+    "sip_dpo_gcpo": dict(recipe="dpo", judge="teacher", rewrite="online", pair_weight="gcpo"),
+    "sip_dpo_distill": dict(recipe="dpo", judge="teacher", rewrite="online", distill_coef=0.5,
+                            distill_level="auto"),
 }
 
 
@@ -134,6 +141,11 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "sip.rf_fallback": ("original", "skip"),
     "sip.factuality_reference": ("original", "next_span"),
     "sip.lm_target": ("window", "suffix", "rewrite"),
+    "sip.advantage": ("group", "token_entropy", "gcpo"),           # train/advantages.py ADVANTAGES
+    "sip.pair_weight": ("none", "token_entropy", "gcpo"),          # train/advantages.py PAIR_WEIGHTS
+    "sip.gcpo_dispersion": ("cosine", "transport"),
+    "sip.distill_on": ("chosen", "candidates"),                    # train/distill.py ON
+    "sip.distill_level": ("auto", "token", "sequence"),            # train/distill.py LEVELS
     "report.split": ("validation", "test"),
     "rewrite_job.judge": ("none", "teacher", "oracle"),
     "generate.dtype": ("", "float32", "bfloat16"),
@@ -308,6 +320,11 @@ RANGES: tuple[Range, ...] = (
     Range("sip.kl_coef", float, ">= 0", SIP_MODES),
     # Judging that fails is counted and stops the run (train/judge_health.py).
     Range("sip.max_all_tied_steps", int, ">= 0", SIP_MODES),     # 0: never stop on ties
+    # Issue 40: group weights (train/advantages.py) and distillation (train/distill.py).
+    Range("sip.gcpo_strength", float, ">= 0", SIP_MODES),        # λ; 0: every weight 1
+    Range("sip.gcpo_max_weight", float, ">= 1", SIP_MODES),      # cap of a group's weight
+    Range("sip.distill_coef", float, ">= 0", SIP_MODES),         # 0: no distill term
+    Range("sip.distill_top_k", int, ">= 0", SIP_MODES),          # 0: the whole vocabulary
     Range("teacher.max_failure_share", float, "[0, 1]", SIP_MODES),
     # The paper's prompt family for instruct teachers (teacher/prompts/paper.py), in teacher tokens.
     Range("teacher.prompt.prefix_tokens", int, ">= 0", WINDOWS),
@@ -520,6 +537,7 @@ def _check_recipe(s, where: str = "") -> None:
   K, recipe, judge, rewrite = int(s.num_rollouts), s.recipe, s.judge, s.rewrite
   require(s.lm_coef > 0 or s.coef > 0, "sip.coef",
           "sip.coef=0 and sip.lm_coef=0: no loss term is on, the run would train on nothing")
+  _check_policy_extensions(s, require)
   if not s.coef:  # the recipe's term is off: plain NLL on the windows (the report's `nll`)
     if K or judge != "none" or rewrite != "none":
       warn(f"{where}sip.coef=0 turns the recipe's term off, yet every step samples "
@@ -552,6 +570,25 @@ def _check_recipe(s, where: str = "") -> None:
   if s.kl_coef and recipe != "pg":
     warn(f"sip.kl_coef={s.kl_coef} applies only to sip.recipe='pg' (DPO's reference is its "
          "own); it is ignored")
+
+
+def _check_policy_extensions(s, require) -> None:
+  """sip.advantage / sip.pair_weight / sip.distill_* (docs/policy_extensions.md)."""
+  recipe = s.recipe
+  require(s.get("advantage", "group") == "group" or recipe == "pg", "sip.advantage",
+          f"{s.get('advantage')!r} weights policy-gradient advantages: it needs sip.recipe='pg' "
+          f"(got {recipe!r}; DPO pairs: sip.pair_weight)")
+  require(s.get("pair_weight", "none") == "none" or recipe == "dpo", "sip.pair_weight",
+          f"{s.get('pair_weight')!r} weights DPO pairs: it needs sip.recipe='dpo' (got {recipe!r}; "
+          "PG: sip.advantage)")
+  if s.get("distill_coef", 0.0) > 0:
+    level = s.get("distill_level", "auto")
+    require(level == "token" or s.rewrite != "none", "sip.distill_level",
+            f"{level!r} may distil at sequence level, the NLL of the teacher's rewrite, and "
+            "sip.rewrite='none' makes none; set sip.rewrite or sip.distill_level='token'")
+    require(level == "sequence" or s.coef > 0, "sip.distill_level",
+            f"{level!r} may distil at token level on the recipe's candidates, and sip.coef=0 lays "
+            "none out; set sip.coef > 0 or sip.distill_level='sequence'")
 
 
 def _check_report(cfg) -> None:
@@ -643,7 +680,8 @@ def needs_teacher(cfg) -> bool:
   if mode == "rewrite":
     return True
   if mode == "sip":
-    return cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
+    return (cfg.sip.judge == "teacher" or cfg.sip.rewrite == "online"
+            or (cfg.sip.get("distill_coef", 0.0) > 0 and cfg.sip.get("distill_level", "auto") != "sequence"))
   if mode == "report":
     methods = [m.strip() for m in cfg.report.methods.split(",") if m.strip()]
     return any(report_method_uses_teacher(m) for m in methods if m in REPORT_METHODS)

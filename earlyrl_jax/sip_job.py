@@ -31,4 +31,8 @@ def needs_bundle(cfg) -> bool:
   rewrite online (the rewriter runs in process). A served teacher that only judges
   (teacher.backend='openai') leaves the mesh to the policy: its judge talks to the server."""
   served = cfg.teacher.get("backend", "inprocess") != "inprocess"
-  return (cfg.sip.judge == "teacher" and not served) or cfg.sip.rewrite == "online"
+  return ((cfg.sip.judge == "teacher" and not served) or cfg.sip.rewrite == "online"
+          # token-level distillation: the teacher's pass over the rows (a served teacher has no
+          # weights here: 'auto' then distils at sequence level, 'token' says so)
+          or (cfg.sip.get("distill_coef", 0.0) > 0 and cfg.sip.get("distill_level", "auto") != "sequence"
+              and not served))

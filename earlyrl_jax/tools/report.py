@@ -11,6 +11,8 @@
              sip_dpo_oracle  SIP DPO with the world's oracles as judge (an upper bound)
              sip_dpo_oracle_factuality / _quality  the teacher's judge with one axis judged by
                            the oracles: which axis's judging limits DPO
+             sip_pg_gcpo / sip_pg_entropy / sip_dpo_gcpo / sip_dpo_distill  per-group weights of
+                           PG advantages or DPO pairs, distillation (docs/policy_extensions.md)
         ─▶ oracle evaluation of every final model on one held-out split of the world
            (`report.split`), the teacher judge's quality win rate against `nll`, seeds and spread
         ─▶ WORKDIR/report.json, report.md, plots (oracle scores and candidate win
@@ -194,6 +196,10 @@ _NOT_TRAINING = ("world_dir", "checkpoint", "metrics", "report", "generate", "re
 _PATHS = ("train_files", "eval_files", "tokenizer_path")
 # The sip fields every SIP-mode run depends on; a run with a judge depends on all of them.
 _SIP_CORE = ("recipe", "judge", "rewrite", "num_rollouts", "lm_coef", "coef", "candidate_len")
+# Issue 40's sip fields and the values that leave training as it was (configs/tiny.py).
+_EXTENSIONS_OFF = {"advantage": "group", "pair_weight": "none", "gcpo_dispersion": "cosine",
+                   "gcpo_strength": 1.0, "gcpo_max_weight": 4.0, "distill_coef": 0.0,
+                   "distill_on": "chosen", "distill_level": "auto", "distill_top_k": 0}
 
 
 def fingerprint(sub, method: str, teacher_id: dict | None) -> dict[str, Any]:
@@ -204,6 +210,9 @@ def fingerprint(sub, method: str, teacher_id: dict | None) -> dict[str, Any]:
     d.pop("sip", None)
   elif METHODS[method]["judge"] == "none":  # nothing is judged: the judging settings do not matter
     d["sip"] = {k: v for k, v in d["sip"].items() if k in _SIP_CORE}
+  for k, off in _EXTENSIONS_OFF.items():   # fields added later: at their default, runs made
+    if d.get("sip", {}).get(k, off) == off:   # before them are reused unchanged
+      d.get("sip", {}).pop(k, None)
   d["method"] = method
   d["teacher"] = teacher_id if method != "base" and uses_teacher(method) else None
   return json.loads(json.dumps(d, sort_keys=True, default=str))

@@ -16,6 +16,12 @@ objective here turns them into terms the one train step combines:
           rollouts (the paper's "gold completion in the group"), without an
           importance weight, which makes this a reward-weighted regression on them
   kl      optional k3 estimate of KL(π || π_ref) on the rollout tokens, per token
+  distill optional distillation toward the teacher (train/distill.py): KL(teacher || π) per
+          candidate token read (`distill_mask`), or the NLL of the teacher's rewrite in its own
+          `distill` branch (sequence level); per token
+
+Per-group weights of the PG advantages and of DPO pairs (`sip.advantage`, `sip.pair_weight`:
+train/advantages.py) are data: the producer scales `advantage`, and DPO reads `pair_weight`.
 
 One row per window, its prefix computed once (`Layout`): the prefix is the row's trunk and
 every sequence a term reads is a branch after it (a tree in a row: models/transformer.py,
@@ -161,10 +167,24 @@ class Objective:
   lm_coef: float = 1.0
   coef: float = 1.0         # coefficient of the recipe's own term
   kl_coef: float = 0.0
+  pair_weighted: bool = False   # dpo: each pair's loss times `pair_weight` [B] (sip.pair_weight)
+  distill_coef: float = 0.0     # the `distill` term (0: nothing built)
+  distill_level: str = "token"  # 'token' (teacher top-k log-probs as data) | 'sequence' (rewrite NLL)
 
   def __post_init__(self):
     if self.recipe not in RECIPES:
       raise ValueError(f"sip.recipe={self.recipe!r}: expected one of {RECIPES}")
+    if self.distill_level not in ("token", "sequence"):
+      raise ValueError(f"sip.distill_level={self.distill_level!r}: expected 'token' or 'sequence'")
+
+  @property
+  def distill_branch(self) -> bool:
+    """Sequence-level distillation lays the teacher's rewrite out as a branch of its own."""
+    return bool(self.distill_coef) and self.distill_level == "sequence"
+
+  @property
+  def needs_teacher_logp(self) -> bool:
+    return bool(self.distill_coef) and self.distill_level == "token"
 
   @property
   def needs_reference(self) -> bool:
@@ -176,10 +196,16 @@ class Objective:
     c = {"nll": self.lm_coef, self.recipe: self.coef}
     if self.recipe == "pg" and self.kl_coef > 0:
       c["kl"] = self.kl_coef
+    if self.distill_coef:
+      c["distill"] = self.distill_coef
     return c
 
   def branch_names(self, num_candidates: int) -> tuple[str, ...]:
-    """The recipe's branches of a window row (none when its term is off)."""
+    """The recipe's branches of a window row (none when its term is off), then the teacher's
+    rewrite for sequence-level distillation."""
+    return self._recipe_branches(num_candidates) + (("distill",) if self.distill_branch else ())
+
+  def _recipe_branches(self, num_candidates: int) -> tuple[str, ...]:
     if not self.coef:
       return ()
     if self.recipe == "dpo":
@@ -211,11 +237,21 @@ class Objective:
     terms: losses.Terms = {}
     diags: losses.Terms = {}
     n_ids = self._num_ids(batch)
-    logp, _ = scoring.token_logprobs(model, batch["tokens"], batch["targets"], positions=batch["positions"],
-                                     segment_ids=batch["segment_ids"], visible_until=batch["visible_until"])
+    h, _ = model.hidden_states(batch["tokens"], positions=batch["positions"],
+                               segment_ids=batch["segment_ids"], visible_until=batch["visible_until"])
+    logp, _ = scoring.logprobs_from_hidden(model, h, batch["targets"])   # = scoring.token_logprobs
     s, n = branch_sums(logp, batch, n_ids)    # [B, ids]: log π and tokens of each branch
     if self.lm_coef:   # the document: the trunk's predictions and the lm branch's (the last id)
       terms["nll"] = (-jnp.sum(s[:, 0] + s[:, -1]), jnp.sum(n[:, 0] + n[:, -1]))
+    if self.distill_coef:
+      mask = batch["distill_mask"].astype(jnp.float32)                 # [B, L]
+      if self.needs_teacher_logp:   # KL(teacher || π) at the teacher's columns (no lm branch)
+        from earlyrl_jax.train.distill import token_kl
+        kl = token_kl(model, h, batch["teacher_logp"], batch["teacher_ids"])
+        T = kl.shape[1]
+        terms["distill"] = (jnp.sum(kl * mask[:, :T]), jnp.sum(mask[:, :T]))
+      else:                         # the NLL of the teacher's rewrite (its own branch)
+        terms["distill"] = (-jnp.sum(logp * mask), jnp.sum(mask))
     if not self.coef:  # the recipe's term is off (e.g. a plain-NLL baseline): nothing laid out
       return terms, diags
     if self.recipe == "dpo":
@@ -243,7 +279,8 @@ class Objective:
     loss, r_c, r_r = losses.dpo_pair_losses(pi_c, pi_r, ref[:, 1], ref[:, 2], self.beta)
     m = batch["pair_mask"].astype(jnp.float32)
     pairs = jnp.sum(m)
-    terms["dpo"] = (jnp.sum(loss * m), pairs)
+    weight = batch["pair_weight"].astype(jnp.float32) * m if self.pair_weighted else m
+    terms["dpo"] = (jnp.sum(loss * weight), pairs)
     diags["rewards/chosen"] = (jnp.sum(r_c * m), pairs)
     diags["rewards/rejected"] = (jnp.sum(r_r * m), pairs)
     diags["rewards/margin"] = (jnp.sum((r_c - r_r) * m), pairs)

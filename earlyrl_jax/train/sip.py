@@ -74,7 +74,7 @@ class SIPProducer:
   """Builds one SIP batch per call from the window stream, the policy's params and the teacher."""
 
   def __init__(self, run: loop.Run, objective: Objective, judge, rewriter, window_iter,
-               reference=None):
+               reference=None, teacher=None):
     self.run, self.cfg, self.s = run, run.cfg, run.cfg.sip
     self.objective, self.judge, self.rewriter = objective, judge, rewriter
     self.window_iter = window_iter
@@ -98,6 +98,7 @@ class SIPProducer:
       self.reference = steps_lib.make_frozen_pass(
           graphdef, ref_shardings, run.mesh, spec, lambda m, b: objective.reference_logp(m, b, L))
     self._t_last = None
+    self._extensions_init(run, objective, teacher)
     # Failed / unparsable verdicts and all-tied streaks are logged and stop the run (judge_health).
     self.health = None
     if judge is not None:
@@ -176,8 +177,11 @@ class SIPProducer:
     j = self._judge(prefix_text, references, cand_text, step)
     t3 = time.monotonic()
 
-    batch = self._rows(prefixes, originals, cand_ids, j)
+    weights = self._group_weights(state.params, prefixes, cand_ids, j, stats)   # None: sip.advantage='group'
+    batch = self._rows(prefixes, originals, cand_ids, j, weights)
     t4 = time.monotonic()
+    if self.teacher_pass is not None:   # the teacher's top-k log-probs on the row (distillation)
+      self._teacher_logp(batch)
     if self.reference is not None:   # log π_ref of the row's candidates, outside the gradient
       from earlyrl_jax.models.scoring import local_rows
       from earlyrl_jax.parallel import mesh as mesh_lib
@@ -233,7 +237,7 @@ class SIPProducer:
                                  for g in range(len(prefix_text))],
                         empty_loses=bool(self.s.get("empty_loses", False)))
 
-  def _rows(self, prefixes, originals, cand_ids, j) -> dict[str, np.ndarray]:
+  def _rows(self, prefixes, originals, cand_ids, j, weights=None) -> dict[str, np.ndarray]:
     """One row per window (objectives.window_rows) with the branches the recipe reads, and the
     recipe's per-window fields; nothing a term does not read (no lm branch at lm_coef=0, no
     candidates when the recipe's coefficient is 0)."""
@@ -245,6 +249,8 @@ class SIPProducer:
     elif recipe == "dpo":
       branches = [[cand_ids[g][j.chosen[g]], cand_ids[g][j.rejected[g]]] for g in range(G)]
       extra["pair_mask"] = (~j.all_tied & (j.chosen != j.rejected)).astype(np.float32)
+      if self.objective.pair_weighted:   # sip.pair_weight: the group's weight on its pair
+        extra["pair_weight"] = weights.astype(np.float32)
     elif recipe == "rf_nll":
       best = j.chosen.copy()
       weight = np.ones((G,), np.float32)
@@ -258,15 +264,103 @@ class SIPProducer:
     else:
       branches = [list(cand_ids[g]) for g in range(G)]
       extra["advantage"] = group_advantages(j.rewards).astype(np.float32)          # [G, C]
+      if weights is not None:   # sip.advantage='gcpo' | 'token_entropy': a weight per group
+        extra["advantage"] = extra["advantage"] * weights[:, None].astype(np.float32)
       extra["is_rollout"] = np.tile(np.array([s == "rollout" for s in self.sources()], np.float32), (G, 1))
     # The LM term (sip.lm_target): the whole window, the original suffix given the prefix, or the
     # teacher's rewrite given the prefix (what rewrite_nll trains on); the latter two leave the
     # trunk's (prefix) predictions out of it.
     lm_seqs = [c[1] for c in cand_ids] if self.lm_target == "rewrite" else originals
+    if self.objective.distill_branch:   # sequence-level distillation: the teacher's rewrite
+      branches = [list(b) + [cand_ids[g][1]] for g, b in enumerate(branches)]
     batch = window_rows(self.layout, prefixes, branches, lm_seqs, self.tok.pad_id,
                         lm_prefix=self.lm_target == "window")
     batch.update(extra)
+    if self.objective.distill_coef:
+      batch["distill_mask"] = self._distill_mask(batch, j)
     return batch
+
+  # ------------------------------------------------- issue 40: GCPO weights, distillation
+  def _extensions_init(self, run, objective: Objective, teacher) -> None:
+    """The policy pass of the group weights (sip.advantage / sip.pair_weight: one forward pass
+    over every candidate per batch) and the teacher's pass of token-level distillation."""
+    from earlyrl_jax.train import advantages as adv_lib
+    s = self.s
+    self.advantage = s.get("advantage", "group")
+    self.pair_weight = s.get("pair_weight", "none")
+    self.weighting = (self.advantage if objective.recipe == "pg" and objective.coef else
+                      self.pair_weight if objective.pair_weighted else "group")
+    if self.weighting not in ("group", "none"):
+      C = self.C
+      self.signal_layout = Layout(int(self.cfg.data.prefix_len), self.cand_len,
+                                  tuple(f"cand{i}" for i in range(C)))
+      G = self.cfg.data.batch_size
+      spec = {f: jax.ShapeDtypeStruct((G, self.signal_layout.length), np.int32) for f in MODEL_FIELDS}
+      self.signal_pass = steps_lib.make_frozen_pass(run.graphdef, run.shardings.params, run.mesh, spec,
+                                                    adv_lib.policy_pass)
+    self.teacher_pass, self.distill_k = None, 0
+    if objective.needs_teacher_logp:
+      if teacher is None:
+        raise ValueError("sip.distill_coef > 0 at sip.distill_level='token' needs the teacher's "
+                         "weights in this program (teacher.backend='inprocess')")
+      from earlyrl_jax.train import distill
+      distill.check_same_vocabulary(self.tok, int(run.model_cfg.vocab_size), teacher.tokenizer,
+                                    int(teacher.model_cfg.vocab_size))
+      if teacher.model_cfg.max_seq_len < self.row_len:
+        raise ValueError(f"sip.distill_level='token': the teacher reads {self.row_len} positions "
+                         f"(data.prefix_len + candidates), its max_seq_len is {teacher.model_cfg.max_seq_len}")
+      from flax import nnx
+      gd, L, k = teacher.graphdef, self.layout.reference_length, int(s.get("distill_top_k", 0))
+      V = int(teacher.model_cfg.vocab_size)
+      self.distill_k = k if 0 < k < V else V
+      self.teacher_params = teacher.params
+      self.teacher_pass = jax.jit(lambda p, b: distill.teacher_topk(
+          nnx.merge(gd, jax.lax.stop_gradient(p)), b, L, k))
+
+  def _group_weights(self, params, prefixes, cand_ids, j, stats) -> np.ndarray | None:
+    """w [G] (train/advantages.py) from one pass of the current policy over every candidate;
+    None when nothing is weighted."""
+    if self.weighting in ("group", "none"):
+      return None
+    from earlyrl_jax.models.scoring import local_rows
+    from earlyrl_jax.parallel import mesh as mesh_lib
+    from earlyrl_jax.train import advantages as adv_lib
+    t0 = time.monotonic()
+    rows = window_rows(self.signal_layout, prefixes, cand_ids, None, self.tok.pad_id)
+    sharded = mesh_lib.shard_batch({k: rows[k] for k in MODEL_FIELDS}, self.run.mesh)
+    h, ent = (local_rows(x) for x in self.signal_pass(params, sharded))
+    sig = adv_lib.group_signals(h, ent, rows, self.C, dispersion=self.s.get("gcpo_dispersion", "cosine"))
+    strength, cap = float(self.s.get("gcpo_strength", 1.0)), float(self.s.get("gcpo_max_weight", 4.0))
+    if self.weighting == "gcpo":
+      w = adv_lib.gcpo_weights(sig["dispersion"], j.rewards, strength, cap)
+    else:
+      w = adv_lib.entropy_weights(sig["entropy"], strength, cap)
+    stats.update({"gcpo/dispersion_mean": float(sig["dispersion"].mean()),
+                  "gcpo/entropy_mean": float(sig["entropy"].mean()),
+                  "gcpo/reward_dispersion_mean": float(adv_lib.reward_dispersion(j.rewards).mean()),
+                  "gcpo/weight_max": float(w.max()), "gcpo/weight_min": float(w.min()),
+                  "time/group_weights": time.monotonic() - t0})
+    return w
+
+  def _distill_mask(self, batch, j) -> np.ndarray:
+    """f32 [G, L]: the predictions the distill term reads (train/distill.py)."""
+    br, lm = batch["branch_ids"], batch["loss_mask"]
+    if self.objective.distill_branch:
+      on = br == self.layout.names.index("distill") + 1
+    elif self.s.get("distill_on", "chosen") == "candidates":
+      n = len(self.layout.names)
+      on = (br >= 1) & (br <= n)
+    elif self.objective.recipe == "pg":   # the judge's chosen candidate's branch
+      on = br == (np.asarray(j.chosen)[:, None] + 1)
+    else:                                 # dpo: 'chosen'; rf_nll: 'best'
+      on = br == 1
+    return (lm * on).astype(np.float32)
+
+  def _teacher_logp(self, batch) -> None:
+    L = self.layout.reference_length
+    cut = {f: batch[f][:, :L] for f in ("tokens", "positions", "segment_ids", "visible_until")}
+    vals, ids = self.teacher_pass(self.teacher_params, cut)
+    batch["teacher_logp"], batch["teacher_ids"] = np.asarray(vals), np.asarray(ids)
 
   def _stats(self, j, G: int) -> dict[str, float]:
     out = win_shares(self.sources(), j)
@@ -358,6 +452,8 @@ def batch_spec(producer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]
   if lay.names:
     if objective.recipe == "dpo":
       spec["pair_mask"] = jax.ShapeDtypeStruct((G,), np.float32)
+      if objective.pair_weighted:
+        spec["pair_weight"] = jax.ShapeDtypeStruct((G,), np.float32)
     elif objective.recipe == "rf_nll":
       spec["best_weight"] = jax.ShapeDtypeStruct((G,), np.float32)
     else:
@@ -365,6 +461,12 @@ def batch_spec(producer, global_windows: int) -> dict[str, jax.ShapeDtypeStruct]
       spec["is_rollout"] = jax.ShapeDtypeStruct((G, C), np.float32)
   if objective.needs_reference:
     spec["ref_logp"] = jax.ShapeDtypeStruct((G, lay.reference_length), np.float32)
+  if objective.distill_coef:
+    spec["distill_mask"] = jax.ShapeDtypeStruct((G, lay.length), np.float32)
+  if objective.needs_teacher_logp:   # k of the teacher pass: sip.distill_top_k, or the vocabulary
+    k = int(getattr(producer, "distill_k", 0))
+    spec["teacher_logp"] = jax.ShapeDtypeStruct((G, lay.reference_length, k), np.float32)
+    spec["teacher_ids"] = jax.ShapeDtypeStruct((G, lay.reference_length, k), np.int32)
   return spec
 
 
@@ -376,9 +478,31 @@ def window_layout(cfg, objective: Objective) -> Layout:
                           suffix_len=d.suffix_len, num_candidates=C)
 
 
-def objective_from_config(s) -> Objective:
+def objective_from_config(s, distill_level: str | None = None) -> Objective:
+  """distill_level: 'token' or 'sequence', resolved from sip.distill_level='auto' by the caller
+  that knows the teacher (`resolve_distill_level`); None takes the field ('auto' -> 'token')."""
+  level = distill_level or s.get("distill_level", "auto")
   return Objective(recipe=s.recipe, beta=float(s.beta), lm_coef=float(s.lm_coef), coef=float(s.coef),
-                   kl_coef=float(s.kl_coef))
+                   kl_coef=float(s.kl_coef),
+                   pair_weighted=s.recipe == "dpo" and s.get("pair_weight", "none") != "none",
+                   distill_coef=float(s.get("distill_coef", 0.0)),
+                   distill_level="token" if level == "auto" else level)
+
+
+def resolve_distill_level(run: loop.Run, teacher) -> str:
+  """sip.distill_level with 'auto' resolved: 'token' when the teacher shares the policy's
+  vocabulary, else 'sequence' (said once in the log)."""
+  level = run.cfg.sip.get("distill_level", "auto")
+  if level != "auto" or not run.cfg.sip.get("distill_coef", 0.0):
+    return "token" if level == "auto" else level
+  from earlyrl_jax.train import distill
+  why = None if teacher is None else distill.vocabulary_mismatch(
+      run.tokenizer, int(run.model_cfg.vocab_size), teacher.tokenizer, int(teacher.model_cfg.vocab_size))
+  if teacher is None or why:
+    loop.log(f"sip.distill_level='auto': sequence level (NLL on the teacher's rewrite): "
+             f"{why or 'no teacher weights in this program'}")
+    return "sequence"
+  return "token"
 
 
 def judged_texts(cand_text: list[list[str]]) -> list[list[str]]:
@@ -422,7 +546,7 @@ def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
   """The SIP job of `run`: judged by `teacher` (or the oracles, `sip.judge`), rewrites from
   `rewriter` (the teacher's, the precomputed shards' or None: `rewrite_job.sip_rewriter`)."""
   cfg, d = run.cfg, run.cfg.data
-  objective = objective_from_config(cfg.sip)
+  objective = objective_from_config(cfg.sip, resolve_distill_level(run, teacher))
   host_windows = d.batch_size // jax.process_count()
   windows = iter(pipeline.make_window_dataset(
       d, run.tokenizer, host_batch_size=host_windows, seed=cfg.seed,
@@ -432,7 +556,8 @@ def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
   if objective.needs_reference:
     start = loop.initial_state(run, seed=cfg.seed, params_from=loop.params_from(cfg))
     reference = reference_tree(run, start)
-  producer = SIPProducer(run, objective, judge, rewriter, windows, reference=reference)
+  producer = SIPProducer(run, objective, judge, rewriter, windows, reference=reference,
+                         teacher=teacher if objective.needs_teacher_logp else None)
   # Staleness 1: step N+1's batch is made while step N's update runs. Either way the Prefetcher
   # is the checkpointed data iterator (at 0 its state is the window iterator's own).
   from earlyrl_jax.train.prefetch import Prefetcher
