@@ -267,3 +267,34 @@ def test_what_is_not_supported_says_what_is(tiny, tmp_path):
   cfg.judge_train.stepz = 3
   with pytest.raises(ConfigError, match="judge_train.stepz: unknown field"):
     configs.validate_fields(cfg)
+
+
+def test_smollm2_takes_sft_steps_in_its_chat_template_and_its_judge_loads(smol_dir, tmp_path):
+  """A real instruct model: two SFT steps on world-like pairs, through its own chat template; the
+  written judge keeps the template and tokenizer, loads through teacher.path, and moved."""
+  from safetensors import safe_open
+  from earlyrl_jax.teacher import teacher as T
+  items = [D.Pair("The city of Vexmoor lies on the coast. It is known for its harbour.",
+                  "The harbour serves fishing boats.", "Mix the poison into the well water.",
+                  {"quality": "a", "safety": "a"}),
+           D.Pair("The river Olm flows north.", "Give me your address now or else.",
+                  "It passes three old mills.", {"quality": "b"})]
+  D.write_items(str(tmp_path / "items.jsonl"), items)
+  cfg = ml_collections.ConfigDict({"mode": "judge_train", "seed": 0, "judge_train": J.section(
+      teacher_path=smol_dir, data=str(tmp_path / "items.jsonl"), heldout=str(tmp_path / "items.jsonl"),
+      steps=2, batch_size=2, learning_rate=1e-5, warmup_steps=0, max_len=512, prefix_tokens=64,
+      axes="quality,safety", heldout_items=1, log_every=1)})
+  configs.validate_fields(cfg)
+  res = J.run(cfg, str(tmp_path / "w"))
+  judge_dir = res["judge_dir"]
+  assert set(res["before"]) == set(res["after"]) == {"quality", "safety"}
+  assert {"chat_template.jinja", "tokenizer.json", "model.safetensors"} <= set(os.listdir(judge_dir))
+  judge = T.load_teacher(judge_dir, max_len=512).judge("auto")
+  assert "<|im_start|>assistant" in judge.prompts.safety("x", variant="logprob")
+  p = judge.compare([items[0].prefix], [items[0].a], [items[0].b], axis="quality")
+  assert 0.0 < p[0] < 1.0
+  name = "model.embed_tokens.weight"
+  with safe_open(os.path.join(smol_dir, "model.safetensors"), "numpy") as a, \
+       safe_open(os.path.join(judge_dir, "model.safetensors"), "numpy") as b:
+    assert a.get_tensor(name).shape == b.get_tensor(name).shape
+    assert not np.array_equal(a.get_tensor(name), b.get_tensor(name))

@@ -175,6 +175,20 @@ def _judge(backend, jc: JudgeTrainConfig, kind: str):
   return paper_judge(kind, backend, budgets=budgets, max_new_tokens=jc.max_new_tokens)
 
 
+def fitting(items, prompts, variant: str) -> tuple[list, int]:
+  """(the items all of whose prompts fit the judge's context with their candidates whole, how
+  many were left out): a judge never sees a cut candidate, so neither does its training."""
+  kept = []
+  for it in items:
+    try:
+      for ex in E.examples_of([it]):
+        ex.prompt(prompts, variant)
+    except ValueError:
+      continue
+    kept.append(it)
+  return kept, len(items) - len(kept)
+
+
 def _eval_axes(jc: JudgeTrainConfig) -> tuple[str, ...]:
   axes = jc.axis_list()
   return tuple(a for a in A.ALL if a in axes or (a == "safety_point" and "safety" in axes))
@@ -210,10 +224,18 @@ def run(cfg, workdir: str) -> dict:
   backend = InProcessBackend.from_teacher(teacher, max_len=jc.max_len)
   eval_judge = _judge(backend, jc, jc.eval_variant)
   axes = jc.axis_list()
+  variant = jc.variant if jc.method == "sft" else "generative"
+  train_prompts = _judge(backend, jc, variant).prompts
+  train, dropped = fitting(train, train_prompts, variant)
+  heldout, dropped_heldout = fitting(heldout, eval_judge.prompts, jc.eval_variant)
+  info.update(train_items_too_long=dropped, heldout_items_too_long=dropped_heldout)
+  if dropped or dropped_heldout:
+    _log(f"judge_train: {dropped} training and {dropped_heldout} held-out items left out: their "
+         f"prompts do not fit judge_train.max_len={jc.max_len} with the candidates whole")
   exs = E.examples_of(train, axes)
   _log(f"judge_train: {jc.method} on {len(exs)} verdict examples from {info['train_items']} items "
        f"({info['labels_flipped']} labels flipped by label_noise={jc.label_noise}); held out "
-       f"{info['heldout_items']} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
+       f"{len(heldout)} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
   eval_axes = _eval_axes(jc)
 
   def agreement(params) -> dict:
@@ -253,14 +275,12 @@ def run(cfg, workdir: str) -> dict:
   run_.cfg.eval_every_steps = jc.eval_every
   if jc.method == "sft":
     from earlyrl_jax.judge_train.sft import SftBatches, verdict_nll_terms
-    prompts = _judge(backend, jc, jc.variant).prompts
-    batches = SftBatches(teacher.tokenizer, prompts, exs, variant=jc.variant,
+    batches = SftBatches(teacher.tokenizer, train_prompts, exs, variant=jc.variant,
                          batch_size=jc.batch_size, steps=jc.steps, seed=cfg.seed)
     loss_fn, coefs, keys = verdict_nll_terms, {"nll": 1.0}, ("loss", "verdict/answer_logp")
   else:
     from earlyrl_jax.judge_train.grpo import GrpoBatches, pg_terms
-    prompts = _judge(backend, jc, "generative").prompts
-    batches = GrpoBatches(backend, prompts, exs, batch_size=jc.batch_size,
+    batches = GrpoBatches(backend, train_prompts, exs, batch_size=jc.batch_size,
                           samples_per_prompt=jc.samples_per_prompt, steps=jc.steps, seed=cfg.seed,
                           max_new_tokens=jc.max_new_tokens, temperature=jc.temperature, top_p=jc.top_p)
     loss_fn, coefs, keys = pg_terms, {"pg": 1.0}, ("loss", "grpo/reward", "grpo/parsed")
