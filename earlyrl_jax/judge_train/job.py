@@ -228,14 +228,15 @@ def run(cfg, workdir: str) -> dict:
   train_prompts = _judge(backend, jc, variant).prompts
   train, dropped = fitting(train, train_prompts, variant)
   heldout, dropped_heldout = fitting(heldout, eval_judge.prompts, jc.eval_variant)
-  info.update(train_items_too_long=dropped, heldout_items_too_long=dropped_heldout)
+  info.update(train_items=len(train), heldout_items=len(heldout), train_items_too_long=dropped,
+              heldout_items_too_long=dropped_heldout)
   if dropped or dropped_heldout:
     _log(f"judge_train: {dropped} training and {dropped_heldout} held-out items left out: their "
          f"prompts do not fit judge_train.max_len={jc.max_len} with the candidates whole")
   exs = E.examples_of(train, axes)
   _log(f"judge_train: {jc.method} on {len(exs)} verdict examples from {info['train_items']} items "
        f"({info['labels_flipped']} labels flipped by label_noise={jc.label_noise}); held out "
-       f"{len(heldout)} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
+       f"{info['heldout_items']} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
   eval_axes = _eval_axes(jc)
 
   def agreement(params) -> dict:
