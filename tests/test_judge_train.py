@@ -218,6 +218,7 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_params(tiny, tmp_p
     np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.slow
 def test_grpo_raises_the_mean_agreement_reward(tiny, tmp_path):
   """SFT in the generative format on coin-flip labels (label_noise=0.5) teaches the reply's form,
   not the verdict; GRPO on the true labels must then raise the share of right verdicts."""
@@ -269,6 +270,7 @@ def test_what_is_not_supported_says_what_is(tiny, tmp_path):
     configs.validate_fields(cfg)
 
 
+@pytest.mark.slow
 def test_smollm2_takes_sft_steps_in_its_chat_template_and_its_judge_loads(smol_dir, tmp_path):
   """A real instruct model: two SFT steps on world-like pairs, through its own chat template; the
   written judge keeps the template and tokenizer, loads through teacher.path, and moved."""
