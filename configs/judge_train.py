@@ -17,7 +17,7 @@ import os
 
 from ml_collections import ConfigDict
 
-from earlyrl_jax.judge_train.job import section
+from earlyrl_jax.judge_train.settings import section
 from earlyrl_jax.world import default_world_config
 
 

@@ -444,7 +444,7 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
   if mode == "teacher":
     _check_teacher_job(cfg)
   if mode == "judge_train":
-    from earlyrl_jax.judge_train.job import judge_train_config
+    from earlyrl_jax.judge_train.settings import judge_train_config
     judge_train_config(cfg)   # unknown judge_train.* fields, axes, GRPO's group size
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from earlyrl_jax.data.sources import DataError
 from earlyrl_jax.errors import json_problem
 
-AXES = ("quality", "factuality", "safety")
+from earlyrl_jax.judge_train.settings import AXES
 PAIR_LABELS = ("a", "b", "tie")
 POINT_LABELS = ("safe", "unsafe")
 
