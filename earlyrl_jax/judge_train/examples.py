@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from earlyrl_jax.judge_train.data import Pair, Point
+from earlyrl_jax.judge_train.data import Point
 from earlyrl_jax.teacher.backends.base import prompt_ids, scoring_ids
 from earlyrl_jax.teacher.prompts.paper import ANSWER_LEAD, OPTIONS, VALUES
 
