@@ -9,6 +9,7 @@ one does, and the written directory must load through `teacher.path` and judge.
 import json
 import os
 import random
+import signal
 
 import ml_collections
 import numpy as np
@@ -207,10 +208,20 @@ def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_params(tiny, tmp_p
   with pytest.raises(Killed):
     J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
   assert not os.path.exists(tmp_path / "killed" / "judge")
-  monkeypatch.setattr(sft.SftBatches, "__call__", call)
+  # Stopped by SIGTERM (a scheduler's preemption) after the resume: saved where it stopped.
+  def sigterm_at_step_6(self, state, step):
+    if step == 6:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return call(self, state, step)
+
+  monkeypatch.setattr(sft.SftBatches, "__call__", sigterm_at_step_6)
   capsys.readouterr()
-  J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
+  assert J.run(job_cfg(tiny, **kw), str(tmp_path / "killed")) == {"preempted": True, "step": 6}
   assert "resumed from step 4" in capsys.readouterr().out
+  assert not os.path.exists(tmp_path / "killed" / "judge")
+  monkeypatch.setattr(sft.SftBatches, "__call__", call)
+  J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
+  assert "resumed from step 6" in capsys.readouterr().out
   a = load_file(str(tmp_path / "whole" / "judge" / "model.safetensors"))
   b = load_file(str(tmp_path / "killed" / "judge" / "model.safetensors"))
   assert a.keys() == b.keys()

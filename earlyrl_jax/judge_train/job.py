@@ -139,7 +139,7 @@ def _eval_axes(jc: JudgeTrainConfig) -> tuple[str, ...]:
 def run(cfg, workdir: str) -> dict:
   """Trains (or resumes, or returns) the judge; returns judge_agreement.json's content."""
   import jax
-  from earlyrl_jax.embedded.training import run_stage, stage_run, starting_from
+  from earlyrl_jax.embedded.training import stage_run, starting_from
   from earlyrl_jax.parallel import mesh as mesh_lib
   from earlyrl_jax.teacher import teacher as T
   from earlyrl_jax.teacher.backends.inprocess import InProcessBackend
@@ -235,8 +235,10 @@ def run(cfg, workdir: str) -> dict:
   job = loop.Job(name=f"judge_train/{jc.method}", batch_spec=batches.batch_spec(), next_batch=batches,
                  data_iter=None, loss_fn=loss_fn, coefs=coefs, evaluate=evaluate if jc.eval_every else None,
                  console_keys=keys, start_state=starting_from(teacher.params, cfg.seed))
-  state = run_stage(run_, job)   # StagePreempted (main.py: exit 75) when stopped early
-  params = state.params
+  out = loop.train_loop(run_, job)
+  if out["preempted"]:   # a stop signal: its checkpoint is saved; main.py exits 75 (requeue)
+    return {"preempted": True, "step": int(out["state"].step)}
+  params = out["state"].params
 
   # ---- the judge directory, then its held-out agreement
   meta = {"prompt_version": _prompt_version(), "method": jc.method,
