@@ -154,6 +154,9 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher.backend": ("inprocess", "openai"),
     "teacher.judge_kind": ("auto", "embedded", "logprob", "generative"),  # teacher/teacher.py JUDGE_KINDS
     "teacher.rewriter_kind": ("auto", "edit", "generative"),      # teacher/teacher.py REWRITER_KINDS
+    "judge_train.method": ("sft", "grpo"),                # earlyrl_jax/judge_train/job.py METHODS
+    "judge_train.variant": ("logprob", "generative"),     # teacher/prompts/paper.py VARIANTS
+    "judge_train.eval_variant": ("logprob", "generative"),
 }
 
 
@@ -231,6 +234,7 @@ TRAINING = ("pretrain", "sip", "report")  # modes that build the policy, its dat
 SIP_MODES = ("sip", "report")              # modes that read sip.*
 WINDOWS = ("sip", "report", "rewrite")     # modes that cut documents into (prefix, suffix) windows
 TEACHER_JOB = ("teacher",)                 # the embedded teacher's own config (configs/teacher_tiny.py)
+JUDGE_TRAIN = ("judge_train",)             # training a model as judge (configs/judge_train.py)
 
 _NUM = r"(-?[0-9.]+(?:e-?[0-9]+)?)"
 _BOUND_RE = re.compile(rf"^(>=|>) {_NUM}$")
@@ -383,6 +387,19 @@ RANGES: tuple[Range, ...] = (
     Range("teacher.sft.lm_weight", float, ">= 0", TEACHER_JOB),
     Range("teacher.grpo.samples_per_input", int, ">= 2", TEACHER_JOB),  # a group for the advantages
     Range("teacher.grpo.kl_coef", float, ">= 0", TEACHER_JOB),
+    # Training a model as judge (mode='judge_train', earlyrl_jax/judge_train/job.py).
+    *(Range(f"judge_train.{f}", int, ">= 1", JUDGE_TRAIN) for f in (
+        "steps", "batch_size", "samples_per_prompt", "max_new_tokens", "max_len", "log_every",
+        "checkpoint_every")),
+    *(Range(f"judge_train.{f}", int, ">= 0", JUDGE_TRAIN) for f in (
+        "warmup_steps", "prefix_tokens", "world_pairs", "heldout_items", "eval_every")),
+    Range("judge_train.learning_rate", float, "> 0", JUDGE_TRAIN),
+    Range("judge_train.min_lr_ratio", float, "[0, 1]", JUDGE_TRAIN),
+    Range("judge_train.weight_decay", float, ">= 0", JUDGE_TRAIN),
+    Range("judge_train.grad_clip", float, ">= 0", JUDGE_TRAIN),
+    Range("judge_train.temperature", float, ">= 0", JUDGE_TRAIN),
+    Range("judge_train.top_p", float, "(0, 1]", JUDGE_TRAIN),
+    Range("judge_train.label_noise", float, "[0, 1]", JUDGE_TRAIN),   # P(a training label is flipped)
 )
 
 
@@ -443,6 +460,9 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
       _check_judge_axes(cfg.sip)
   if mode == "teacher":
     _check_teacher_job(cfg)
+  if mode == "judge_train":
+    from earlyrl_jax.judge_train.settings import judge_train_config
+    judge_train_config(cfg)   # unknown judge_train.* fields, axes, GRPO's group size
 
 
 def check_model_fit(cfg) -> None:

@@ -40,6 +40,11 @@ MODES: dict[str, Mode] = {
     "rewrite": Mode("earlyrl_jax.rewrite_job:run", "rewrite (and optionally judge) every window of "
                     "the corpus with the teacher into ArrayRecord shards + index (resumable), "
                     "read by sip.rewrite='precomputed'", trains=False),
+    "judge_train": Mode("earlyrl_jax.judge_train.job:run", "train an HF model as the paper's judge "
+                        "(SFT on the verdict or GRPO with the 0/1 agreement reward) on labelled "
+                        "JSONL or the world's supervision; writes WORKDIR/judge and "
+                        "judge_agreement.json (held-out agreement per axis, before and after)",
+                        trains=False),
 }
 
 

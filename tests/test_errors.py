@@ -347,7 +347,7 @@ def _outside(row) -> list:
 def test_every_range_rejects_what_it_says_and_takes_its_default():
   """Each RANGES row on the configs that carry its field: the shipped value passes; values just
   outside the range, a wrong type and NaN fail naming the range."""
-  shipped = [configs.load_config_file(os.path.join(REPO, "configs", n)) for n in ("tiny.py", "teacher_tiny.py")]
+  shipped = [configs.load_config_file(os.path.join(REPO, "configs", n)) for n in ("tiny.py", "teacher_tiny.py", "judge_train.py")]
   seen = set()
   for row in configs.RANGES:
     for cfg in shipped:
@@ -380,7 +380,8 @@ def _numeric_leaves(node, prefix=""):
       yield path
 
 
-@pytest.mark.parametrize("name", ["tiny.py", "teacher_tiny.py", "midtrain.py", "pretrain.py"])
+@pytest.mark.parametrize("name", ["tiny.py", "teacher_tiny.py", "midtrain.py", "pretrain.py",
+                                  "judge_train.py"])
 def test_every_numeric_field_of_the_shipped_configs_has_a_range(name):
   cfg = configs.load_config_file(os.path.join(REPO, "configs", name))
   ranged = {r.field for r in configs.RANGES}
@@ -390,7 +391,8 @@ def test_every_numeric_field_of_the_shipped_configs_has_a_range(name):
 
 @pytest.mark.parametrize("name,mode", [("tiny.py", "report"), ("tiny.py", "sip"), ("tiny.py", "pretrain"),
                                        ("tiny.py", "rewrite"), ("midtrain.py", "sip"),
-                                       ("pretrain.py", "pretrain"), ("teacher_tiny.py", "teacher")])
+                                       ("pretrain.py", "pretrain"), ("teacher_tiny.py", "teacher"),
+                                       ("judge_train.py", "judge_train")])
 def test_shipped_configs_pass_without_warnings(name, mode, capsys):
   cfg = configs.load_config_file(os.path.join(REPO, "configs", name))
   cfg.mode = mode

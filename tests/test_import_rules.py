@@ -31,6 +31,8 @@ LAYERS = {
     "earlyrl_jax.embedded.job": 5,          # the embedded teacher's training job ...
     "earlyrl_jax.embedded.training": 5,
     "earlyrl_jax.embedded.report": 5,
+    "earlyrl_jax.judge_train": 5,           # training a model as judge (mode='judge_train') ...
+    "earlyrl_jax.judge_train.settings": 4,  # ... and its config section, which validation reads
     "earlyrl_jax.train": 4,                 # the trainer and evaluation
     "earlyrl_jax.eval": 4,
     "earlyrl_jax.configs": 4,               # config validation (reads every layer's settings)
