@@ -1,7 +1,7 @@
 """Train any HF instruct model as the paper's judge (mode='judge_train', docs/judge_training.md).
 
   python -m earlyrl_jax.main --config=configs/judge_train.py --workdir=/tmp/judge \
-      --config.judge_train.teacher_path=/work/models/smol
+      --config.judge_train.teacher_path=MODEL_DIR
 
 By default: SFT on the verdict in the log-prob format (the prompt `LogProbJudge` sends, the loss
 on the label's answer option after 'Answer:') on the synthetic world's training pairs, labels

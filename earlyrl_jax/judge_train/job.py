@@ -1,7 +1,7 @@
 """mode='judge_train': train an HF instruct model as the paper's judge; write a judge directory.
 
   python -m earlyrl_jax.main --config=configs/judge_train.py --workdir=DIR \
-      --config.judge_train.teacher_path=/work/models/smol
+      --config.judge_train.teacher_path=MODEL_DIR
 
 1. data      judge_train.data (JSONL, judge_train/data.py), or the world's training pairs
              exported to WORKDIR/judge_data/train.jsonl with judge_train.label_noise; held-out
@@ -46,7 +46,7 @@ def check_teacher_path(path: str) -> None:
   field = "judge_train.teacher_path"
   if not path:
     raise ConfigError(f"{field}: is empty; give the HF model directory to train as judge "
-                      "(config.json + *.safetensors + tokenizer files, e.g. /work/models/smol)")
+                      "(config.json + *.safetensors + tokenizer files, e.g. what `earlyrl-convert gguf` writes)")
   if os.path.isfile(os.path.join(path, "teacher_config.json")):
     raise ConfigError(
         f"{field}: {path} is an embedded teacher; judge training supports HF model directories "
