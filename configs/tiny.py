@@ -128,6 +128,18 @@ def get_config() -> ConfigDict:
                                 # params one step old (train/prefetch.py; kill-and-resume stays exact)
   c.sip.max_all_tied_steps = 3  # stop when every group ties on this many steps in a row while nothing else
                                 # trains (sip.lm_coef=0): the judge ranks nothing (0 = never stop)
+  c.sip.principle_mode = "off"  # principle-guided rewriting (docs/principles.md): 'off' | 'guide' (the
+                                # rewriter follows `principle`, the judge's reward loses principle.judge_penalty
+                                # for a mention) | 'dpf' (Direct Principle Feedback: DPO, revision chosen,
+                                # original rejected, no judge; sip.recipe='dpo', sip.judge='none')
+
+  # The principle of sip.principle_mode (and of the report's `dpf` / `sip_dpo_principle` methods).
+  c.principle = ConfigDict()
+  c.principle.banned = ""       # entity name(s) the text must not mention, comma-separated (e.g. a country)
+  c.principle.instead = ""      # the entity to discuss instead
+  c.principle.in_policy_prompt = False  # precede the policy's prompt with 'Do not mention X; discuss Y
+                                # instead.' at training (its windows' prefixes); evaluation reports both
+  c.principle.judge_penalty = 1.0  # 'guide': reward lost by a candidate that mentions a banned name
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()
