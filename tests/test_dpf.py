@@ -312,3 +312,31 @@ def test_the_report_checks_its_principle_methods_and_the_world_its_names():
   cfg.principle.oops = 1
   with pytest.raises(configs.ConfigError, match=r"principle.oops: unknown field"):
     PL.principle_of(cfg)
+
+
+def test_an_online_rewriter_gets_the_principle_and_the_embedded_editor_is_refused(tmp_path):
+  from types import SimpleNamespace
+  from earlyrl_jax.rewrite_job import principle_kw
+  cfg = _cfg(**{"mode": "sip", "sip.principle_mode": "guide", "principle.banned": "Tal",
+                "principle.instead": "Vexia"})
+  run = SimpleNamespace(cfg=cfg, workdir=str(tmp_path))
+  instruct = SimpleNamespace(rewriter_kind=lambda kind: "generative")
+  assert principle_kw(run, instruct) == {"principle": "Do not mention Tal; discuss Vexia instead."}
+  with pytest.raises(configs.ConfigError, match="never trained on principles"):
+    principle_kw(run, SimpleNamespace(rewriter_kind=lambda kind: "edit"))
+  cfg.sip.principle_mode = "off"
+  assert principle_kw(run, instruct) == {}
+
+
+def test_the_report_tables_the_mention_rates():
+  from earlyrl_jax.tools import report
+  cfg = _cfg(**{"principle.banned": "Tal", "principle.instead": "Vexia"})
+  summary = report.summarise({
+      "nll": [{"factuality": 0.5, "mention_rate": 0.4, "mention_rate_prompted": 0.5,
+               "instead_rate": 0.1, "instead_rate_prompted": 0.2}],
+      "dpf": [{"factuality": 0.5, "mention_rate": 0.1, "mention_rate_prompted": 0.2,
+               "instead_rate": 0.3, "instead_rate_prompted": 0.3}]})
+  lines = report.principle_lines(cfg, summary)
+  assert "Do not mention Tal; discuss Vexia instead." in lines[0]
+  assert "| dpf | 0.100 | 0.200 | 0.300 | 0.300 |" in lines
+  assert report.principle_lines(cfg, report.summarise({"nll": [{"factuality": 0.5}]})) == []
