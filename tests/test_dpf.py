@@ -149,6 +149,16 @@ def test_the_judges_mention_penalty_moves_the_picks():
   assert out.chosen.tolist() == [1, 0] and out.rejected.tolist() == [0, 1]
   np.testing.assert_allclose(out.rewards, [[-0.1, 0.5, 0.1], [0.6, -0.4, 0.2]], rtol=1e-6)
   assert out.per_axis["principle"].tolist() == [[0, 1, 1], [1, 0, 1]]
+  # The producer applies it to its judge's verdicts in 'guide' mode only (and DPF pairs in 'dpf').
+  prod = type("P", (), {})()
+  prod.principle, prod.judge, prod.cfg = p, object(), ConfigDict({"seed": 0})
+  prod._judge_candidates = lambda *a: j
+  for mode, chosen in (("guide", [1, 0]), ("off", [0, 0])):
+    prod.principle_mode = mode
+    assert sip.SIPProducer._judge(prod, ["p", "q"], None, cands, 3).chosen.tolist() == chosen
+  prod.principle_mode = "dpf"
+  got = sip.SIPProducer._judge_candidates(prod, ["p", "q"], None, [c[:2] for c in cands], 3)
+  assert got.all_tied.tolist() == [False, True] and got.calls == 0
 
 
 def test_the_principle_line_precedes_the_prompt_whole():

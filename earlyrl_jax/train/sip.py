@@ -304,9 +304,8 @@ class SIPProducer:
     if self.objective.recipe == "rf_nll" and self.judge is not None:
       out["sip/rf_fallback_frac"] = float(np.mean(rf_filtered(j, float(self.s.rf_threshold))))
     out["sip/position_consistency"] = float(j.position_consistency)
-    if self.principle is not None:   # DPF pairs (windows whose original breaks the principle)
-      out["sip/principle_pairs_frac"] = float(np.mean(~np.asarray(j.all_tied, bool))) \
-          if self.principle_mode == "dpf" else float("nan")
+    if self.principle_mode == "dpf":   # DPF pairs (windows whose original breaks the principle)
+      out["sip/principle_pairs_frac"] = float(np.mean(~np.asarray(j.all_tied, bool)))
     adv = group_advantages(j.rewards)
     out["pg/advantage_mean"] = float(adv.mean())
     out["pg/advantage_std"] = float(adv.std())
