@@ -23,6 +23,7 @@ import numpy as np
 
 from earlyrl_jax import world as W
 from earlyrl_jax.data.tokenizer import adds_bos
+from earlyrl_jax.eval.evaluate import _complete_sentences   # the same cut as world_eval's
 from earlyrl_jax.sampling.sampler import Sampler
 from earlyrl_jax.teacher.principles import Principle, with_prompt_ids
 
@@ -46,11 +47,6 @@ def principle_prompts(world_dir: str, split: str, principle: Principle, limit: i
           if len(out) >= limit:
             return out
   return out
-
-
-def _complete_sentences(text: str) -> str:
-  cut = max(text.rfind(c) for c in ".?!")
-  return text[:cut + 1] if cut >= 0 else text
 
 
 def mention_eval(model, tokenizer, world_dir: str, principle: Principle, *, split: str,
