@@ -141,6 +141,18 @@ def get_config() -> ConfigDict:
   c.sip.distill_level = "auto"  # 'token' (same vocabulary; error otherwise) | 'sequence' (NLL on the teacher's
                                 # rewrite) | 'auto' (token when the vocabularies match, else sequence)
   c.sip.distill_top_k = 0       # token level: the teacher's top-k log-probs per token (0 = the whole vocabulary)
+  c.sip.principle_mode = "off"  # principle-guided rewriting (docs/principles.md): 'off' | 'guide' (the
+                                # rewriter follows `principle`, the judge's reward loses principle.judge_penalty
+                                # for a mention) | 'dpf' (Direct Principle Feedback: DPO, revision chosen,
+                                # original rejected, no judge; sip.recipe='dpo', sip.judge='none')
+
+  # The principle of sip.principle_mode (and of the report's `dpf` / `sip_dpo_principle` methods).
+  c.principle = ConfigDict()
+  c.principle.banned = ""       # entity name(s) the text must not mention, comma-separated (e.g. a country)
+  c.principle.instead = ""      # the entity to discuss instead
+  c.principle.in_policy_prompt = False  # precede the policy's prompt with 'Do not mention X; discuss Y
+                                # instead.' at training (its windows' prefixes); evaluation reports both
+  c.principle.judge_penalty = 1.0  # 'guide': reward lost by a candidate that mentions a banned name
 
   # mode='report': every method continued from one NLL base model on the same windows.
   c.report = ConfigDict()

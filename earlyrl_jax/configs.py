@@ -71,6 +71,14 @@ REPORT_METHODS: dict[str, dict] = {
     "sip_dpo_gcpo": dict(recipe="dpo", judge="teacher", rewrite="online", pair_weight="gcpo"),
     "sip_dpo_distill": dict(recipe="dpo", judge="teacher", rewrite="online", distill_coef=0.5,
                             distill_level="auto"),
+    # Principle-guided rewriting (docs/principles.md; the `principle` section names X and Y).
+    # dpf: Direct Principle Feedback, DPO with the world's revision chosen and the original
+    # rejected, no judge, no rollouts; sip_dpo_principle: SIP DPO with the principle given to the
+    # rewriter and a mention penalty in the judge's reward.
+    "dpf": dict(recipe="dpo", judge="none", rewrite="principle", num_rollouts=0,
+                principle_mode="dpf"),
+    "sip_dpo_principle": dict(recipe="dpo", judge="teacher", rewrite="principle",
+                              principle_mode="guide"),
 }
 
 
@@ -134,7 +142,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "model.dtype": ("float32", "bfloat16", "float16"),
     "model.param_dtype": ("float32", "bfloat16", "float16"),
     "sip.recipe": ("dpo", "rf_nll", "pg"),
-    "sip.rewrite": ("online", "precomputed", "none"),
+    "sip.rewrite": ("online", "precomputed", "none", "principle"),  # principle: world/principled.py
     "sip.judge": ("teacher", "oracle", "none"),
     "sip.judge_scheme": ("all_pairs", "pivot", "adaptive"),
     "sip.aggregate": ("win_rate", "bradley_terry"),
@@ -157,6 +165,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "judge_train.method": ("sft", "grpo"),                # earlyrl_jax/judge_train/job.py METHODS
     "judge_train.variant": ("logprob", "generative"),     # teacher/prompts/paper.py VARIANTS
     "judge_train.eval_variant": ("logprob", "generative"),
+    "sip.principle_mode": ("off", "guide", "dpf"),   # teacher/principles.py MODES
 }
 
 
@@ -400,6 +409,7 @@ RANGES: tuple[Range, ...] = (
     Range("judge_train.temperature", float, ">= 0", JUDGE_TRAIN),
     Range("judge_train.top_p", float, "(0, 1]", JUDGE_TRAIN),
     Range("judge_train.label_noise", float, "[0, 1]", JUDGE_TRAIN),   # P(a training label is flipped)
+    Range("principle.judge_penalty", float, ">= 0", SIP_MODES),   # teacher/principles.py
 )
 
 
@@ -450,6 +460,7 @@ def check_settings(cfg: ml_collections.ConfigDict) -> None:
   if mode in SIP_MODES:
     _check_judge_axes(cfg.sip)
     check_paper_prompt_fits(cfg)
+    principle_settings(cfg)
     if mode == "sip":
       _check_recipe(cfg.sip)
     else:
@@ -564,6 +575,8 @@ def _check_recipe(s, where: str = "") -> None:
            f"sip.num_rollouts={K} rollouts, rewrites (sip.rewrite={rewrite!r}) and judges "
            f"(sip.judge={judge!r}) for nothing; set them to 0 / 'none'")
     return
+  if _check_principle_recipe(s, require):   # DPF: its pairs need no judge (docs/principles.md)
+    return
   if judge == "none":
     require(rewrite != "none", "sip.judge",
             "sip.judge='none' with sip.rewrite='none' leaves the recipe nothing to compare: its one "
@@ -609,6 +622,44 @@ def _check_policy_extensions(s, require) -> None:
     require(level == "sequence" or s.coef > 0, "sip.distill_level",
             f"{level!r} may distil at token level on the recipe's candidates, and sip.coef=0 lays "
             "none out; set sip.coef > 0 or sip.distill_level='sequence'")
+
+
+def _check_principle_recipe(s, require) -> bool:
+  """sip.principle_mode / sip.rewrite='principle' against the rest of `s`; True for DPF (whose
+  pair is the revision over the original: no judge, no rollouts needed)."""
+  mode = s.get("principle_mode", "off")
+  require(mode != "off" or s.rewrite != "principle", "sip.rewrite",
+          "'principle' (the world's principle-following reviser) needs sip.principle_mode "
+          "'guide' or 'dpf' and the `principle` section")
+  if mode != "dpf":
+    return False
+  require(s.recipe == "dpo", "sip.recipe",
+          f"{s.recipe!r}: sip.principle_mode='dpf' trains DPO pairs (revision chosen, original "
+          "rejected); set sip.recipe='dpo'")
+  require(s.judge == "none", "sip.judge",
+          f"{s.judge!r}: sip.principle_mode='dpf' ranks nothing (the revision is chosen by the "
+          "principle); set sip.judge='none', or sip.principle_mode='guide' to judge")
+  require(s.rewrite != "none", "sip.rewrite",
+          "'none': sip.principle_mode='dpf' needs a revision ('principle' on the world, 'online' "
+          "for an instruct teacher told the principle)")
+  return True
+
+
+def principle_settings(cfg) -> None:
+  """The `principle` section of every SIP configuration that uses it (the run's, or each report
+  method's), names unchecked (they need the world: the producer checks them)."""
+  from earlyrl_jax.teacher.principles import principle_of
+  if cfg.mode == "sip":
+    principle_of(cfg)
+  elif cfg.mode == "report":
+    for m in [m.strip() for m in cfg.report.methods.split(",") if m.strip()]:
+      if m in REPORT_METHODS and REPORT_METHODS[m].get("principle_mode", "off") != "off":
+        s = ml_collections.ConfigDict(cfg.sip.to_dict())
+        s.update(REPORT_METHODS[m])
+        try:
+          principle_of(ml_collections.ConfigDict({"sip": s, "principle": _get(cfg, "principle")}))
+        except ConfigError as e:
+          raise ConfigError(f"report method {m!r}: {e}") from None
 
 
 def _check_report(cfg) -> None:

@@ -292,14 +292,33 @@ def teacher_rewriter(cfg, teacher, **kw):
                           backend=backend, **kw)
 
 
+def principle_kw(run, teacher) -> dict:
+  """The principle for an online rewriter (sip.principle_mode 'guide' / 'dpf'): an instruct
+  teacher's rewrite prompt carries it (teacher/prompts/paper_rewrite.py); the embedded editor was
+  never trained on principles, so it is refused (the world's reviser: sip.rewrite='principle')."""
+  from earlyrl_jax.train.sip import run_principle
+  p = run_principle(run.cfg, run.workdir)
+  if p is None:
+    return {}
+  from earlyrl_jax.configs import ConfigError
+  if teacher.rewriter_kind(run.cfg.teacher.get("rewriter_kind", "auto")) != "generative":
+    raise ConfigError("sip.principle_mode: the embedded teacher's editor (keep/drop per sentence) "
+                      "was never trained on principles; use sip.rewrite='principle' (the world's "
+                      "reviser) or an instruct teacher (teacher.rewriter_kind='generative')")
+  return {"principle": p.text}
+
+
 def sip_rewriter(run, teacher, memo: dict[str, str] | None = None):
   """SIP's rewriter for `sip.rewrite`: the teacher ('online'), the shards ('precomputed') or None.
 
   memo: shared by runs over the same windows (the report's methods); see `MemoRewriter`."""
   s = run.cfg.sip
   if s.rewrite == "online":
-    rewriter = teacher_rewriter(run.cfg, teacher)
+    rewriter = teacher_rewriter(run.cfg, teacher, **principle_kw(run, teacher))
     return rewriter if memo is None else MemoRewriter(rewriter, memo)
+  if s.rewrite == "principle":   # the world's principle-following reviser (docs/principles.md)
+    from earlyrl_jax.train.sip import world_reviser
+    return world_reviser(run)
   if s.rewrite == "precomputed":
     directory = rewrites_dir(run.cfg, run.workdir, "sip.rewrites_dir")
     return PrecomputedRewrites.load(directory, expected=windowing(run.cfg.data, run.tokenizer))

@@ -123,14 +123,16 @@ class PaperRewriter:
 
   def __init__(self, backend, *, batch_size: int = 64, max_new_tokens: int | None = None,
                prefix_tokens: int = 1024, prime_words: int = 5, length_margin: float = 0.15,
-               length_extra: int = 4, max_failure_share: float = 0.5, min_rows: int = 16):
+               length_extra: int = 4, max_failure_share: float = 0.5, min_rows: int = 16,
+               principle: str | None = None):
     from earlyrl_jax.teacher.prompts.paper_rewrite import RewritePrompts
     self.backend = backend
     self.batch_size = int(batch_size)
     self.max_new_tokens = max_new_tokens   # a cap on every row's limit (None: the suffix decides)
     self.prompts = RewritePrompts(backend.tokenizer, max_len=backend.max_len,
                                   prefix_tokens=prefix_tokens, prime_words=prime_words,
-                                  length_margin=length_margin, length_extra=length_extra)
+                                  length_margin=length_margin, length_extra=length_extra,
+                                  principle=principle)   # DPF: the principle in every prompt
     self.max_failure_share, self.min_rows = float(max_failure_share), int(min_rows)
     self.calls = 0        # rewrites asked for
     self.failed = 0       # of them, how many fell back to the original

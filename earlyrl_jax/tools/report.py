@@ -420,6 +420,7 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
           f"{x.get('factuality', float('nan')):.3f} / {x.get('safety', float('nan')):.3f} / "
           f"{x.get('quality', float('nan')):.3f}" for x in rows) + " |")
     lines.append("")
+  lines += principle_lines(cfg, summary)
   lines += _bar_lines(bars(summary, trends, per_seed))
   if trends:
     lines += ["Rollout win share (first vs last fifth of the logged steps, mean over seeds; ± the "
@@ -434,6 +435,67 @@ def _markdown(summary: dict, trends: dict, cfg, elapsed: float, per_seed: dict |
       lines.append(f"- {m}: {t['first_fifth']:.3f} -> {t['last_fifth']:.3f} "
                    f"(change {t['change']:+.3f}{spread}){gap}{tied}")
   return "\n".join(lines) + "\n"
+
+
+def report_principle(cfg, workdir: str):
+  """The principle the report measures (`principle.banned` set; docs/principles.md), or None."""
+  from earlyrl_jax.train.sip import run_principle
+  if not str(cfg.get("principle", {}).get("banned", "") or "").strip():
+    return None
+  probe = copy.deepcopy(cfg)
+  probe.sip.principle_mode = "guide"   # the section read as any principle method reads it
+  return run_principle(probe, workdir)
+
+
+def principle_row(cfg, workdir: str, run_dir: str, tokenizer, mesh, split: str, seed: int) -> dict:
+  """A run's mention rates of the banned entity, without and with the principle in its prompt
+  (eval/principle_eval.py; kept beside the run as `eval_principle_<split>.json`); {} without a
+  principle."""
+  p = report_principle(cfg, workdir)
+  if p is None:
+    return {}
+  from flax import nnx
+  from earlyrl_jax.eval.principle_eval import mention_eval
+  r = cfg.report
+  settings = {"split": split, "banned": list(p.banned), "instead": p.instead, "key": 2000 + seed,
+              "prompts": int(r.eval_prompts), "samples": int(r.get("eval_samples", 1))}
+  path = os.path.join(run_dir, f"eval_principle_{split}.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      kept = json.load(f)
+    if kept.get("settings") == settings:
+      return kept["result"]
+  graphdef, params, _ = loop.load_run_params(run_dir, mesh)
+  res = mention_eval(nnx.merge(graphdef, params), tokenizer, loop.world_dir_of(cfg, workdir), p,
+                     split=split, num_prompts=settings["prompts"], samples=settings["samples"],
+                     key=jax.random.key(settings["key"]), mesh=mesh)
+  out = {"mention_rate": res["principle/mention_rate"],
+         "mention_rate_prompted": res["principle/mention_rate_prompted"],
+         "instead_rate": res["principle/instead_rate"],
+         "instead_rate_prompted": res["principle/instead_rate_prompted"],
+         "principle_prompts": res["principle/prompts"]}
+  if loop.is_main():
+    _write_json(path, {"settings": settings, "result": out})
+  return out
+
+
+def principle_lines(cfg, summary: dict) -> list[str]:
+  """The principle's table (docs/principles.md): mention rates per method, with and without it."""
+  if not any("mention_rate" in row for row in summary.values()):
+    return []
+  p = cfg.principle
+  lines = [f"Principle: \"Do not mention {p.banned}; discuss {p.instead} instead.\" Share of "
+           "continuations of held-out prompts cut right before a sentence that names the banned "
+           "entity that mention it (exact: world.Oracles.mentions), without and with the principle "
+           "line before the prompt; and the share that mention the alternative:", "",
+           "| method | mentions | mentions, principle in prompt | alternative | alternative, principle in prompt |",
+           "|---|---|---|---|---|"]
+  for m, row in summary.items():
+    if "mention_rate" in row:
+      lines.append(f"| {m} | " + " | ".join(
+          f"{row[k]:.3f}" + (f" ± {row[k + '_spread']:.3f}" if row.get(k + "_spread") else "")
+          for k in ("mention_rate", "mention_rate_prompted", "instead_rate", "instead_rate_prompted")) + " |")
+  return lines + [""]
 
 
 def smooth(ys: list[float], window: int) -> np.ndarray:
@@ -619,6 +681,7 @@ def run(cfg, workdir: str) -> dict[str, Any]:
       if "world/myth_rate" in res:  # a world with misconceptions (world.myth_rate)
         row["myth_rate"] = res["world/myth_rate"]
         row["myths_avoided"] = 1.0 - res["world/myth_rate"]
+      row.update(principle_row(cfg, workdir, run_dir, base.tokenizer, mesh, split, seed))
       per_seed[m].append(row)
       lines = _metrics(os.path.join(run_dir, "metrics.jsonl"))
       curves.setdefault(m, []).append(lines)

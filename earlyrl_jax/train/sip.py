@@ -112,6 +112,15 @@ class SIPProducer:
     if self.with_rewrite and rewriter is None:
       raise ValueError(f"sip.rewrite={self.s.rewrite!r} needs a rewriter (the teacher's, or the "
                        "precomputed shards of mode='rewrite')")
+    # Principle-guided rewriting (docs/principles.md): DPF pairs, the judge's mention penalty, the
+    # principle line before the policy's prompt.
+    self.principle = run_principle(self.cfg, run.workdir)
+    self.principle_mode = self.s.get("principle_mode", "off")
+    self.principle_ids = (principle_prompt_ids(self.tok, self.principle)
+                          if self.principle is not None and self.principle.in_policy_prompt else None)
+    if self.principle_ids is not None and len(self.principle_ids) + 2 > int(self.cfg.data.prefix_len):
+      raise ValueError(f"principle.in_policy_prompt: the principle's {len(self.principle_ids)} tokens "
+                       f"leave no room for the prefix (data.prefix_len={self.cfg.data.prefix_len})")
     # Waits for the previous update's params off this thread: the update's end is timed
     # exactly while this thread reads windows and rewrites them (see __call__).
     from concurrent.futures import ThreadPoolExecutor
@@ -133,6 +142,10 @@ class SIPProducer:
     stats = {k: v for k, v in w.pop("stats").items()}
     G = len(w["prefix"])
     prefixes = [w["prefix"][g, :w["prefix_len"][g]] for g in range(G)]
+    if self.principle_ids is not None:   # the policy's prompt: the principle, then the prefix
+      from earlyrl_jax.teacher.principles import with_prompt_ids
+      prefixes = [with_prompt_ids(p, self.principle_ids, int(self.cfg.data.prefix_len), self.tok.bos_id)
+                  for p in prefixes]
     originals = [w["suffix"][g, :w["suffix_len"][g]] for g in range(G)]
     prefix_text, suffix_text = list(w["prefix_text"]), list(w["suffix_text"])
     references, missing = self._references(w)
@@ -216,6 +229,18 @@ class SIPProducer:
     return refs, float(np.mean([not r.strip() for r in refs])) if refs else 0.0
 
   def _judge(self, prefix_text, references, cand_text, step: int):
+    j = self._judge_candidates(prefix_text, references, cand_text, step)
+    if self.principle_mode == "guide" and self.judge is not None and self.principle.judge_penalty:
+      from earlyrl_jax.teacher.principles import penalize_mentions
+      j = penalize_mentions(j, self.principle, cand_text,
+                            [np.random.default_rng((int(self.cfg.seed), int(step), g, 0xD9F))
+                             for g in range(len(cand_text))])
+    return j
+
+  def _judge_candidates(self, prefix_text, references, cand_text, step: int):
+    if self.principle_mode == "dpf":   # DPF: revision chosen, original rejected, nothing judged
+      from earlyrl_jax.teacher.principles import dpf_judgement
+      return dpf_judgement(self.principle, cand_text)
     if self.judge is None:  # no judge: the rewrite (or the original) is always chosen, by rule
       G, pick = len(cand_text), int(self.with_rewrite)
       from earlyrl_jax.teacher.tournament import Judgement
@@ -373,6 +398,8 @@ class SIPProducer:
     if self.objective.recipe == "rf_nll" and self.judge is not None:
       out["sip/rf_fallback_frac"] = float(np.mean(rf_filtered(j, float(self.s.rf_threshold))))
     out["sip/position_consistency"] = float(j.position_consistency)
+    if self.principle_mode == "dpf":   # DPF pairs (windows whose original breaks the principle)
+      out["sip/principle_pairs_frac"] = float(np.mean(~np.asarray(j.all_tied, bool)))
     adv = group_advantages(j.rewards)
     out["pg/advantage_mean"] = float(adv.mean())
     out["pg/advantage_std"] = float(adv.std())
@@ -568,6 +595,43 @@ def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
                   next_batch=ahead, data_iter=ahead, loss_fn=objective, coefs=objective.coefs,
                   evaluate=loop.world_eval_during(run), at_end=loop.world_eval_at_end(run),
                   console_keys=keys)
+
+
+def run_principle(cfg, workdir: str):
+  """The run's Principle (teacher/principles.py; None with sip.principle_mode='off'), its names
+  checked against the world when the run has one (an unknown name is a ConfigError naming the
+  field) and its longer names filled in (exact mention counts)."""
+  import os
+  from earlyrl_jax import world as W
+  from earlyrl_jax.teacher.principles import principle_of
+  kb_path = os.path.join(loop.world_dir_of(cfg, workdir), W.KB_FILE)
+  kb = W.KnowledgeBase.load(kb_path) if os.path.isfile(kb_path) else None
+  known = [n for ns in kb.entities.values() for n in ns] if kb is not None else None
+  p = principle_of(cfg, known)
+  if p is None or kb is None:
+    return p
+  import dataclasses
+  from earlyrl_jax.world.principled import longer_names
+  return dataclasses.replace(p, longer_names=longer_names(kb, p.banned))
+
+
+def world_reviser(run: loop.Run):
+  """`sip.rewrite='principle'`: the world's principle-following reviser (world/principled.py)."""
+  import os
+  from earlyrl_jax import world as W
+  from earlyrl_jax.configs import ConfigError
+  from earlyrl_jax.world.principled import WorldReviser
+  p = run_principle(run.cfg, run.workdir)
+  kb_path = os.path.join(loop.world_dir_of(run.cfg, run.workdir), W.KB_FILE)
+  if p is None or not os.path.isfile(kb_path):
+    raise ConfigError("sip.rewrite: 'principle' revises by the world's grammar: it needs "
+                      "sip.principle_mode 'guide' or 'dpf' and a synthetic world (data.corpus='world')")
+  return WorldReviser(W.KnowledgeBase.load(kb_path), p.banned, p.instead)
+
+
+def principle_prompt_ids(tok, principle) -> np.ndarray:
+  """The policy-tokenizer ids of the principle line that precedes a prompt (no BOS)."""
+  return np.asarray(tok.encode(principle.prompt_line()), np.int32)
 
 
 def max_staleness(cfg) -> int:

@@ -209,6 +209,24 @@ class Oracles:
             "low_quality": (grammatical < 1.0 or oov > 0.0 or repetition > 0.0 or truncated
                             or off_topic > OFF_TOPIC_THRESHOLD)}
 
+  # ------------------------------------------------------------------ mentions (principles)
+  def mentions(self, text: Any, names: Sequence[str]) -> int:
+    """How many times `text` names one of `names` (a principle's banned entities): every entity
+    name of the world is read where it stands, longest first, so 'Tal' inside 'Tal Verin' (another
+    entity) or 'Talmoor' is no mention of Tal; whole words only, case as the world writes names."""
+    wanted = set(names)
+    return sum(1 for m in self._names().finditer(_as_text(text)) if m.group(0) in wanted)
+
+  def mention_rate(self, texts: Sequence[Any], names: Sequence[str]) -> float:
+    """Share of `texts` that mention one of `names` at least once (0 for no texts)."""
+    return sum(self.mentions(t, names) > 0 for t in texts) / len(texts) if texts else 0.0
+
+  def _names(self) -> re.Pattern:
+    if getattr(self, "_names_re", None) is None:
+      names = sorted({n for ns in self.kb.entities.values() for n in ns}, key=len, reverse=True)
+      self._names_re = re.compile(r"(?<![\w])(?:" + "|".join(map(re.escape, names)) + r")(?![\w])")
+    return self._names_re
+
   # ------------------------------------------------------------------ all axes
   def score(self, text: Any, prefix: Any = None, topic: str | None = None) -> dict[str, Any]:
     """All three axes for one text (a suffix, or prefix + suffix)."""

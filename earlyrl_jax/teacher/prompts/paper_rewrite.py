@@ -49,6 +49,15 @@ _INSTRUCTION = (
     "continuation stops. Your reply starts with the last words of the context and goes on "
     "from there; end it with " + END + ".")
 
+# DPF (docs/principles.md): the principle goes after the instruction (escaped like the data), and a
+# continuation that breaks it is no longer "already fine". The version says which prompt was used.
+PRINCIPLE_VERSION = PROMPT_VERSION + "+principle"
+_PRINCIPLE = (
+    "\n\nThe text must also follow this principle (an instruction to you, unlike the quoted "
+    "data): {principle}\n"
+    "A continuation that breaks the principle is not fine even when it is fluent, safe and "
+    "correct: rewrite the parts that break it so that they follow it, and copy the rest.")
+
 _TAG = re.compile(r"<(?=\s*/?\s*(?:continuation|context|rewrite)\b)", re.IGNORECASE)
 
 
@@ -94,8 +103,10 @@ class RewritePrompts:
   version = PROMPT_VERSION
 
   def __init__(self, tokenizer, *, max_len: int, prefix_tokens: int = 1024, prime_words: int = 5,
-               length_margin: float = 0.15, length_extra: int = 4):
+               length_margin: float = 0.15, length_extra: int = 4, principle: str | None = None):
     self.tok, self.max_len = tokenizer, int(max_len)
+    self.principle = principle or None   # DPF: 'Do not mention X; discuss Y instead.' (or None)
+    self.version = PRINCIPLE_VERSION if self.principle else PROMPT_VERSION
     self.prefix_tokens, self.prime_words = int(prefix_tokens), int(prime_words)
     self.length_margin, self.length_extra = float(length_margin), int(length_extra)
     self.specials = special_strings(tokenizer)
@@ -111,6 +122,8 @@ class RewritePrompts:
   def _render(self, context: str, suffix: str, prime: str, words: int) -> str:
     """The prompt of escaped fields (the priming is escaped by the caller: it is also returned)."""
     user = _INSTRUCTION.format(suffix=escape(suffix, self.specials), prefix=context, words=words)
+    if self.principle:
+      user += _PRINCIPLE.format(principle=escape(self.principle, self.specials))
     return render_chat(self.tok, user) + OPEN + prime
 
   def render(self, prefix: str, suffix: str, *, max_new_tokens: int) -> RewritePrompt:
