@@ -94,21 +94,21 @@ def test_default_world_is_unchanged_and_reasoning_documents_hold_train_conclusio
   old = W.default_world_config()
   del old["reasoning_rate"]    # a config of the release before the knob
   before = [d.text for d in W.generate_documents(kb, old, "train", 40)]
-  assert [d.text for d in W.generate_documents(kb, cfg, "train", 40)] == before
+  mix = lambda c, split="train": list(R.with_reasoning_documents(kb, c, W.generate_documents(kb, c, split, 40)))
+  assert [d.text for d in mix(cfg)] == before == [d.text for d in mix(old)]
   cfg.reasoning_rate = 0.5
-  mixed = list(W.generate_documents(kb, cfg, "train", 40))
+  mixed = mix(cfg)
   reasoning = [d for d in mixed if d.topic == "reasoning"]
   assert 8 <= len(reasoning) <= 32
-  # The other documents are the same ones, and held-out splits get no reasoning documents.
+  # The other documents are the same ones.
   assert all(d.text == b for d, b in zip(mixed, before) if d.topic != "reasoning")
-  assert not any(d.topic == "reasoning" for d in W.generate_documents(kb, cfg, "eval", 40))
   held_out = {it["prompt"] for s in ("validation", "test") for it in R.reasoning_items(kb, cfg.seed, s)}
   for d in reasoning:
     cuts = R.prefix_suffix_cuts(d.text, kb)
     assert cuts and all(p.rsplit(". ", 1)[-1] not in held_out for p, _ in cuts)
   cfg.reasoning_rate = 1.5
   with pytest.raises(ValueError, match="world.reasoning_rate"):
-    next(W.generate_documents(kb, cfg, "train", 1))
+    mix(cfg)
 
 
 def test_packed_rows_keep_documents_apart():
@@ -142,7 +142,8 @@ def test_rl_stage_trains_the_thought_with_the_suffix_advantage(small_world, monk
   cfg = thinking.ThinkingConfig(rl_steps=2, rl_prompts=2, rl_samples=4, rl_prefix_len=32,
                                 max_new_tokens=16, rl_learning_rate=1e-2).validate()
   tok = ByteTokenizer()
-  docs = [d.text for d in W.generate_documents(kb, thinking.world_config(1.0, 4), "train", 4)]
+  wc = thinking.world_config(1.0, 4)
+  docs = [d.text for d in R.with_reasoning_documents(kb, wc, W.generate_documents(kb, wc, "train", 4))]
   cuts = thinking.rl_cuts(docs, kb, tok, cfg.rl_prefix_len)
   assert cuts and all(len(p) <= 32 and s.endswith(".") for p, s in cuts)
   seen = []

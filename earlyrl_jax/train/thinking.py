@@ -260,7 +260,8 @@ def run_ladder(cfg: ThinkingConfig, log=print) -> dict[str, dict]:
   t0 = time.time()
   wcfg = world_config(cfg.reasoning_rate, cfg.num_documents)
   kb = W.build_kb(wcfg)
-  generated = list(W.generate_documents(kb, wcfg, "train", cfg.num_documents))
+  generated = list(R.with_reasoning_documents(kb, wcfg, W.generate_documents(kb, wcfg, "train",
+                                                                              cfg.num_documents)))
   docs = [d.text for d in generated]
   half_a, half_b = docs[0::2], docs[1::2]
   items = R.reasoning_items(kb, wcfg.seed, cfg.split)[:cfg.probe_items]

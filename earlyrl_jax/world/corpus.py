@@ -235,19 +235,6 @@ def _doc_rng(seed: int, split: str, i: int) -> random.Random:
 
 
 def generate_documents(kb, cfg, split: str, n: int, clean: bool = False):
-  """The first n documents of a split; document i depends only on (seed, split, i).
-  With world.reasoning_rate > 0, a share of the train split's documents are reasoning documents
-  (world/reasoning.py), drawn from their own stream: the other documents are unchanged."""
-  rate = float(cfg.get("reasoning_rate", 0.0)) if split == "train" and not clean else 0.0
-  if not 0.0 <= rate <= 1.0:
-    raise ValueError(f"world.reasoning_rate={rate} must be in [0, 1]")
-  items = None
+  """The first n documents of a split; document i depends only on (seed, split, i)."""
   for i in range(n):
-    r_rng = random.Random(f"{cfg.seed}-reasoning-{i}") if rate > 0 else None
-    if r_rng is not None and r_rng.random() < rate:
-      from earlyrl_jax.world import reasoning  # lazily: the corpus never needs it by default
-      items = items if items is not None else reasoning.reasoning_items(kb, cfg.seed, "train")
-      text = reasoning.reasoning_document(items, r_rng)
-      yield Document(f"{split}-{i:07d}", text, "reasoning", [], [Sentence(text, "reasoning", "")])
-      continue
     yield make_document(kb, cfg, _doc_rng(cfg.seed, split, i), f"{split}-{i:07d}", clean=clean)

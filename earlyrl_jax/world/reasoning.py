@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 import re
 
+from earlyrl_jax.world.corpus import Document, Sentence
 from earlyrl_jax.world.grammar import NAME
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -81,6 +82,24 @@ def reasoning_document(items: list[dict], rng: random.Random, n: tuple[int, int]
   """A document of a few conclusions (drawn from `items`, the train split's), one paragraph."""
   picked = rng.sample(items, min(len(items), rng.randint(*n)))
   return " ".join(conclusion(it) for it in picked)
+
+
+def with_reasoning_documents(kb, cfg, documents):
+  """The train split's documents with a share `world.reasoning_rate` of them replaced by reasoning
+  documents (conclusions about the train split's subjects), drawn from their own stream: at rate 0
+  the documents pass through untouched, and at any rate the others are the same documents."""
+  rate = float(cfg.get("reasoning_rate", 0.0))
+  if not 0.0 <= rate <= 1.0:
+    raise ValueError(f"world.reasoning_rate={rate} must be in [0, 1]")
+  items = None
+  for i, doc in enumerate(documents):
+    rng = random.Random(f"{cfg.seed}-reasoning-{i}") if rate > 0 else None
+    if rng is None or rng.random() >= rate:
+      yield doc
+      continue
+    items = items if items is not None else reasoning_items(kb, cfg.seed, "train")
+    text = reasoning_document(items, rng)
+    yield Document(doc.id, text, "reasoning", [], [Sentence(text, "reasoning", "")])
 
 
 def thought_for(kb, subject: str, relation_phrase: str, answer: str) -> str | None:
