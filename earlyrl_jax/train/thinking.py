@@ -89,7 +89,7 @@ class ThinkingConfig:
 def world_config(reasoning_rate: float, num_documents: int) -> ConfigDict:
   """A small world (few entities: a tiny model can learn its facts) with reasoning documents."""
   c = W.default_world_config()
-  c.num_countries, c.num_cities, c.num_people, c.num_organisations = 6, 18, 40, 12
+  c.num_countries, c.num_cities, c.num_people, c.num_organisations = 6, 18, 120, 30
   c.num_substances, c.num_toxins = 6, 2
   c.false_fact_rate = c.unsafe_rate = c.low_quality_rate = 0.0   # clean text: reasoning is the variable
   c.num_train_documents = num_documents
