@@ -251,6 +251,8 @@ def reasoning_probe(model_cfg, params, graphdef, items, tokenizer, max_new_token
   conts = out.texts(tokenizer)
   return {"reasoning": R.probe_accuracy(items, conts),
           "thought_rate": float(np.mean([R.THINK_OPEN in c for c in conts])),
+          "empty_rate": float(np.mean([not c.strip() for c in conts])),   # e.g. an EOS first
+          "first_tokens": out.tokens[0, :8].tolist(),
           "example": {"prompt": items[0]["prompt"], "continuation": conts[0][:200]}}
 
 
