@@ -156,7 +156,9 @@ def nll_stage(model_cfg, params, texts, tokenizer, cfg: ThinkingConfig, steps_n:
     return state.params, {}
   data = packed_rows(texts, tokenizer, cfg.seq_len)
   rng = np.random.default_rng(seed)
-  pick = lambda: {k: v[rng.integers(0, len(v), cfg.batch_size)] for k, v in data.items()}
+  def pick():   # one draw of rows for every field (tokens, targets and masks of the same rows)
+    rows = rng.integers(0, len(data["tokens"]), cfg.batch_size)
+    return {k: v[rows] for k, v in data.items()}
   step = steps.make_train_step(graphdef, tx, schedule, mesh, shardings, steps.spec_of(pick()),
                                coefs={"nll": 1.0, "z_loss": 0.0})
   m = {}
