@@ -369,6 +369,7 @@ RANGES: tuple[Range, ...] = (
     Range("world.defect_in_second_half", float, "[0, 1]"),
     Range("world.myth_rate", float, "[0, 1]"),
     Range("world.myth_share", float, "[0, 1]"),
+    Range("world.reasoning_rate", float, "[0, 1]"),
     *(Range(f"world.{f}", int, ">= 0") for f in (
         "num_countries", "num_cities", "num_people", "num_organisations", "num_substances",
         "num_toxins", "num_preference_pairs", "num_rewrite_examples", "num_factual_probes",

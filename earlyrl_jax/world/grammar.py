@@ -47,6 +47,9 @@ def default_world_config() -> ConfigDict:
   # (a different wrong object each time, which it averages away). 0 = none (the world is unchanged).
   c.myth_rate = 0.0             # share of (subject, relation) facts with a misconception
   c.myth_share = 0.7            # share of a misconceived fact's mentions that state the misconception
+  # Thinking mid-training (world/reasoning.py): the share of training documents replaced by a
+  # reasoning document (two-hop conclusions about the train split's subjects). 0 = none (unchanged).
+  c.reasoning_rate = 0.0
   c.num_preference_pairs = 2000
   c.num_rewrite_examples = 2000
   c.num_factual_probes = 300

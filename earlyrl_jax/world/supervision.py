@@ -22,6 +22,7 @@ from earlyrl_jax.world.corpus import (
 from earlyrl_jax.world.grammar import (
     DEFECT_TYPES, KB_FILE, LOW_QUALITY_KINDS, MANIFEST, RELATIONS, TRAIN_GLOB,
     UNSAFE_CATEGORIES, build_kb, default_world_config, parse_claim)
+from earlyrl_jax.world import reasoning
 from earlyrl_jax.world.oracles import Oracles
 from earlyrl_jax.world.splits import FILES, TEST, VALIDATION
 
@@ -99,7 +100,8 @@ def write_world(cfg, out_dir: str) -> dict:
   shards = max(1, cfg.num_train_shards)
   writers = [_AtomicWriter(os.path.join(out_dir, f"train-{s:05d}-of-{shards:05d}.jsonl"))
              for s in range(shards)]
-  for i, doc in enumerate(generate_documents(kb, cfg, "train", cfg.num_train_documents)):
+  train_docs = generate_documents(kb, cfg, "train", cfg.num_train_documents)
+  for i, doc in enumerate(reasoning.with_reasoning_documents(kb, cfg, train_docs)):  # rate 0: as is
     writers[i % shards].write(doc.to_json())
     train_texts.add(hash(doc.text))
     counts["train_documents"] += 1
