@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from benchmarks.common import set_fields
+
 
 def _spearman(x, y) -> float:
   from scipy.stats import spearmanr
@@ -45,13 +47,7 @@ def small_cfg(seed: int, **kw):
           "world.num_eval_documents": 20, "world.num_preference_pairs": 10,
           "world.num_rewrite_examples": 10, "world.num_factual_probes": 10, "world.num_unsafe_bait": 6}
   base.update(kw)
-  for k, v in base.items():
-    *path, last = k.split(".")
-    node = c
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return c
+  return set_fields(c, base)
 
 
 def main():

@@ -78,12 +78,12 @@ def principle_of(cfg, known: Iterable[str] | None = None) -> Principle | None:
   `principle` section; errors name the field. known: every name the world has (a banned name or
   the alternative outside it is an error; None: not checked, e.g. no world)."""
   from earlyrl_jax.errors import ConfigError
-  mode = _get(cfg, "sip.principle_mode", "off")
+  mode = (cfg.get("sip") or {}).get("principle_mode", "off")
   if mode not in MODES:
     raise ConfigError(f"sip.principle_mode: {mode!r} is not one of {', '.join(map(repr, MODES))}")
   if mode == "off":
     return None
-  p = _get(cfg, "principle", None)
+  p = cfg.get("principle")
   if p is None:
     raise ConfigError(f"principle: sip.principle_mode={mode!r} needs a `principle` section "
                       "(banned, instead)")
@@ -117,13 +117,6 @@ def principle_of(cfg, known: Iterable[str] | None = None) -> Principle | None:
   return Principle(banned, instead, in_policy_prompt=flag, judge_penalty=float(penalty))
 
 
-def _get(cfg, path: str, default):
-  node = cfg
-  for part in path.split("."):
-    if not hasattr(node, "keys") or part not in node.keys():
-      return default
-    node = node[part]
-  return node
 
 
 def dpf_judgement(principle: Principle, cand_text: Sequence[Sequence[str]], *, rewrite_index: int = 1):
