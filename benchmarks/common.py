@@ -53,14 +53,3 @@ def memory_bandwidth(num_bytes: int | None = None) -> float:
   x = jnp.ones((n,), jnp.float32)
   f = jax.jit(lambda v: jnp.sum(v))
   return 4 * n / time_fn(f, x, warmup=2, iters=7, best=True)
-
-
-def set_fields(cfg, overrides: dict):
-  """Sets dotted config fields ('data.batch_size': 8) in place; returns cfg."""
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return cfg

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from benchmarks.common import set_fields
+from earlyrl_jax.configs import set_fields
 
 
 def _spearman(x, y) -> float:

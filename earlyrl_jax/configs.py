@@ -45,6 +45,17 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   return module.get_config()
 
 
+def set_fields(cfg, overrides: dict):
+  """Sets dotted config fields ('data.batch_size': 8) in place (tests, benchmarks); returns cfg."""
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = cfg
+    for p in path:
+      node = node[p]
+    node[last] = value
+  return cfg
+
+
 # method -> sip-section overrides (on top of the config's `sip` section).
 REPORT_METHODS: dict[str, dict] = {
     "nll": dict(recipe="rf_nll", judge="none", rewrite="none", num_rollouts=0, lm_coef=1.0, coef=0.0),

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from earlyrl_jax import configs
 from earlyrl_jax.models import transformer as T
 
 
@@ -41,15 +42,7 @@ def cpu_devices(n: int):
   return devs[:n]
 
 
-def set_fields(cfg, overrides: dict):
-  """Sets dotted config fields ('data.batch_size': 8) in place; returns cfg."""
-  for key, value in overrides.items():
-    *path, last = key.split(".")
-    node = cfg
-    for p in path:
-      node = node[p]
-    node[last] = value
-  return cfg
+set_fields = configs.set_fields   # dotted fields in place ('data.batch_size': 8)
 
 
 def default_world():
