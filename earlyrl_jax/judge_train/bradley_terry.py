@@ -46,10 +46,12 @@ class RewardModel(nnx.Module):
   def __init__(self, backbone: Transformer, num_axes: int, *, rngs: nnx.Rngs):
     self.backbone = backbone
     d = backbone.cfg.d_model
-    # Small random rows: an untrained head ranks at chance, not all ties.
-    self.head_w = nnx.Param(jax.random.normal(rngs.params(), (num_axes, d), jnp.float32) / np.sqrt(d),
-                            out_sharding=(None, "embed"))
-    self.head_b = nnx.Param(jnp.zeros((num_axes,), jnp.float32), out_sharding=(None,))
+    # Small random rows: an untrained head ranks at chance, not all ties. Sharding names are
+    # metadata only (placed by the train state's shardings), as the backbone's are.
+    with nnx.use_eager_sharding(False):
+      self.head_w = nnx.Param(jax.random.normal(rngs.params(), (num_axes, d), jnp.float32) / np.sqrt(d),
+                              out_sharding=(None, "embed"))
+      self.head_b = nnx.Param(jnp.zeros((num_axes,), jnp.float32), out_sharding=(None,))
 
   def rewards(self, tokens_BxT, last_B, axis_B, *, positions=None, segment_ids=None):
     """float32 [B]: row b's reward on head axis_B[b], read at its last token last_B[b]."""
@@ -238,7 +240,8 @@ def load_reward_model(path: str, *, max_len: int = 1024, prefix_tokens: int = 51
   with np.load(head_path) as f:
     w, b, axes = f["w"], f["b"], [str(a) for a in f["axes"]]
   model = RewardModel(nnx.merge(teacher.graphdef, teacher.params), len(axes), rngs=nnx.Rngs(0))
-  model.head_w = nnx.Param(jnp.asarray(w, jnp.float32), out_sharding=(None, "embed"))
-  model.head_b = nnx.Param(jnp.asarray(b, jnp.float32), out_sharding=(None,))
+  with nnx.use_eager_sharding(False):
+    model.head_w = nnx.Param(jnp.asarray(w, jnp.float32), out_sharding=(None, "embed"))
+    model.head_b = nnx.Param(jnp.asarray(b, jnp.float32), out_sharding=(None,))
   graphdef, params = nnx.split(model)
   return RewardJudge(graphdef, params, teacher.tokenizer, axes, prefix_tokens=prefix_tokens)
