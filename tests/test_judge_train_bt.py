@@ -137,3 +137,36 @@ def test_bad_hybrid_and_bt_settings_name_the_field(tiny, tmp_path):
     J.run(job_cfg(tiny, human_budget=4, ai_labels=str(tmp_path / "no_judge")), str(tmp_path / "w"))
   with pytest.raises(FileNotFoundError, match="not a Bradley-Terry judge"):
     BT.load_reward_model(tiny["hf"])
+
+
+class Killed(Exception):
+  pass
+
+
+def test_a_killed_bt_run_resumes_to_the_uninterrupted_head_and_self_labels(tiny, tmp_path, monkeypatch, capsys):
+  kw = dict(method="bt", steps=6, checkpoint_every=3, axes="quality,safety", heldout_items=2, log_every=2)
+  J.run(job_cfg(tiny, **kw), str(tmp_path / "whole"))
+  call = BT.BtBatches.__call__
+
+  def dies_at_step_4(self, state, step):
+    if step == 4:
+      raise Killed()   # a hard stop: nothing saved after step 3's checkpoint
+    return call(self, state, step)
+
+  monkeypatch.setattr(BT.BtBatches, "__call__", dies_at_step_4)
+  with pytest.raises(Killed):
+    J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
+  monkeypatch.setattr(BT.BtBatches, "__call__", call)
+  capsys.readouterr()
+  J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
+  assert "resumed from step 3" in capsys.readouterr().out
+  a = np.load(str(tmp_path / "whole" / "judge" / BT.HEAD_FILE))
+  b = np.load(str(tmp_path / "killed" / "judge" / BT.HEAD_FILE))
+  assert list(a["axes"]) == list(b["axes"]) == ["quality", "safety"]
+  np.testing.assert_allclose(a["w"], b["w"], rtol=0, atol=1e-6)
+  np.testing.assert_allclose(a["b"], b["b"], rtol=0, atol=1e-6)
+  # 'self': the model being trained labels the items beyond the budget, as its log-prob judge.
+  res = J.run(job_cfg(tiny, **{**kw, "steps": 1}, human_budget=60, ai_labels="self"), str(tmp_path / "self"))
+  hy = res["data"]["hybrid"]
+  assert (hy["human_items"], hy["ai_items"]) == (60, 4) and hy["ai_label_counts"]["quality"] <= 4
+  assert set(hy["ai_agreement_with_human"]) == {"quality", "safety"}

@@ -200,6 +200,7 @@ def run(cfg, workdir: str) -> dict:
        f"({info['labels_flipped']} labels flipped by label_noise={jc.label_noise}); held out "
        f"{info['heldout_items']} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
   eval_axes = _eval_axes(jc)
+  measured_by = "bt head" if bt is not None else jc.eval_variant
 
   def agreement(params) -> dict:
     if bt is not None:
@@ -223,7 +224,7 @@ def run(cfg, workdir: str) -> dict:
     t0 = time.time()
     before = agreement(bt["params"] if bt is not None else teacher.params)
     _write_json(before_path, {"key": key, "agreement": before})
-    _log(f"judge_train: held-out agreement before ({jc.eval_variant}, {time.time() - t0:.0f}s): "
+    _log(f"judge_train: held-out agreement before ({measured_by}, {time.time() - t0:.0f}s): "
          f"{A.summary(before)}")
   else:
     _log(f"judge_train: held-out agreement before (saved): {A.summary(before)}")
@@ -275,7 +276,7 @@ def run(cfg, workdir: str) -> dict:
 
   # ---- the judge directory, then its held-out agreement
   meta = {"prompt_version": _prompt_version(), "method": jc.method,
-          "variant": jc.variant if jc.method == "sft" else "generative", "steps": jc.steps,
+          "variant": {"sft": jc.variant, "grpo": "generative"}.get(jc.method), "steps": jc.steps,
           "source": jc.teacher_path, "label_noise": jc.label_noise, "axes": axes,
           "data": {k: v for k, v in info.items()}}
   if bt is not None:
@@ -286,7 +287,7 @@ def run(cfg, workdir: str) -> dict:
     write_judge_dir(out_dir, teacher, params, meta)
   t0 = time.time()
   after = agreement(params)
-  _log(f"judge_train: held-out agreement after ({jc.eval_variant}, {time.time() - t0:.0f}s): "
+  _log(f"judge_train: held-out agreement after ({measured_by}, {time.time() - t0:.0f}s): "
        f"{A.summary(after)}")
   trace = _logged(os.path.join(stage_dir, "metrics.jsonl"), "grpo/reward" if jc.method == "grpo" else "loss")
 
