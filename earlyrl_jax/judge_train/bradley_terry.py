@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from earlyrl_jax.judge_train import examples as E
-from earlyrl_jax.judge_train.data import Pair, Point
+from earlyrl_jax.judge_train.data import Point
 from earlyrl_jax.models.transformer import Transformer
 from earlyrl_jax.teacher.backends.base import prompt_ids
 
