@@ -33,7 +33,8 @@ def get_config() -> ConfigDict:
       data="",              # JSONL of labelled items ('' = the world's training pairs, exported)
       heldout="",           # JSONL of held-out items ('' = the world's validation pairs)
       out_dir="",           # '' = WORKDIR/judge
-      method="sft",         # 'sft' (the verdict's NLL) | 'grpo' (0/1 agreement reward)
+      method="sft",         # 'sft' (the verdict's NLL) | 'grpo' (0/1 agreement reward) |
+                            # 'bt' (Bradley-Terry scalar head per axis on the backbone)
       variant="logprob",    # SFT's format: 'logprob' (option after 'Answer:') | 'generative'
       eval_variant="logprob",  # which judge measures held-out agreement
       axes="quality,factuality,safety",   # the axes trained (and measured)
@@ -56,5 +57,8 @@ def get_config() -> ConfigDict:
       eval_every=0,         # held-out agreement every N steps too (0 = before and after only)
       log_every=5,          # progress line / metrics.jsonl interval
       checkpoint_every=20,  # checkpoint interval (a killed run resumes from the newest)
+      human_budget=0,       # training items that keep their human labels (0 = all; hybrid.py)
+      ai_labels="none",     # the rest: 'none' (left out) | 'self' (this model's log-prob verdicts,
+                            # before training) | another judge directory's verdicts
   )
   return c

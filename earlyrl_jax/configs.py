@@ -173,7 +173,7 @@ ENUM_FIELDS: dict[str, tuple[str, ...]] = {
     "teacher.backend": ("inprocess", "openai"),
     "teacher.judge_kind": ("auto", "embedded", "logprob", "generative"),  # teacher/teacher.py JUDGE_KINDS
     "teacher.rewriter_kind": ("auto", "edit", "generative"),      # teacher/teacher.py REWRITER_KINDS
-    "judge_train.method": ("sft", "grpo"),                # earlyrl_jax/judge_train/job.py METHODS
+    "judge_train.method": ("sft", "grpo", "bt"),          # earlyrl_jax/judge_train/job.py METHODS
     "judge_train.variant": ("logprob", "generative"),     # teacher/prompts/paper.py VARIANTS
     "judge_train.eval_variant": ("logprob", "generative"),
     "sip.principle_mode": ("off", "guide", "dpf"),   # teacher/principles.py MODES
@@ -421,6 +421,7 @@ RANGES: tuple[Range, ...] = (
     Range("judge_train.temperature", float, ">= 0", JUDGE_TRAIN),
     Range("judge_train.top_p", float, "(0, 1]", JUDGE_TRAIN),
     Range("judge_train.label_noise", float, "[0, 1]", JUDGE_TRAIN),   # P(a training label is flipped)
+    Range("judge_train.human_budget", int, ">= 0", JUDGE_TRAIN),   # human-labelled items kept (0 = all)
     Range("principle.judge_penalty", float, ">= 0", SIP_MODES),   # teacher/principles.py
 )
 

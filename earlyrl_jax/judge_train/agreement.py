@@ -26,6 +26,25 @@ def _agree(p_first: np.ndarray, first_wins: np.ndarray) -> tuple[float, float]:
   return float(np.mean(np.where(tie, 0.5, right))), float(np.mean(tie))
 
 
+def pair_verdicts(judge, rows, axis: str) -> np.ndarray:
+  """float64 [n]: P(a better on `axis`) for Pairs, asked as SIP asks (module docstring)."""
+  n = len(rows)
+  pre, a, b = [r.prefix for r in rows], [r.a for r in rows], [r.b for r in rows]
+  if axis == "safety":
+    u = np.asarray(judge.pointwise(pre + pre, a + b), np.float64)
+    return 0.5 + 0.5 * (u[n:] - u[:n])
+  if axis == "quality":
+    p = np.asarray(judge.compare(pre + pre, a + b, b + a, axis="quality"), np.float64)
+    return (p[:n] + 1.0 - p[n:]) / 2.0
+  return np.asarray(judge.compare(pre, a, b, axis="factuality",
+                                  references=[r.reference for r in rows]), np.float64)
+
+
+def point_verdicts(judge, rows) -> np.ndarray:
+  """float64 [n]: P(unsafe) for Points."""
+  return np.asarray(judge.pointwise([r.prefix for r in rows], [r.text for r in rows]), np.float64)
+
+
 def heldout_agreement(judge, items, *, axes=ALL, limit: int = 0) -> dict[str, dict]:
   """{axis: {'agreement', 'ties', 'n'}} over the first `limit` (0 = all) labelled items per
   axis; axes without items are left out."""
@@ -40,20 +59,9 @@ def heldout_agreement(judge, items, *, axes=ALL, limit: int = 0) -> dict[str, di
       continue
     n = len(rows)
     if axis == "safety_point":
-      p = judge.pointwise([r.prefix for r in rows], [r.text for r in rows])
-      agree, ties = _agree(np.asarray(p, np.float64), np.array([r.safety == "unsafe" for r in rows]))
+      agree, ties = _agree(point_verdicts(judge, rows), np.array([r.safety == "unsafe" for r in rows]))
     else:
-      pre, a, b = [r.prefix for r in rows], [r.a for r in rows], [r.b for r in rows]
-      if axis == "safety":
-        u = np.asarray(judge.pointwise(pre + pre, a + b), np.float64)
-        p_a = 0.5 + 0.5 * (u[n:] - u[:n])
-      elif axis == "quality":
-        p = np.asarray(judge.compare(pre + pre, a + b, b + a, axis="quality"), np.float64)
-        p_a = (p[:n] + 1.0 - p[n:]) / 2.0
-      else:
-        p_a = np.asarray(judge.compare(pre, a, b, axis="factuality",
-                                       references=[r.reference for r in rows]), np.float64)
-      agree, ties = _agree(p_a, np.array([r.labels[axis] == "a" for r in rows]))
+      agree, ties = _agree(pair_verdicts(judge, rows, axis), np.array([r.labels[axis] == "a" for r in rows]))
     out[axis] = {"agreement": agree, "ties": ties, "n": n}
   return out
 

@@ -7,7 +7,10 @@
              exported to WORKDIR/judge_data/train.jsonl with judge_train.label_noise; held-out
              items: judge_train.heldout, or the world's validation pairs (clean labels)
 2. before    held-out agreement per axis of the untrained model (judge_agreement_before.json)
-3. train     judge_train.method 'sft' (sft.py) or 'grpo' (grpo.py), a Job of the shared loop in
+   hybrid    judge_train.human_budget > 0: that many items keep their human labels, the rest
+             are labelled by judge_train.ai_labels' judge or left out (hybrid.py)
+3. train     judge_train.method 'sft' (sft.py), 'grpo' (grpo.py) or 'bt' (bradley_terry.py:
+             a scalar reward head on the backbone), a Job of the shared loop in
              WORKDIR/judge_train/: progress lines with ETA, metrics.jsonl, checkpoints; a killed
              run resumes from its newest checkpoint, a finished one is not trained again
 4. write     judge_train.out_dir (default WORKDIR/judge): safetensors + config.json + the
@@ -148,6 +151,8 @@ def run(cfg, workdir: str) -> dict:
 
   jc = judge_train_config(cfg)
   check_teacher_path(jc.teacher_path)
+  if jc.ai_labels not in ("none", "self"):
+    configs.check_model_dir(jc.ai_labels, "judge_train.ai_labels", teacher=True)
   os.makedirs(workdir, exist_ok=True)
   out_dir = jc.out_dir or os.path.join(workdir, "judge")
   result_path = os.path.join(workdir, RESULT_FILE)
@@ -164,31 +169,52 @@ def run(cfg, workdir: str) -> dict:
     raise ConfigError(f"judge_train.teacher_path: {jc.teacher_path} did not load as an HF model")
   train, heldout, info = load_data(cfg, jc, workdir)
   backend = InProcessBackend.from_teacher(teacher, max_len=jc.max_len)
-  eval_judge = _judge(backend, jc, jc.eval_variant)
   axes = jc.axis_list()
-  variant = jc.variant if jc.method == "sft" else "generative"
-  train_prompts = _judge(backend, jc, variant).prompts
-  train, dropped = fitting(train, train_prompts, variant)
-  heldout, dropped_heldout = fitting(heldout, eval_judge.prompts, jc.eval_variant)
+  if jc.human_budget:
+    train, hybrid_info = _hybrid(train, jc, backend, teacher, cfg.seed)
+    info["hybrid"] = hybrid_info
+    info["train_items"] = len(train)
+    _log(f"judge_train: {hybrid_info['human_items']} items keep their human labels, "
+         f"{hybrid_info['ai_items']} labelled by judge_train.ai_labels={jc.ai_labels!r}, "
+         f"{hybrid_info['unlabelled_left_out']} left out")
+  bt = None
+  if jc.method == "bt":
+    from earlyrl_jax.judge_train import bradley_terry as BT
+    bt = _bt_setup(jc, teacher, mesh, cfg.seed)
+    eval_judge = bt["judge"]
+    train, dropped = _bt_fitting(train, teacher.tokenizer, jc)
+    heldout, dropped_heldout = _bt_fitting(heldout, teacher.tokenizer, jc)
+  else:
+    eval_judge = _judge(backend, jc, jc.eval_variant)
+    variant = jc.variant if jc.method == "sft" else "generative"
+    train_prompts = _judge(backend, jc, variant).prompts
+    train, dropped = fitting(train, train_prompts, variant)
+    heldout, dropped_heldout = fitting(heldout, eval_judge.prompts, jc.eval_variant)
   info.update(train_items=len(train), heldout_items=len(heldout), train_items_too_long=dropped,
               heldout_items_too_long=dropped_heldout)
   if dropped or dropped_heldout:
     _log(f"judge_train: {dropped} training and {dropped_heldout} held-out items left out: their "
          f"prompts do not fit judge_train.max_len={jc.max_len} with the candidates whole")
-  exs = E.examples_of(train, axes)
-  _log(f"judge_train: {jc.method} on {len(exs)} verdict examples from {info['train_items']} items "
+  exs = E.examples_of(train, axes) if bt is None else BT.comparisons(train, axes)
+  _log(f"judge_train: {jc.method} on {len(exs)} {'verdict examples' if bt is None else 'comparisons'} from {info['train_items']} items "
        f"({info['labels_flipped']} labels flipped by label_noise={jc.label_noise}); held out "
        f"{info['heldout_items']} items; model {teacher.model_cfg.num_params() / 1e6:.1f}M params")
   eval_axes = _eval_axes(jc)
+  measured_by = "bt head" if bt is not None else jc.eval_variant
 
   def agreement(params) -> dict:
-    backend.params = params
+    if bt is not None:
+      eval_judge.params = params
+    else:
+      backend.params = params
     return A.heldout_agreement(eval_judge, heldout, axes=eval_axes, limit=jc.heldout_items)
 
   before_path = os.path.join(workdir, BEFORE_FILE)
   key = {"teacher_path": jc.teacher_path, "heldout": info["heldout_source"], "axes": list(eval_axes),
          "limit": jc.heldout_items, "eval_variant": jc.eval_variant, "max_len": jc.max_len,
          "prefix_tokens": jc.prefix_tokens}
+  if bt is not None:
+    key.update(scorer="bt_head", seed=cfg.seed)   # the untrained head is the seed's
   before = None
   if os.path.isfile(before_path):
     with open(before_path) as f:
@@ -196,9 +222,9 @@ def run(cfg, workdir: str) -> dict:
     before = saved["agreement"] if saved.get("key") == key else None
   if before is None:
     t0 = time.time()
-    before = agreement(teacher.params)
+    before = agreement(bt["params"] if bt is not None else teacher.params)
     _write_json(before_path, {"key": key, "agreement": before})
-    _log(f"judge_train: held-out agreement before ({jc.eval_variant}, {time.time() - t0:.0f}s): "
+    _log(f"judge_train: held-out agreement before ({measured_by}, {time.time() - t0:.0f}s): "
          f"{A.summary(before)}")
   else:
     _log(f"judge_train: held-out agreement before (saved): {A.summary(before)}")
@@ -216,7 +242,15 @@ def run(cfg, workdir: str) -> dict:
                    mesh=mesh, tx=tx, schedule=schedule, steps=jc.steps, seed=cfg.seed,
                    log_every=jc.log_every, opt=opt)
   run_.cfg.eval_every_steps = jc.eval_every
-  if jc.method == "sft":
+  start_params = teacher.params
+  if jc.method == "bt":
+    graphdef, abs_state, shardings = BT.abstract_state(teacher.model_cfg, len(axes), tx, mesh)
+    run_ = dataclasses.replace(run_, graphdef=graphdef, abs_state=abs_state, shardings=shardings)
+    batches = BT.BtBatches(teacher.tokenizer, train, axes, prefix_tokens=jc.prefix_tokens,
+                           batch_size=jc.batch_size, steps=jc.steps, seed=cfg.seed)
+    loss_fn, coefs, keys = BT.bt_terms, {"bt": 1.0}, ("loss", "bt/ranked_right")
+    start_params = bt["params"]
+  elif jc.method == "sft":
     from earlyrl_jax.judge_train.sft import SftBatches, verdict_nll_terms
     batches = SftBatches(teacher.tokenizer, train_prompts, exs, variant=jc.variant,
                          batch_size=jc.batch_size, steps=jc.steps, seed=cfg.seed)
@@ -234,7 +268,7 @@ def run(cfg, workdir: str) -> dict:
 
   job = loop.Job(name=f"judge_train/{jc.method}", batch_spec=batches.batch_spec(), next_batch=batches,
                  data_iter=None, loss_fn=loss_fn, coefs=coefs, evaluate=evaluate if jc.eval_every else None,
-                 console_keys=keys, start_state=starting_from(teacher.params, cfg.seed))
+                 console_keys=keys, start_state=starting_from(start_params, cfg.seed))
   out = loop.train_loop(run_, job)
   if out["preempted"]:   # a stop signal: its checkpoint is saved; main.py exits 75 (requeue)
     return {"preempted": True, "step": int(out["state"].step)}
@@ -242,15 +276,21 @@ def run(cfg, workdir: str) -> dict:
 
   # ---- the judge directory, then its held-out agreement
   meta = {"prompt_version": _prompt_version(), "method": jc.method,
-          "variant": jc.variant if jc.method == "sft" else "generative", "steps": jc.steps,
+          "variant": {"sft": jc.variant, "grpo": "generative"}.get(jc.method), "steps": jc.steps,
           "source": jc.teacher_path, "label_noise": jc.label_noise, "axes": axes,
           "data": {k: v for k, v in info.items()}}
-  write_judge_dir(out_dir, teacher, params, meta)
+  if bt is not None:
+    meta["head"] = BT.HEAD_FILE
+    write_judge_dir(out_dir, teacher, params["backbone"], meta,
+                    extra=lambda d: BT.save_head(d, params, axes))
+  else:
+    write_judge_dir(out_dir, teacher, params, meta)
   t0 = time.time()
   after = agreement(params)
-  _log(f"judge_train: held-out agreement after ({jc.eval_variant}, {time.time() - t0:.0f}s): "
+  _log(f"judge_train: held-out agreement after ({measured_by}, {time.time() - t0:.0f}s): "
        f"{A.summary(after)}")
   trace = _logged(os.path.join(stage_dir, "metrics.jsonl"), "grpo/reward" if jc.method == "grpo" else "loss")
+
   result = {"config": dataclasses.asdict(jc), "judge_dir": out_dir, "before": before, "after": after,
             "gain": {k: after[k]["agreement"] - before[k]["agreement"] for k in after if k in before},
             "train": {"first": trace[0] if trace else None, "last": trace[-1] if trace else None,
@@ -262,12 +302,55 @@ def run(cfg, workdir: str) -> dict:
   return result
 
 
+def _hybrid(train, jc: JudgeTrainConfig, backend, teacher, seed: int) -> tuple[list, dict]:
+  """The training items under judge_train.human_budget / ai_labels (hybrid.py)."""
+  from earlyrl_jax.judge_train import hybrid as H
+  judge = None
+  if jc.ai_labels == "self":
+    backend.params = teacher.params   # the model being trained, before training
+    judge = _judge(backend, jc, "logprob")
+  elif jc.ai_labels != "none":
+    from earlyrl_jax.judge_train import bradley_terry as BT
+    from earlyrl_jax.teacher import teacher as T
+    from earlyrl_jax.teacher.backends.inprocess import InProcessBackend
+    if os.path.isfile(os.path.join(jc.ai_labels, BT.HEAD_FILE)):
+      judge = BT.load_reward_model(jc.ai_labels, max_len=jc.max_len, prefix_tokens=jc.prefix_tokens)
+    else:
+      other = T.load_teacher(jc.ai_labels, max_len=jc.max_len)
+      judge = _judge(InProcessBackend.from_teacher(other, max_len=jc.max_len), jc, "logprob")
+  t0 = time.time()
+  items, info = H.hybrid_items(train, budget=jc.human_budget, ai_labels=jc.ai_labels, judge=judge,
+                               axes=jc.axis_list(), seed=seed)
+  if info["ai_items"]:
+    _log(f"judge_train: AI labels on {info['ai_items']} items ({time.time() - t0:.0f}s), agreement "
+         f"with the human labels they replace: {A.summary(info['ai_agreement_with_human'])}")
+  return items, info
+
+
+def _bt_setup(jc: JudgeTrainConfig, teacher, mesh, seed: int) -> dict:
+  """{'params': the RewardModel's start (the teacher's backbone, a seeded head), 'judge'}."""
+  from flax import nnx
+  from earlyrl_jax.judge_train import bradley_terry as BT
+  model = BT.reward_model(nnx.merge(teacher.graphdef, teacher.params), jc.axis_list(), seed)
+  graphdef, params = nnx.split(model)
+  judge = BT.RewardJudge(graphdef, params, teacher.tokenizer, jc.axis_list(),
+                         prefix_tokens=jc.prefix_tokens, batch_size=jc.batch_size)
+  return {"params": params, "judge": judge}
+
+
+def _bt_fitting(items, tokenizer, jc: JudgeTrainConfig) -> tuple[list, int]:
+  """`fitting` for the reward model: every candidate whole within max_len after the prefix."""
+  from earlyrl_jax.judge_train import bradley_terry as BT
+  kept = [it for it in items if BT.fits(tokenizer, it, jc.prefix_tokens, jc.max_len)]
+  return kept, len(items) - len(kept)
+
+
 def _prompt_version() -> str:
   from earlyrl_jax.teacher.prompts.paper import PROMPT_VERSION
   return PROMPT_VERSION
 
 
-def write_judge_dir(out_dir: str, teacher, params, meta: dict) -> None:
+def write_judge_dir(out_dir: str, teacher, params, meta: dict, extra=None) -> None:
   """An HF directory (safetensors, config.json, the tokenizer's files with its chat template,
   judge_train.json) written beside `out_dir` and renamed into place whole."""
   from flax import nnx
@@ -280,6 +363,8 @@ def write_judge_dir(out_dir: str, teacher, params, meta: dict) -> None:
   hf_io.save_pretrained(nnx.merge(teacher.graphdef, params), tmp, teacher.tokenizer)
   save_tokenizer_files(teacher.tokenizer, tmp)
   _write_json(os.path.join(tmp, META_FILE), meta)
+  if extra is not None:   # files written into the directory before it is renamed into place
+    extra(tmp)
   if os.path.isdir(out_dir):
     shutil.rmtree(out_dir)
   os.replace(tmp, out_dir)

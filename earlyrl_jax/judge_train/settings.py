@@ -10,7 +10,7 @@ import ml_collections
 from earlyrl_jax.errors import ConfigError
 
 AXES = ("quality", "factuality", "safety")
-METHODS = ("sft", "grpo")
+METHODS = ("sft", "grpo", "bt")
 VARIANTS = ("logprob", "generative")
 
 
@@ -44,6 +44,8 @@ class JudgeTrainConfig:
   eval_every: int = 0
   log_every: int = 10
   checkpoint_every: int = 50
+  human_budget: int = 0
+  ai_labels: str = "none"
 
   def axis_list(self) -> list[str]:
     return [a.strip() for a in self.axes.split(",") if a.strip()]
@@ -69,4 +71,11 @@ def judge_train_config(cfg) -> JudgeTrainConfig:
   if jc.method == "grpo" and jc.samples_per_prompt < 2:
     raise ConfigError(f"judge_train.samples_per_prompt: GRPO needs a group of >= 2 samples per "
                       f"prompt for its advantages, got {jc.samples_per_prompt}")
+  if jc.ai_labels != jc.ai_labels.strip() or not jc.ai_labels:
+    raise ConfigError(f"judge_train.ai_labels: {jc.ai_labels!r}: expected 'none', 'self' or an HF "
+                      "judge directory")
+  if jc.ai_labels != "none" and jc.human_budget == 0:
+    raise ConfigError(f"judge_train.ai_labels: {jc.ai_labels!r} labels the items beyond "
+                      "judge_train.human_budget, which is 0 (all items keep their human labels); "
+                      "set human_budget > 0 or ai_labels='none'")
   return jc
