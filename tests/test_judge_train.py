@@ -192,22 +192,30 @@ class Killed(Exception):
   pass
 
 
+def run_killed_at(monkeypatch, batches_cls, step: int, cfg, workdir: str) -> None:
+  """Runs the job with `batches_cls` raising Killed at `step` (a hard stop: nothing saved after
+  the last checkpoint before it), then puts the batches back."""
+  call = batches_cls.__call__
+
+  def dies(self, state, s):
+    if s == step:
+      raise Killed()
+    return call(self, state, s)
+
+  monkeypatch.setattr(batches_cls, "__call__", dies)
+  with pytest.raises(Killed):
+    J.run(cfg, workdir)
+  monkeypatch.setattr(batches_cls, "__call__", call)
+
+
 def test_a_killed_run_resumes_and_ends_with_the_uninterrupted_params(tiny, tmp_path, monkeypatch, capsys):
   from safetensors.numpy import load_file
   from earlyrl_jax.judge_train import sft
   kw = dict(steps=8, checkpoint_every=4, axes="safety", heldout_items=2, log_every=2)
   J.run(job_cfg(tiny, **kw), str(tmp_path / "whole"))
+  run_killed_at(monkeypatch, sft.SftBatches, 6, job_cfg(tiny, **kw), str(tmp_path / "killed"))
+  assert not os.path.exists(tmp_path / "killed" / "judge")   # nothing saved after step 4
   call = sft.SftBatches.__call__
-
-  def dies_at_step_6(self, state, step):
-    if step == 6:
-      raise Killed()   # a hard stop: nothing saved after step 4's checkpoint
-    return call(self, state, step)
-
-  monkeypatch.setattr(sft.SftBatches, "__call__", dies_at_step_6)
-  with pytest.raises(Killed):
-    J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
-  assert not os.path.exists(tmp_path / "killed" / "judge")
   # Stopped by SIGTERM (a scheduler's preemption) after the resume: saved where it stopped.
   def sigterm_at_step_6(self, state, step):
     if step == 6:

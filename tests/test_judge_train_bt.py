@@ -19,7 +19,7 @@ from earlyrl_jax.judge_train import bradley_terry as BT
 from earlyrl_jax.judge_train import data as D
 from earlyrl_jax.judge_train import hybrid as H
 from earlyrl_jax.judge_train import job as J
-from tests.test_judge_train import easy_items, job_cfg, tiny  # noqa: F401  (tiny: a fixture)
+from tests.test_judge_train import easy_items, job_cfg, run_killed_at, tiny  # noqa: F401  (tiny: a fixture)
 
 
 class FixedRewards:
@@ -139,24 +139,10 @@ def test_bad_hybrid_and_bt_settings_name_the_field(tiny, tmp_path):
     BT.load_reward_model(tiny["hf"])
 
 
-class Killed(Exception):
-  pass
-
-
 def test_a_killed_bt_run_resumes_to_the_uninterrupted_head_and_self_labels(tiny, tmp_path, monkeypatch, capsys):
   kw = dict(method="bt", steps=6, checkpoint_every=3, axes="quality,safety", heldout_items=2, log_every=2)
   J.run(job_cfg(tiny, **kw), str(tmp_path / "whole"))
-  call = BT.BtBatches.__call__
-
-  def dies_at_step_4(self, state, step):
-    if step == 4:
-      raise Killed()   # a hard stop: nothing saved after step 3's checkpoint
-    return call(self, state, step)
-
-  monkeypatch.setattr(BT.BtBatches, "__call__", dies_at_step_4)
-  with pytest.raises(Killed):
-    J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
-  monkeypatch.setattr(BT.BtBatches, "__call__", call)
+  run_killed_at(monkeypatch, BT.BtBatches, 4, job_cfg(tiny, **kw), str(tmp_path / "killed"))
   capsys.readouterr()
   J.run(job_cfg(tiny, **kw), str(tmp_path / "killed"))
   assert "resumed from step 3" in capsys.readouterr().out
