@@ -8,8 +8,11 @@ replaced by ground truth. Modules, each importing only those above it:
   oracles      factuality / safety / quality of any text (imports grammar)
   splits       the held-out splits: validation (every choice) and test (the final table)
   supervision  preference and rewrite examples, eval sets, write_world (imports all three)
+  reasoning    two-hop items, their oracle and the thought augmenter (world.reasoning_rate;
+               import it as earlyrl_jax.world.reasoning)
+  principled   the principle-following reviser (import it as earlyrl_jax.world.principled)
 
-`from earlyrl_jax import world as W` gives the public names of all five.
+`from earlyrl_jax import world as W` gives the public names of the first five.
 """
 from __future__ import annotations
 
