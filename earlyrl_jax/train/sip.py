@@ -597,15 +597,21 @@ def sip_job(run: loop.Run, teacher, rewriter) -> loop.Job:
                   console_keys=keys)
 
 
-def run_principle(cfg, workdir: str):
-  """The run's Principle (teacher/principles.py; None with sip.principle_mode='off'), its names
-  checked against the world when the run has one (an unknown name is a ConfigError naming the
-  field) and its longer names filled in (exact mention counts)."""
+def world_kb(cfg, workdir: str):
+  """The run's world knowledge base, or None when the run has no synthetic world."""
   import os
   from earlyrl_jax import world as W
-  from earlyrl_jax.teacher.principles import principle_of
   kb_path = os.path.join(loop.world_dir_of(cfg, workdir), W.KB_FILE)
-  kb = W.KnowledgeBase.load(kb_path) if os.path.isfile(kb_path) else None
+  return W.KnowledgeBase.load(kb_path) if os.path.isfile(kb_path) else None
+
+
+def run_principle(cfg, workdir: str, kb=None):
+  """The run's Principle (teacher/principles.py; None with sip.principle_mode='off'), its names
+  checked against the world when the run has one (an unknown name is a ConfigError naming the
+  field) and its longer names filled in (exact mention counts). kb: the world's, when the
+  caller has it loaded already."""
+  from earlyrl_jax.teacher.principles import principle_of
+  kb = kb if kb is not None else world_kb(cfg, workdir)
   known = [n for ns in kb.entities.values() for n in ns] if kb is not None else None
   p = principle_of(cfg, known)
   if p is None or kb is None:
@@ -617,16 +623,14 @@ def run_principle(cfg, workdir: str):
 
 def world_reviser(run: loop.Run):
   """`sip.rewrite='principle'`: the world's principle-following reviser (world/principled.py)."""
-  import os
-  from earlyrl_jax import world as W
   from earlyrl_jax.configs import ConfigError
   from earlyrl_jax.world.principled import WorldReviser
-  p = run_principle(run.cfg, run.workdir)
-  kb_path = os.path.join(loop.world_dir_of(run.cfg, run.workdir), W.KB_FILE)
-  if p is None or not os.path.isfile(kb_path):
+  kb = world_kb(run.cfg, run.workdir)   # read once: the principle's check and the reviser
+  p = run_principle(run.cfg, run.workdir, kb) if kb is not None else None
+  if p is None:
     raise ConfigError("sip.rewrite: 'principle' revises by the world's grammar: it needs "
                       "sip.principle_mode 'guide' or 'dpf' and a synthetic world (data.corpus='world')")
-  return WorldReviser(W.KnowledgeBase.load(kb_path), p.banned, p.instead)
+  return WorldReviser(kb, p.banned, p.instead)
 
 
 def principle_prompt_ids(tok, principle) -> np.ndarray:
